@@ -1,0 +1,19 @@
+"""Reading images and writing results: every write is atomic and never silently overwrites."""
+
+from ._atomic import ExportExistsError, atomic_path, write_text_atomic
+from .images import IMAGE_SUFFIXES, ImageData, ImageReadError, read_image, write_tiff
+from .tables import provenance_path, read_csv, write_csv
+
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "ExportExistsError",
+    "ImageData",
+    "ImageReadError",
+    "atomic_path",
+    "provenance_path",
+    "read_csv",
+    "read_image",
+    "write_csv",
+    "write_text_atomic",
+    "write_tiff",
+]
