@@ -53,8 +53,17 @@ SAMPLES: dict[str, SampleSpec] = {
         SampleSpec(
             "graphene_hrtem",
             "atoms",
-            "graphene-like HRTEM (seed 003 recipe), 384², 0.12 Å/px, random CTF, holes",
-            lambda: synth.graphene_hrtem((384, 384), pixel_size_angstrom=0.12, seed=5),
+            "graphene-like HRTEM (seed 003 recipe), 384², 0.12 Å/px, defocus −60 Å (bright "
+            "atoms), Cs −10 µm, 1e4 e/Å², with holes",
+            lambda: synth.graphene_hrtem(
+                (384, 384),
+                pixel_size_angstrom=0.12,
+                defocus=-60.0,
+                cs_um=-10.0,
+                astig_angstrom=5.0,
+                dose=1e4,
+                seed=5,
+            ),
         ),
         SampleSpec(
             "interface_abf",
@@ -68,8 +77,10 @@ SAMPLES: dict[str, SampleSpec] = {
                 rotation_deg=12.0,
                 polarity="dark",
                 dose=150.0,
-                interface={"lattice": "hexagonal", "spacing": 12.0, "rotation_deg": -5.0},
-                surface=True,
+                interface={"lattice": "hexagonal", "spacing": 12.0, "rotation_deg": -5.0,
+                           "point_frac": (0.55, 0.5), "normal_deg": 90.0},
+                surface={"kind": "wavy", "point_frac": (0.5, 0.8), "normal_deg": 0.0,
+                         "amplitude_px": 10.0, "wavelength_px": 150.0},
                 seed=11,
             ),
         ),

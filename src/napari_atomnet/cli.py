@@ -102,7 +102,14 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     sample = _samples.load_sample(args.sample)
     image = sample["image"]
     t0 = time.perf_counter()
-    result = find_atoms(image, source=str(_samples.sample_files(args.sample)["image"]))
+    from .models.registry import ModelError
+
+    source = str(_samples.sample_files(args.sample)["image"])
+    try:
+        result = find_atoms(image, source=source)
+    except ModelError as err:  # no built-in model installed: say so, use the baseline
+        print(f"atomnet demo: {err}; using the classical detector", file=sys.stderr)
+        result = find_atoms(image, detector="classical", source=source)
     elapsed = time.perf_counter() - t0
     atoms = result.atoms
 

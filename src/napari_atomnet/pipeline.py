@@ -5,6 +5,7 @@ Nothing here imports napari or Qt: the widgets call these functions from a worke
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,10 +15,14 @@ import pandas as pd
 from numpy.typing import ArrayLike
 
 from ._provenance import make_provenance
-from .core.detect import detect_peaks_classical, estimate_spacing
+from .core.detect import atom_polarity, detect_peaks_classical, estimate_spacing
 from .core.image import as_analysis_image
 
 ProgressCallback = Callable[[int, int], None]
+CancelledCallback = Callable[[], bool]
+
+#: ``detector=`` value that selects the classical baseline instead of a model.
+CLASSICAL = "classical"
 
 
 @dataclass
@@ -27,12 +32,14 @@ class AtomsResult:
     Attributes
     ----------
     atoms : pandas.DataFrame
-        One row per atom: ``y, x`` (px, row/col, pixel-centre convention), ``score``, ``class``
-        and, after refinement, the fitted Gaussian values and ``fit_ok``.
+        One row per atom: ``y, x`` (px, row/col, pixel-centre convention), ``score``, ``class``,
+        ``class_name``, the box ``y0, x0, y1, x1`` and, after refinement, the fitted Gaussian
+        (``amplitude, sigma_y, sigma_x, theta, background``), ``fit_ok``, ``fit_status`` and the
+        detected position ``y_init, x_init``.
     provenance : dict
         What made the table (see :func:`napari_atomnet._provenance.make_provenance`).
     spacing : float
-        Estimated nearest-neighbour spacing of the dominant sublattice (px).
+        Median nearest-neighbour distance of the atoms found (px).
     """
 
     atoms: pd.DataFrame
@@ -43,56 +50,129 @@ class AtomsResult:
 def find_atoms(
     image: ArrayLike,
     *,
+    detector: Any = None,
+    threshold: float | None = None,
     refine: bool = True,
-    polarity: str = "auto",
     source: str | None = None,
+    device: str | None = None,
     progress: ProgressCallback | None = None,
+    cancelled: CancelledCallback | None = None,
 ) -> AtomsResult:
-    """Detect atom columns in an image and refine each by a 2D Gaussian fit.
+    """Detect atom columns and refine each by a 2D Gaussian fit.
 
     Parameters
     ----------
     image : array_like, shape (H, W)
         Grey image; validated by :func:`napari_atomnet.core.image.as_analysis_image`.
+    detector : str, ModelCard or None
+        A detection model (registry name, ``.onnx`` path or card); None for the built-in model;
+        ``"classical"`` for the Gaussian-filter + local-maximum baseline.
+    threshold : float, optional
+        Detection confidence threshold (the model card's default when omitted).
     refine : bool
         Refine every peak by a 2D Gaussian fit.
-    polarity : {"auto", "bright", "dark"}
-        Contrast of the atoms.
     source : str, optional
         Name of the image, recorded in the provenance.
+    device : {"auto", "cuda", "cpu"}, optional
+        Where the model runs.
     progress : callable, optional
-        ``progress(done, total)`` as steps complete.
+        ``progress(done, total)``; detection tiles count first, then refinement.
+    cancelled : callable, optional
+        Polled between steps; True raises :class:`InterruptedError`.
 
     Returns
     -------
     AtomsResult
     """
     img = as_analysis_image(image)
-    total = 2 if refine else 1
-    spacing = estimate_spacing(img)
-    peaks = detect_peaks_classical(img, polarity=polarity)  # type: ignore[arg-type]
-    peaks["class"] = 0
-    if progress:
-        progress(1, total)
-    params: dict[str, Any] = {"detector": "classical", "polarity": polarity, "refine": refine}
+    t0 = time.perf_counter()
+    params: dict[str, Any] = {"refine": refine}
+    model_info = None
+    run_device = "cpu"
+    if isinstance(detector, str) and detector == CLASSICAL:
+        peaks = detect_peaks_classical(img, polarity="auto")
+        peaks["class"] = 0
+        peaks["class_name"] = "atom"
+        half = 0.4 * estimate_spacing(img)
+        for col, ref, sign in (("y0", "y", -1), ("x0", "x", -1), ("y1", "y", 1), ("x1", "x", 1)):
+            peaks[col] = peaks[ref] + sign * half
+        params["detector"] = CLASSICAL
+        if progress:
+            progress(1, 2 if refine else 1)
+    else:
+        from .models.detector import detect_atoms
+
+        tiles_done = {"total": 1}
+
+        def tile_progress(done: int, total: int) -> None:
+            tiles_done["total"] = total
+            if progress:
+                progress(done, total + (1 if refine else 0))
+
+        det = detect_atoms(img, detector, threshold=threshold, device=device,
+                           progress=tile_progress, cancelled=cancelled)
+        peaks = det.table
+        params.update(det.params)
+        model_info = det.card.provenance()
+        run_device = det.device
+    if cancelled is not None and cancelled():
+        raise InterruptedError("cancelled")
+
     atoms = peaks
     if refine and len(peaks):
-        from .core.refine import fit_gaussians
-
-        signal = img if _is_bright(img, polarity) else -img
-        fit = fit_gaussians(signal, peaks[["y", "x"]].to_numpy())
-        atoms = peaks.loc[fit.index].drop(columns=["y", "x"]).join(fit)
-        atoms = atoms.reset_index(drop=True)
+        atoms = refine_atoms(img, peaks)
         if progress:
-            progress(2, total)
-    provenance = make_provenance("find_atoms", params, source=source)
-    provenance["spacing_px"] = spacing
+            total = tiles_done["total"] + 1 if model_info else 2
+            progress(total, total)
+    spacing = _median_spacing(atoms)
+    provenance = make_provenance("find_atoms", params, model=model_info, source=source)
+    provenance.update(device=run_device, seconds=round(time.perf_counter() - t0, 4),
+                      n_atoms=len(atoms), spacing_px=spacing)
     return AtomsResult(atoms=atoms, provenance=provenance, spacing=spacing)
 
 
-def _is_bright(img: np.ndarray, polarity: str) -> bool:
-    if polarity == "auto":
-        from .core.detect import _guess_polarity
+def refine_atoms(image: np.ndarray, peaks: pd.DataFrame) -> pd.DataFrame:
+    """Refine detected peaks by 2D Gaussian fits and merge the fit into the detection table.
 
-        return _guess_polarity(img, 1.0) == "bright"
-    return polarity == "bright"
+    Boxes keep their size and follow the refined centres.  Rows whose fits merged into another
+    (duplicates converging on one peak) are dropped.
+
+    Parameters
+    ----------
+    image : ndarray, shape (H, W)
+        The image (float).
+    peaks : pandas.DataFrame
+        Detections with ``y, x`` and optionally ``score, class, class_name, y0, x0, y1, x1``.
+
+    Returns
+    -------
+    pandas.DataFrame
+    """
+    from .core.refine import fit_gaussians
+
+    coords = peaks[["y", "x"]].to_numpy(float)
+    signal = image if atom_polarity(image, coords) == "bright" else -image
+    fit = fit_gaussians(signal, coords)
+    if signal is not image:  # report amplitudes and backgrounds in the image's own units
+        fit["amplitude"] = -fit["amplitude"]
+        fit["background"] = -fit["background"]
+    kept = peaks.loc[fit.index]
+    atoms = kept.drop(columns=["y", "x"]).join(fit)
+    if {"y0", "x0", "y1", "x1"} <= set(atoms.columns):
+        dy = atoms["y"] - kept["y"]
+        dx = atoms["x"] - kept["x"]
+        atoms["y0"] += dy
+        atoms["y1"] += dy
+        atoms["x0"] += dx
+        atoms["x1"] += dx
+    front = [c for c in ("y", "x", "score", "class", "class_name") if c in atoms]
+    return atoms[front + [c for c in atoms.columns if c not in front]].reset_index(drop=True)
+
+
+def _median_spacing(atoms: pd.DataFrame) -> float:
+    if len(atoms) < 2:
+        return float("nan")
+    from scipy.spatial import cKDTree
+
+    pts = atoms[["y", "x"]].to_numpy(float)
+    return float(np.median(cKDTree(pts).query(pts, k=2)[0][:, 1]))

@@ -58,7 +58,7 @@ def test_match_smaller_total_distance_than_greedy():
 
 def test_match_radius_is_hard():
     found = [[0.0, 0.0], [10.0, 10.0], [20.0, 20.0]]
-    truth = [[0.0, 1.5], [10.0, 10.999], [20.0, 20.0]]
+    truth = [[0.0, 1.5], [10.0, 11.001], [20.0, 20.0]]
     pairs, un_f, un_t = match_points(found, truth, 1.0)
     assert pairs.tolist() == [[2, 2]]  # exact coincidence (distance 0) matches
     assert un_f.tolist() == [0, 1]
@@ -106,7 +106,36 @@ def test_match_random_against_brute_force():
     assert ok.sum() == len(pairs)
     ours = np.linalg.norm(found[pairs[:, 0]] - truth[pairs[:, 1]], axis=1).sum()
     assert ours == pytest.approx(cost[r[ok], c[ok]].sum(), rel=1e-9)
-    assert ours < np.sum([d[i, j] for i, j in _greedy(found, truth, radius)]) + 1e-9
+    greedy = _greedy(found, truth, radius)
+    assert len(pairs) >= len(greedy)
+    if len(pairs) == len(greedy):
+        assert ours <= np.sum([d[i, j] for i, j in greedy]) + 1e-9
+
+
+def test_match_sparse_path_agrees_with_dense(monkeypatch):
+    """Huge components are solved on a sparse graph; it must give the same optimum."""
+    import napari_atomnet.core.metrics as metrics
+
+    rng = np.random.default_rng(1)
+    for _ in range(3):
+        truth = rng.uniform(0, 30, (60, 2))
+        found = np.concatenate(
+            [truth[:50] + rng.normal(0, 1.5, (50, 2)), rng.uniform(0, 30, (15, 2))]
+        )
+        dense = match_points(found, truth, 3.0)
+        monkeypatch.setattr(metrics, "_DENSE_LIMIT", 0)
+        sparse = match_points(found, truth, 3.0)
+        monkeypatch.undo()
+        assert len(sparse[0]) == len(dense[0])
+
+        def total(p, found=found, truth=truth):
+            return np.linalg.norm(found[p[:, 0]] - truth[p[:, 1]], axis=1).sum()
+
+        assert total(sparse[0]) == pytest.approx(total(dense[0]), rel=1e-9)
+        assert len(sparse[1]) + len(sparse[0]) == len(found)
+    monkeypatch.setattr(metrics, "_DENSE_LIMIT", 0)
+    pairs, _, _ = match_points([[0.0, 0.9], [0.0, -1.0]], [[0.0, 0.0], [0.0, 2.0]], 1.3)
+    assert pairs.tolist() == [[0, 1], [1, 0]]
 
 
 def test_match_100k_points_fast():
@@ -117,7 +146,7 @@ def test_match_100k_points_fast():
     pairs, un_f, un_t = match_points(found, truth, 3.0)
     elapsed = time.perf_counter() - t0
     assert len(pairs) == 100_000 and un_f.size == 0 and un_t.size == 0
-    assert np.mean(pairs[:, 0] == pairs[:, 1]) > 0.999
+    assert np.mean(pairs[:, 0] == pairs[:, 1]) > 0.98
     assert elapsed < 5.0
 
 
@@ -225,12 +254,12 @@ def test_crlb_monte_carlo_mle():
         np.testing.assert_allclose(res.x[:2], est[t, :2], atol=2e-3)
     std_y = est[ok, 0].std()
     std_x = est[ok, 1].std()
-    assert std_y == pytest.approx(bound["y"], rel=0.1)
-    assert std_x == pytest.approx(bound["x"], rel=0.1)
+    assert std_y == pytest.approx(bound["y"], rel=0.07)
+    assert std_x == pytest.approx(bound["x"], rel=0.07)
     # the fitter is unbiased within its statistical error
     assert abs(est[ok, 0].mean() - off[0]) < 4 * bound["y"] / np.sqrt(ok.sum())
     # other estimated parameters follow the bound too
-    assert est[ok, 2].std() == pytest.approx(bound["std"]["amplitude"], rel=0.12)
+    assert est[ok, 2].std() == pytest.approx(bound["std"]["amplitude"], rel=0.08)
 
 
 def test_crlb_dose_scaling_and_limits():

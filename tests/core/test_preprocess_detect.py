@@ -13,8 +13,10 @@ def test_local_normalize_removes_gradient_and_contrast_scale():
     ramp = np.linspace(0, 5, 192)[None, :]  # strong background gradient
     low = local_normalize(10 * atoms + ramp + rng.normal(0, 0.01, atoms.shape), sigma=24)
     high = local_normalize(1000 * atoms + 100 * ramp, sigma=24)
-    # the gradient is gone: left and right halves have the same statistics
-    assert abs(low[:, :96].mean() - low[:, 96:].mean()) < 0.05
+    # the gradient is gone: left and right halves have the same statistics (away from the
+    # borders, where mirroring cannot continue a linear ramp)
+    inner = low[24:-24, 24:-24]
+    assert abs(inner[:, :72].mean() - inner[:, 72:].mean()) < 0.05
     assert abs(low.std() - 1) < 0.15 and abs(high.std() - 1) < 0.15
     # the atoms are where they were, on the same scale whatever the dose
     assert np.corrcoef(low.ravel(), high.ravel())[0, 1] > 0.99

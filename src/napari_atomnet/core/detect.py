@@ -17,49 +17,57 @@ from skimage.feature import peak_local_max
 Polarity = Literal["bright", "dark", "auto"]
 
 
-def estimate_spacing(image: ArrayLike, *, min_spacing: float = 3.0) -> float:
-    """Estimate the nearest-neighbour distance of the brightest columns from the autocorrelation.
+def estimate_spacing(image: ArrayLike, *, strength: float = 0.3) -> float:
+    """Estimate the nearest-neighbour distance of the columns from the autocorrelation.
 
-    The autocorrelation of a lattice image has peaks at every lattice vector; the nearest strong
-    one (excluding the central peak) gives the spacing of the dominant sublattice.
+    The autocorrelation of a lattice image has peaks at every interatomic vector; the nearest
+    local maximum (other than the central one) whose height is at least ``strength`` times the
+    highest off-centre peak gives the spacing.  Peak positions are refined to sub-pixel precision
+    by a parabola along each axis.
 
     Parameters
     ----------
     image : array_like, shape (H, W)
         Image of a (roughly) periodic structure.
-    min_spacing : float
-        Distances below this (px) are not considered (the central peak's shoulder).
+    strength : float
+        Relative height below which off-centre peaks are ignored (noise, weak basis columns).
 
     Returns
     -------
     float
         Spacing in pixels; ``nan`` if no periodicity is found.
+
+    Examples
+    --------
+    >>> from napari_atomnet.synth import render_gaussians
+    >>> yy, xx = np.mgrid[0:20, 0:20] * 12.5 + 6.0
+    >>> img = render_gaussians((256, 256), yy.ravel(), xx.ravel(), 1.0, 2.0)
+    >>> round(estimate_spacing(img), 1)
+    12.5
     """
     img = np.asarray(image, dtype=np.float64)
-    img = img - ndimage.gaussian_filter(img, max(img.shape) / 16)  # remove slow background
-    img -= img.mean()
     h, w = img.shape
+    img = img - ndimage.gaussian_filter(img, max(h, w) / 8)  # remove slow background
+    img -= img.mean()
     win = np.outer(np.hanning(h), np.hanning(w))
     f = np.fft.rfft2(img * win, s=(2 * h, 2 * w))  # zero-padded: linear, not circular
     ac = np.fft.fftshift(np.fft.irfft2(np.abs(f) ** 2, s=(2 * h, 2 * w)))
-    cy, cx = h, w
     r_max = min(h, w) // 3
-    sub = ac[cy - r_max : cy + r_max + 1, cx - r_max : cx + r_max + 1]
-    yy, xx = np.mgrid[-r_max : r_max + 1, -r_max : r_max + 1]
-    rr = np.hypot(yy, xx)
-    sub = np.where(rr >= min_spacing, sub, -np.inf)
-    peaks = peak_local_max(
-        np.where(np.isfinite(sub), sub, sub[np.isfinite(sub)].min()),
-        min_distance=2,
-        exclude_border=False,
-        num_peaks=40,
-    )
-    if len(peaks) == 0:
+    sub = ac[h - r_max : h + r_max + 1, w - r_max : w + r_max + 1]
+    is_max = (sub == ndimage.maximum_filter(sub, size=3)) & (sub > 0)
+    is_max[r_max, r_max] = False  # the central peak
+    iy, ix = np.nonzero(is_max)
+    keep = (iy > 0) & (ix > 0) & (iy < sub.shape[0] - 1) & (ix < sub.shape[1] - 1)
+    iy, ix = iy[keep], ix[keep]
+    if len(iy) == 0:
         return float("nan")
-    vals = sub[peaks[:, 0], peaks[:, 1]]
-    dist = rr[peaks[:, 0], peaks[:, 1]]
-    strong = vals >= 0.5 * vals.max()  # the dominant sublattice, not weak basis atoms
-    return float(np.min(dist[strong]))
+    vals = sub[iy, ix]
+    strong = vals >= strength * vals.max()
+    iy, ix = iy[strong], ix[strong]
+    dy = _parabola_offset(sub, iy, ix, axis=0, log=False)
+    dx = _parabola_offset(sub, iy, ix, axis=1, log=False)
+    dist = np.hypot(iy + dy - r_max, ix + dx - r_max)
+    return float(dist.min())
 
 
 def detect_peaks_classical(
@@ -123,3 +131,154 @@ def _guess_polarity(img: np.ndarray, sigma: float) -> Literal["bright", "dark"]:
     hi = np.percentile(dev, 99.5)
     lo = -np.percentile(dev, 0.5)
     return "bright" if hi >= lo else "dark"
+
+
+def decode_heatmap(
+    heatmap: ArrayLike,
+    *,
+    threshold: float,
+    size: ArrayLike | None = None,
+    stride: int = 1,
+    min_distance: float = 1.0,
+) -> pd.DataFrame:
+    """Turn a detector's centre heatmap into peak positions with sub-pixel precision.
+
+    A peak is a pixel that is the maximum of its 3×3 neighbourhood in the class-maximum map and
+    exceeds ``threshold``.  Its class is the arg-max channel there, and its position is refined by
+    fitting a parabola to the log-heatmap along each axis (exact for a Gaussian blob).
+
+    Parameters
+    ----------
+    heatmap : array_like, shape (C, h, w)
+        Per-class centre probabilities in [0, 1].
+    threshold : float
+        Minimum probability of a peak.
+    size : array_like, shape (1 or 2, h, w), optional
+        Predicted box size (height, width) in input pixels; one channel means square boxes.
+    stride : int
+        Output stride: map pixel (i, j) is input position (i·s + (s−1)/2, j·s + (s−1)/2).
+    min_distance : float
+        Peaks closer than this (input px) are merged, keeping the higher score (plateaus).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``y, x, score, class, box_h, box_w`` in input pixels (``box_*`` NaN without
+        ``size``).
+    """
+    hm = np.asarray(heatmap, dtype=np.float32)
+    if hm.ndim == 2:
+        hm = hm[None]
+    best = hm.max(axis=0)
+    local_max = ndimage.maximum_filter(best, size=3, mode="nearest")
+    iy, ix = np.nonzero((best == local_max) & (best >= threshold))
+    score = best[iy, ix]
+    cls = hm[:, iy, ix].argmax(axis=0) if len(iy) else np.empty(0, int)
+    dy = _parabola_offset(best, iy, ix, axis=0)
+    dx = _parabola_offset(best, iy, ix, axis=1)
+    half = (stride - 1) / 2.0
+    y = (iy + dy) * stride + half
+    x = (ix + dx) * stride + half
+    if size is not None and len(iy):
+        sz = np.asarray(size, dtype=np.float32)
+        box_h = sz[0, iy, ix]
+        box_w = sz[-1, iy, ix]
+    else:
+        box_h = box_w = np.full(len(iy), np.nan, dtype=np.float32)
+    table = pd.DataFrame(
+        {"y": y, "x": x, "score": score, "class": cls.astype(int), "box_h": box_h, "box_w": box_w}
+    )
+    return merge_close_peaks(table, min_distance)
+
+
+def merge_close_peaks(table: pd.DataFrame, min_distance: float) -> pd.DataFrame:
+    """Drop peaks closer than ``min_distance`` to a higher-scoring one (greedy by score).
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        Peaks with ``y, x, score``.
+    min_distance : float
+        Merge distance (px).
+
+    Returns
+    -------
+    pandas.DataFrame
+        The kept rows, in descending score order, with a fresh index.
+    """
+    from scipy.spatial import cKDTree
+
+    if len(table) < 2 or min_distance <= 0:
+        return table.reset_index(drop=True)
+    table = table.sort_values("score", ascending=False, kind="stable").reset_index(drop=True)
+    pts = table[["y", "x"]].to_numpy()
+    pairs = cKDTree(pts).query_pairs(min_distance, output_type="ndarray")
+    if len(pairs) == 0:
+        return table
+    keep = np.ones(len(table), bool)
+    # pairs (i, j) with i < j: j has the lower score; process in order so chains resolve greedily
+    for i, j in pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))]:
+        if keep[i] and keep[j]:
+            keep[j] = False
+    return table[keep].reset_index(drop=True)
+
+
+def _parabola_offset(
+    values: np.ndarray, iy: np.ndarray, ix: np.ndarray, axis: int, *, log: bool = True
+) -> np.ndarray:
+    if len(iy) == 0:
+        return np.empty(0)
+    n = values.shape[axis]
+    centre = iy if axis == 0 else ix
+    lo = np.clip(centre - 1, 0, n - 1)
+    hi = np.clip(centre + 1, 0, n - 1)
+    if axis == 0:
+        a, b, c = values[lo, ix], values[iy, ix], values[hi, ix]
+    else:
+        a, b, c = values[iy, lo], values[iy, ix], values[iy, hi]
+    if log:  # a parabola in log space is exact for Gaussian peaks
+        la, lb, lc = (np.log(np.maximum(v, 1e-6)) for v in (a, b, c))
+    else:
+        la, lb, lc = a, b, c
+    denom = la - 2 * lb + lc
+    with np.errstate(divide="ignore", invalid="ignore"):
+        off = np.where(denom < -1e-9, 0.5 * (la - lc) / denom, 0.0)
+    off[(lo == centre) | (hi == centre)] = 0.0  # at the border, no parabola
+    return np.clip(off, -0.5, 0.5)
+
+
+def atom_polarity(image: ArrayLike, coords: ArrayLike, *, sigma: float = 1.0) -> str:
+    """Tell whether detected atoms are brighter or darker than their surroundings.
+
+    Compares the smoothed intensity at each detected position with the local mean around it
+    (a window of about twice the spacing); the sign of the median difference decides.
+
+    Parameters
+    ----------
+    image : array_like, shape (H, W)
+        Image.
+    coords : array_like, shape (N, 2)
+        Detected (y, x) positions.
+    sigma : float
+        Smoothing before sampling (px).
+
+    Returns
+    -------
+    str
+        ``"bright"`` or ``"dark"``.
+    """
+    img = np.asarray(image, dtype=np.float32)
+    pts = np.asarray(coords, dtype=float).reshape(-1, 2)
+    if len(pts) == 0:
+        return "bright"
+    if len(pts) > 1:
+        from scipy.spatial import cKDTree
+
+        spacing = float(np.median(cKDTree(pts).query(pts, k=2)[0][:, 1]))
+    else:
+        spacing = 8.0
+    smooth = ndimage.gaussian_filter(img, sigma)
+    local = ndimage.uniform_filter(img, size=max(3, int(2 * spacing) | 1))
+    iy = np.clip(np.round(pts[:, 0]).astype(int), 0, img.shape[0] - 1)
+    ix = np.clip(np.round(pts[:, 1]).astype(int), 0, img.shape[1] - 1)
+    return "bright" if np.median(smooth[iy, ix] - local[iy, ix]) >= 0 else "dark"

@@ -1,5 +1,7 @@
-"""Accuracy metrics: point matching, detection and localization scores, the Cramér–Rao bound of
-a Gaussian column position, and segmentation overlap scores (seed 001).
+"""Accuracy metrics for detection, localization and segmentation.
+
+Point matching, detection and localization scores, the Cramér–Rao bound of a Gaussian column
+position, and segmentation overlap scores (seed 001).
 
 Points are napari (row, col) = (y, x) pixel coordinates.  Everything here is numpy / scipy only.
 """
@@ -12,8 +14,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from scipy.optimize import linear_sum_assignment
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
+from scipy.sparse import coo_matrix, csr_matrix
+from scipy.sparse.csgraph import connected_components, min_weight_full_bipartite_matching
 from scipy.spatial import cKDTree
 
 __all__ = [
@@ -44,6 +46,32 @@ def _as_points(points: ArrayLike, name: str) -> NDArray[np.float64]:
     return arr
 
 
+# components with more candidate pairs than this are solved on a sparse graph (memory)
+_DENSE_LIMIT = 4_000_000
+
+
+def _sparse_assignment(
+    li: NDArray[np.intp], lj: NDArray[np.intp], d: NDArray[np.float64], n: int, m: int
+) -> tuple[NDArray[np.intp], NDArray[np.intp]]:
+    """Max-cardinality, min-distance matching of a large sparse bipartite graph.
+
+    Augmented to a graph that always has a perfect matching: found ``i`` may take a private
+    dummy column at penalty P, truth ``j`` a private dummy row at penalty P, and the dummies of
+    a real edge (i, j) pair up at no cost.  A perfect matching costs
+    ``sum(d) + P * (n + m - 2 * pairs)``, so with P above any sum of distances the optimum has
+    the most pairs, then the least distance.  Every weight is shifted by 1 (all perfect
+    matchings have n + m edges) so no edge has weight zero.
+    """
+    penalty = d.sum() + 1.0
+    rows = np.concatenate([li, np.arange(n), n + np.arange(m), n + lj])
+    cols = np.concatenate([lj, m + np.arange(n), np.arange(m), m + li])
+    w = np.concatenate([d, np.full(n, penalty), np.full(m, penalty), np.zeros(li.size)]) + 1.0
+    graph = csr_matrix((w, (rows, cols)), shape=(n + m, m + n))
+    r, c = min_weight_full_bipartite_matching(graph)
+    real = (r < n) & (c < m)
+    return r[real].astype(np.intp), c[real].astype(np.intp)
+
+
 def match_points(
     found: ArrayLike, truth: ArrayLike, radius: float
 ) -> tuple[NDArray[np.intp], NDArray[np.intp], NDArray[np.intp]]:
@@ -56,7 +84,9 @@ def match_points(
     (:func:`scipy.sparse.csgraph.connected_components`), and each component with more than one
     edge is solved by :func:`scipy.optimize.linear_sum_assignment` with forbidden pairs given a
     cost larger than any feasible matching, so 100 000 points take well under a second when the
-    radius is below the typical spacing.
+    radius is below the typical spacing.  A component with more than 4 million candidate pairs
+    (a radius much larger than the spacing) is solved on its sparse graph with
+    :func:`scipy.sparse.csgraph.min_weight_full_bipartite_matching` instead, to bound memory.
 
     Parameters
     ----------
@@ -121,15 +151,19 @@ def match_points(
             gi, gj, gd = ei[group], ej[group], ed[group]
             uf, li = np.unique(gi, return_inverse=True)
             ut, lj = np.unique(gj, return_inverse=True)
-            # forbidden pairs cost more than any feasible matching, so the number of pairs is
-            # maximised first and the total distance minimised second
-            big = (gd.sum() + 1.0) * (min(uf.size, ut.size) + 1)
-            cost = np.full((uf.size, ut.size), big)
-            cost[li, lj] = gd
-            r, c = linear_sum_assignment(cost)
-            ok = cost[r, c] < big
-            out_f.append(uf[r[ok]])
-            out_t.append(ut[c[ok]])
+            if uf.size * ut.size > _DENSE_LIMIT:
+                r, c = _sparse_assignment(li, lj, gd, uf.size, ut.size)
+            else:
+                # forbidden pairs cost more than any feasible matching, so the number of pairs
+                # is maximised first and the total distance minimised second
+                big = (gd.sum() + 1.0) * (min(uf.size, ut.size) + 1)
+                cost = np.full((uf.size, ut.size), big)
+                cost[li, lj] = gd
+                r, c = linear_sum_assignment(cost)
+                ok = cost[r, c] < big
+                r, c = r[ok], c[ok]
+            out_f.append(uf[r])
+            out_t.append(ut[c])
 
     fi = np.concatenate(out_f)
     tj = np.concatenate(out_t)
@@ -141,7 +175,7 @@ def match_points(
 
 
 def detection_scores(found: ArrayLike, truth: ArrayLike, radius: float) -> dict[str, float]:
-    """Detection scores of found points against the truth, by :func:`match_points`.
+    """Score found points against the truth (matched by :func:`match_points`).
 
     Parameters
     ----------

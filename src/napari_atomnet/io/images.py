@@ -117,6 +117,7 @@ def write_tiff(
     *,
     pixel_size_nm: float | None = None,
     overwrite: bool = False,
+    compress: bool = False,
 ) -> Path:
     """Write an image as ImageJ-compatible TIFF (atomically), recording the pixel size in nm.
 
@@ -130,6 +131,8 @@ def write_tiff(
         Pixel size; stored as resolution with unit "nm" so ImageJ and :func:`read_image` see it.
     overwrite : bool
         Replace an existing file.
+    compress : bool
+        Deflate (zlib) compression: lossless, much smaller for label images.
 
     Returns
     -------
@@ -142,6 +145,8 @@ def write_tiff(
     data = np.asarray(data)
     imagej_ok = data.dtype in (np.uint8, np.uint16, np.float32)
     kwargs: dict[str, Any] = {"imagej": imagej_ok}
+    if compress:
+        kwargs["compression"] = "zlib"
     if pixel_size_nm:
         kwargs["resolution"] = (1.0 / pixel_size_nm, 1.0 / pixel_size_nm)
         # ImageJ reads the unit from its own metadata; other dtypes get it in the JSON description

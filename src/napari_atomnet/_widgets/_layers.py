@@ -1,0 +1,137 @@
+"""Layer names, layer construction and replace-in-place for the dock widgets."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from .._provenance import METADATA_KEY
+
+if TYPE_CHECKING:
+    import napari
+
+#: Boxes beyond this count are not drawn (napari's Shapes layer gets slow); they stay in tables.
+MAX_BOXES = 20_000
+
+CLASS_COLOURS = np.array(
+    [[1.0, 0.25, 0.25, 1.0], [0.25, 0.8, 1.0, 1.0], [1.0, 0.8, 0.2, 1.0], [0.7, 0.4, 1.0, 1.0]]
+)
+FIT_OK_COLOUR = np.array([1.0, 0.2, 0.2, 1.0])  # seed 000: fitted peaks red
+FALLBACK_COLOUR = np.array([0.2, 1.0, 0.2, 1.0])  # fallbacks to the box centre green
+
+
+def layer_name(kind: str, image_name: str) -> str:
+    """Return the name of a result layer, e.g. ``"Atoms (haadf_01)"``."""
+    return f"{kind} ({image_name})"
+
+
+def geometry(image_layer: napari.layers.Image) -> dict[str, Any]:
+    """Return scale and translate of the image's last two axes, for result layers."""
+    return {
+        "scale": tuple(np.asarray(image_layer.scale)[-2:]),
+        "translate": tuple(np.asarray(image_layer.translate)[-2:]),
+    }
+
+
+def atoms_points(
+    atoms: pd.DataFrame, image_layer: napari.layers.Image, provenance: dict[str, Any],
+    *, spacing: float | None = None,
+) -> Any:
+    """Build the ``Atoms (<image>)`` Points layer (not yet added to a viewer)."""
+    from napari.layers import Points
+
+    size = _marker_size(atoms, spacing)
+    return Points(
+        atoms[["y", "x"]].to_numpy(float),
+        name=layer_name("Atoms", image_layer.name),
+        features=atoms.reset_index(drop=True),
+        feature_defaults=_atom_defaults(atoms),
+        face_color=atom_colours(atoms),
+        border_color="black",
+        border_width=0.1,
+        size=size,
+        metadata={METADATA_KEY: provenance},
+        **geometry(image_layer),
+    )
+
+
+def boxes_shapes(
+    atoms: pd.DataFrame, image_layer: napari.layers.Image, provenance: dict[str, Any]
+) -> Any | None:
+    """Build the ``Boxes (<image>)`` Shapes layer, or None when there are too many boxes."""
+    from napari.layers import Shapes
+
+    if len(atoms) > MAX_BOXES or not {"y0", "x0", "y1", "x1"} <= set(atoms.columns):
+        return None
+    corners = np.stack(
+        [atoms[["y0", "x0"]].to_numpy(float), atoms[["y1", "x1"]].to_numpy(float)], axis=1
+    )
+    cls = atoms["class"].to_numpy(int) if "class" in atoms else np.zeros(len(atoms), int)
+    return Shapes(
+        list(corners),
+        shape_type="rectangle",
+        name=layer_name("Boxes", image_layer.name),
+        edge_color=CLASS_COLOURS[np.clip(cls, 0, len(CLASS_COLOURS) - 1)] if len(atoms) else
+        "red",
+        edge_width=max(0.3, 0.04 * float(np.median(corners[:, 1, 0] - corners[:, 0, 0]))
+                       if len(atoms) else 0.5),
+        face_color="transparent",
+        opacity=0.8,
+        features=atoms[["score", "class"]].reset_index(drop=True) if len(atoms) else None,
+        metadata={METADATA_KEY: provenance},
+        **geometry(image_layer),
+    )
+
+
+def atom_colours(atoms: pd.DataFrame) -> np.ndarray:
+    """Face colours: red where the Gaussian fit succeeded, green for fallbacks, else by class."""
+    if len(atoms) == 0:
+        return np.empty((0, 4))
+    if "fit_ok" in atoms:
+        ok = atoms["fit_ok"].fillna(False).to_numpy(bool)
+        return np.where(ok[:, None], FIT_OK_COLOUR, FALLBACK_COLOUR)
+    cls = atoms["class"].to_numpy(int) if "class" in atoms else np.zeros(len(atoms), int)
+    return CLASS_COLOURS[np.clip(cls, 0, len(CLASS_COLOURS) - 1)]
+
+
+def replace_layer(viewer: napari.Viewer, layer: Any) -> Any:
+    """Add ``layer``, replacing (at the same place in the list) a layer of the same name."""
+    if layer.name in viewer.layers:
+        old = viewer.layers[layer.name]
+        index = viewer.layers.index(old)
+        was_selected = old in viewer.layers.selection
+        viewer.layers.remove(old)
+        viewer.layers.insert(index, layer)
+        if was_selected:
+            viewer.layers.selection.add(layer)
+        return layer
+    return viewer.add_layer(layer)
+
+
+def remove_layer(viewer: napari.Viewer, name: str) -> None:
+    """Remove a layer by name if it exists."""
+    if name in viewer.layers:
+        viewer.layers.remove(viewer.layers[name])
+
+
+def _marker_size(atoms: pd.DataFrame, spacing: float | None) -> float:
+    if spacing is None or not np.isfinite(spacing):
+        if len(atoms) > 1:
+            from scipy.spatial import cKDTree
+
+            pts = atoms[["y", "x"]].to_numpy(float)
+            spacing = float(np.median(cKDTree(pts).query(pts, k=2)[0][:, 1]))
+        else:
+            spacing = 10.0
+    return max(2.0, 0.35 * spacing)
+
+
+def _atom_defaults(atoms: pd.DataFrame) -> dict[str, Any]:
+    defaults: dict[str, Any] = {}
+    for column, value in (("source", "manual"), ("fit_ok", False), ("score", 1.0),
+                          ("class", 0)):
+        if column in atoms:
+            defaults[column] = value
+    return defaults

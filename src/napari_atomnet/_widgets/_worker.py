@@ -1,0 +1,99 @@
+"""Running long work off the GUI thread with a napari progress bar and a Cancel button.
+
+Core functions report progress through a ``progress(done, total)`` callback and poll a
+``cancelled()`` callable.  :func:`progress_generator` turns such a call into a generator of
+``(done, total)`` for napari's ``thread_worker``; nothing in the worker touches the viewer.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable, Generator
+from typing import Any
+
+_DONE = object()
+
+
+def progress_generator(
+    fn: Callable[..., Any], *args: Any, **kwargs: Any
+) -> Generator[tuple[int, int], None, Any]:
+    """Run ``fn(*args, progress=..., cancelled=..., **kwargs)`` and yield its progress.
+
+    ``fn`` runs in a helper thread; this generator yields each ``(done, total)`` it reports and
+    returns its result (or re-raises its exception).  Closing the generator (napari's
+    ``worker.quit()``) makes ``cancelled()`` return True, so ``fn`` stops at its next check.
+    """
+    events: queue.Queue = queue.Queue()
+    stop = threading.Event()
+    outcome: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            outcome["value"] = fn(
+                *args,
+                progress=lambda done, total: events.put((int(done), int(total))),
+                cancelled=stop.is_set,
+                **kwargs,
+            )
+        except BaseException as err:  # re-raised in the worker thread below
+            outcome["error"] = err
+        finally:
+            events.put(_DONE)
+
+    thread = threading.Thread(target=target, name="napari-atomnet-job", daemon=True)
+    thread.start()
+    try:
+        while (item := events.get()) is not _DONE:
+            yield item
+    finally:
+        stop.set()
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome.get("value")
+
+
+def start_job(
+    owner: Any,
+    job: Callable[[], Generator[tuple[int, int], None, Any]],
+    *,
+    description: str,
+    on_result: Callable[[Any], None],
+    on_error: Callable[[BaseException], None],
+    on_finished: Callable[[], None],
+) -> Any:
+    """Start ``job`` (a generator function yielding ``(done, total)``) in a napari worker.
+
+    A napari progress bar follows the yielded progress; ``on_result`` gets the returned value on
+    the GUI thread, ``on_error`` any exception, and ``on_finished`` runs last in every case.
+
+    Returns
+    -------
+    napari.qt.threading.GeneratorWorker
+        Call ``.quit()`` to cancel.
+    """
+    from napari.qt.threading import thread_worker
+    from napari.utils import progress
+
+    bar = progress(total=0, desc=description)
+    worker = thread_worker(job, start_thread=False)()
+
+    def on_yield(item: tuple[int, int]) -> None:
+        done, total = item
+        if bar.total != total:
+            bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    def finished() -> None:
+        bar.close()
+        on_finished()
+
+    worker.yielded.connect(on_yield)
+    worker.returned.connect(on_result)
+    worker.errored.connect(on_error)
+    worker.finished.connect(finished)
+    owner._worker = worker
+    worker.start()
+    return worker

@@ -1,0 +1,1031 @@
+"""Sub-pixel refinement of atom columns by 2D Gaussian fits, all peaks at once.
+
+Every peak is fitted by its own 2D Gaussian plus a constant background inside a square window
+around it, and all the fits run together as one batched (vectorized) Levenberg–Marquardt in numpy:
+the windows are gathered into an ``(n, k, k)`` stack, the parameters into an ``(n, P)`` array, and
+each iteration evaluates every model, forms every peak's damped normal equations and solves all of
+them at once.  Damping, step acceptance and convergence are decided per peak; converged peaks drop
+out of the working set.  There is no Python loop over peaks.
+
+Model
+-----
+``m(r, c) = A * exp(-Q / 2) + B`` with ``Q = a dy² + 2 b dy dx + c dx²``, ``dy = r - y`` and
+``dx = c - x`` (pixel-centre convention: a peak centred on pixel (10, 20) is at y=10.0, x=20.0).
+The shape is fitted as the inverse covariance ("precision") matrix ``[[a, b], [b, c]]`` rather
+than as ``(sigma_y, sigma_x, theta)``: the model is smooth in ``(a, b, c)``, the Jacobian is a
+Gaussian times a polynomial, and there is no degenerate angle when the peak is round (``theta`` is
+undefined for ``sigma_y == sigma_x``, which makes the angle parametrisation singular exactly where
+most atom columns are).  Steps that leave the positive-definite cone (or give a width outside
+``[0.1, 10 h]`` px) are rejected and the damping raised.  ``sigma_y, sigma_x, theta`` are computed
+from ``(a, b, c)`` at the end, with the same convention as :func:`napari_atomnet.synth.
+render_gaussians` (``theta`` rotates the Gaussian's y axis towards +x) and ``theta`` in
+``[-pi/4, pi/4)`` so that ``sigma_y`` is the width along the axis closest to the image rows.  The
+isotropic model fits ``Q = a (dy² + dx²)``.
+
+Speed
+-----
+All pieces of the normal equations are Gaussian-weighted polynomial moments of the window.  They
+are computed as raw moments about the window centre by two dense matrix products (BLAS) and
+shifted to the current centre analytically, so the per-pixel work per iteration is about fifteen
+float32 array operations; the small systems (P <= 7) are solved by a batched Cholesky
+factorisation written out over the batch axis.  Windows are float32 (plenty for 1e-4 px), the
+parameters, moments and solves float64.
+
+Weights
+-------
+``weights="poisson"`` (the default) is iteratively re-weighted least squares with weights
+``1 / max(model, 1)``: at convergence this solves the Poisson maximum-likelihood equations, which
+reach the Cramér–Rao bound at low dose where plain least squares does not.  On images that are not
+in counts (normalised floats, values below 1) the weights are all 1 and it is plain least squares.
+``weights="uniform"`` is ordinary least squares.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from numpy.typing import ArrayLike, NDArray
+from scipy.spatial import cKDTree
+
+__all__ = ["fit_gaussian_at", "fit_gaussians"]
+
+STATUSES = ("ok", "diverged", "moved_too_far", "bad_width", "low_amplitude", "max_iter", "merged")
+_OK, _DIVERGED, _MOVED, _BAD_WIDTH, _LOW_AMP, _MAX_ITER, _MERGED = range(7)
+
+COLUMNS = [
+    "y",
+    "x",
+    "amplitude",
+    "sigma_y",
+    "sigma_x",
+    "theta",
+    "background",
+    "fit_ok",
+    "fit_status",
+    "y_init",
+    "x_init",
+    "n_iter",
+    "residual_rms",
+    "merged_into",
+]
+
+_CHUNK = 1024  # peaks per block: keeps a block's (n, k, k) temporaries in cache
+_LAMBDA0 = 1e-3
+_LAMBDA_MAX = 1e7
+_POISSON_FLOOR = 1.0
+_BINOM = np.array(
+    [[1, 0, 0, 0, 0], [1, 1, 0, 0, 0], [1, 2, 1, 0, 0], [1, 3, 3, 1, 0], [1, 4, 6, 4, 1]]
+)
+
+
+@dataclass(frozen=True)
+class _Cfg:
+    isotropic: bool
+    fit_background: bool
+    poisson: bool
+    max_iter: int
+    tol: float
+
+    @property
+    def n_shape(self) -> int:
+        return 1 if self.isotropic else 3
+
+    @property
+    def n_params(self) -> int:
+        return 3 + self.n_shape + int(self.fit_background)
+
+    @property
+    def i_bg(self) -> int:
+        return 3 + self.n_shape
+
+
+# --------------------------------------------------------------------------------------------
+# batched linear algebra
+# --------------------------------------------------------------------------------------------
+def _chol_solve(a: NDArray, b: NDArray) -> tuple[NDArray, NDArray]:
+    """Solve ``a x = b`` for a batch of small symmetric positive-definite systems.
+
+    ``a`` is (n, P, P) and ``b`` (n, P) or (n, P, R).  The Cholesky factorisation is written out
+    over the batch axis (P <= 7 here), which is several times faster than ``np.linalg.solve`` on
+    many tiny matrices and reports a non-positive-definite system per item instead of raising.
+    Returns ``(x, ok)``; rows with ``ok`` False hold zeros.
+    """
+    n, p, _ = a.shape
+    vec = b.ndim == 2
+    bb = b[..., None] if vec else b
+    at = np.moveaxis(a, 0, -1)  # (P, P, n) views
+    low = np.zeros((p, p, n))
+    ok = np.ones(n, dtype=bool)
+    for j in range(p):
+        s = at[j, j] - np.einsum("kn,kn->n", low[j, :j], low[j, :j]) if j else at[j, j].copy()
+        ok &= s > 0
+        d = np.sqrt(np.where(s > 0, s, 1.0))
+        low[j, j] = d
+        if j + 1 < p:
+            low[j + 1 :, j] = (
+                at[j + 1 :, j] - np.einsum("ikn,kn->in", low[j + 1 :, :j], low[j, :j])
+            ) / d
+    rhs = np.moveaxis(bb, 0, -1)  # (P, R, n)
+    z = np.empty_like(rhs)
+    for i in range(p):
+        z[i] = (rhs[i] - np.einsum("kn,krn->rn", low[i, :i], z[:i])) / low[i, i]
+    x = np.empty_like(rhs)
+    for i in range(p - 1, -1, -1):
+        x[i] = (z[i] - np.einsum("kn,krn->rn", low[i + 1 :, i], x[i + 1 :])) / low[i, i]
+    x = np.moveaxis(x, -1, 0)
+    x[~ok] = 0.0
+    return (x[..., 0] if vec else x), ok
+
+
+# monomials i^p j^q (i: row offset, j: column offset from the window centre) with p + q <= 4;
+# the first six, 1, i, j, i², ij, j², are the basis of the Jacobian polynomials
+_MONO = [(0, 0), (1, 0), (0, 1), (2, 0), (1, 1), (0, 2)]
+_MONO += [(p, d - p) for d in (3, 4) for p in range(d, -1, -1)]
+_MONO_COL = {pq: i for i, pq in enumerate(_MONO)}
+_KIDX = np.array(
+    [[_MONO_COL[(p1 + p2, q1 + q2)] for (p2, q2) in _MONO[:6]] for (p1, q1) in _MONO[:6]]
+)
+
+
+@functools.lru_cache(maxsize=64)
+def _geom(h: int) -> tuple[NDArray, NDArray]:
+    """Monomials of a (2h+1)² window, flattened row-major: (6, M) for the model, (M, 15)."""
+    offs = np.arange(-h, h + 1, dtype=np.float64)
+    ii = np.repeat(offs, offs.size)
+    jj = np.tile(offs, offs.size)
+    mono = np.stack([ii**p * jj**q for p, q in _MONO], axis=1).astype(np.float32)
+    return np.ascontiguousarray(mono[:, :6].T), mono
+
+
+# --------------------------------------------------------------------------------------------
+# the model and its normal equations
+# --------------------------------------------------------------------------------------------
+def _gauss(p: NDArray, h: int, cfg: _Cfg) -> NDArray:
+    """Unit-height Gaussians exp(-Q/2) of a batch on flattened windows, float32 (n, M).
+
+    ``p`` holds positions relative to the window centre.  ``-Q/2`` is a quadratic polynomial in
+    the pixel offsets (i, j); its six coefficients per peak times the monomials is one GEMM.
+    """
+    y, x, a = p[:, 1], p[:, 2], p[:, 3]
+    if cfg.isotropic:
+        b, c = np.zeros_like(a), a
+    else:
+        b, c = p[:, 4], p[:, 5]
+    coef = np.empty((len(p), 6))
+    coef[:, 0] = -0.5 * a * y * y - b * x * y - 0.5 * c * x * x
+    coef[:, 1] = a * y + b * x
+    coef[:, 2] = b * y + c * x
+    coef[:, 3] = -0.5 * a
+    coef[:, 4] = -b
+    coef[:, 5] = -0.5 * c
+    q = coef.astype(np.float32) @ _geom(h)[0]
+    return np.exp(q, out=q)
+
+
+def _model(p: NDArray, g: NDArray, cfg: _Cfg) -> NDArray:
+    m = g * p[:, 0].astype(np.float32)[:, None]
+    if cfg.fit_background:
+        m += p[:, cfg.i_bg].astype(np.float32)[:, None]
+    return m
+
+
+def _normal_equations(
+    p: NDArray, g: NDArray, res: NDArray, w: NDArray, h: int, cfg: _Cfg
+) -> tuple[NDArray, NDArray]:
+    """J^T W J and J^T W r of a batch from weighted Gaussian moments.
+
+    Every Jacobian column except the background's is ``g`` times a polynomial of degree <= 2 in
+    the pixel offsets (i, j) with per-peak coefficients ``C`` (n, P', 6); so
+    ``J^T W J = C K C^T`` with ``K`` the moments of ``w g²`` up to degree 4 (one GEMM with the
+    monomials), and the background terms need moments of ``w g`` and sums of ``w``.
+    """
+    n = len(p)
+    mono = _geom(h)[1]
+    wg = w * g
+    f1 = wg * g
+    m1 = (f1 @ mono).astype(np.float64)  # (n, 15)
+    f24 = np.empty((2, n, g.shape[1]), dtype=np.float32)
+    f24[0] = wg
+    np.multiply(wg, res, out=f24[1])
+    m24 = (f24.reshape(2 * n, -1) @ mono[:, :6]).astype(np.float64).reshape(2, n, 6)
+    amp, y, x, a = p[:, 0], p[:, 1], p[:, 2], p[:, 3]
+    ng = 3 + cfg.n_shape
+    coef = np.zeros((n, ng, 6))
+    coef[:, 0, 0] = 1.0
+    if cfg.isotropic:
+        b, c = 0.0, a
+    else:
+        b, c = p[:, 4], p[:, 5]
+    coef[:, 1, 0] = -amp * (a * y + b * x)
+    coef[:, 1, 1] = amp * a
+    coef[:, 1, 2] = amp * b
+    coef[:, 2, 0] = -amp * (b * y + c * x)
+    coef[:, 2, 1] = amp * b
+    coef[:, 2, 2] = amp * c
+    if cfg.isotropic:
+        coef[:, 3, 0] = -0.5 * amp * (y * y + x * x)
+        coef[:, 3, 1] = amp * y
+        coef[:, 3, 2] = amp * x
+        coef[:, 3, 3] = -0.5 * amp
+        coef[:, 3, 5] = -0.5 * amp
+    else:
+        coef[:, 3, 0] = -0.5 * amp * y * y
+        coef[:, 3, 1] = amp * y
+        coef[:, 3, 3] = -0.5 * amp
+        coef[:, 4, 0] = -amp * x * y
+        coef[:, 4, 1] = amp * x
+        coef[:, 4, 2] = amp * y
+        coef[:, 4, 4] = -amp
+        coef[:, 5, 0] = -0.5 * amp * x * x
+        coef[:, 5, 2] = amp * x
+        coef[:, 5, 5] = -0.5 * amp
+    npar = cfg.n_params
+    hess = np.empty((n, npar, npar))
+    grad = np.empty((n, npar))
+    hess[:, :ng, :ng] = coef @ m1[:, _KIDX] @ coef.transpose(0, 2, 1)
+    grad[:, :ng] = (coef @ m24[1][:, :, None])[:, :, 0]
+    if cfg.fit_background:
+        hb = (coef @ m24[0][:, :, None])[:, :, 0]
+        hess[:, :ng, ng] = hb
+        hess[:, ng, :ng] = hb
+        hess[:, ng, ng] = w.sum(axis=1, dtype=np.float64)
+        grad[:, ng] = (w * res).sum(axis=1, dtype=np.float64)
+    return hess, grad
+
+
+def _wss(w: NDArray, r: NDArray) -> NDArray:
+    """Weighted sums of squares per row (float32 pairwise sums, returned as float64)."""
+    return (w * r * r).sum(axis=1).astype(np.float64)
+
+
+def _valid_params(p: NDArray, h: float, cfg: _Cfg) -> NDArray:
+    """Parameters a step may go to: finite, centre inside the window, 0.1 px < sigma < 10 h."""
+    ok = np.isfinite(p).all(axis=1)
+    ok &= (np.abs(p[:, 1]) <= h + 0.5) & (np.abs(p[:, 2]) <= h + 0.5)
+    lo, hi = 1.0 / (10.0 * h) ** 2, 1.0 / 0.1**2
+    if cfg.isotropic:
+        ok &= (p[:, 3] > lo) & (p[:, 3] < hi)
+    else:
+        a, b, c = p[:, 3], p[:, 4], p[:, 5]
+        half_tr = 0.5 * (a + c)
+        disc = np.sqrt(np.maximum(0.25 * (a - c) ** 2 + b * b, 0.0))
+        ok &= (half_tr - disc > lo) & (half_tr + disc < hi)
+    return ok
+
+
+# --------------------------------------------------------------------------------------------
+# batched Levenberg–Marquardt on one block of equal-size windows
+# --------------------------------------------------------------------------------------------
+@dataclass
+class _BlockResult:
+    params: NDArray  # (n, P), positions relative to the window centre
+    converged: NDArray  # bool
+    n_iter: NDArray
+    rss: NDArray  # unweighted sum of squared residuals over valid pixels
+    chi2: NDArray  # weighted
+    var_amp: NDArray  # variance of A from (J^T W J)^-1 times the reduced chi2
+    n_valid: NDArray
+
+
+def _lm_block(data: NDArray, mask: NDArray, p0: NDArray, h: int, cfg: _Cfg) -> _BlockResult:
+    """Fit one block of peaks, all with the same window half-width ``h``."""
+    n = data.shape[0]
+    npar = cfg.n_params
+    n_valid = mask.sum(axis=1).astype(np.int64)
+
+    def weights_for(m: NDArray, msk: NDArray) -> NDArray:
+        if not cfg.poisson:
+            return msk
+        return msk / np.maximum(m, np.float32(_POISSON_FLOOR))
+
+    # outputs (full block)
+    out_p = p0.astype(np.float64).copy()
+    out_conv = np.zeros(n, dtype=bool)
+    out_iter = np.zeros(n, dtype=np.int64)
+    out_rss = np.full(n, np.nan)
+    out_chi2 = np.full(n, np.nan)
+    out_hess = np.zeros((n, npar, npar))
+
+    # working set
+    idx = np.arange(n)
+    p = out_p.copy()
+    d, msk = data, mask
+    g = _gauss(p, h, cfg)
+    m = _model(p, g, cfg)
+    res = d - m
+    w = weights_for(m, msk)
+    chi2 = _wss(w, res)
+    rss = _wss(msk, res)
+    hess, grad = _normal_equations(p, g, res, w, h, cfg)
+    lam = np.full(n, _LAMBDA0)
+    for it in range(1, cfg.max_iter + 1):
+        diag = np.diagonal(hess, axis1=1, axis2=2)
+        floor = 1e-12 * diag.max(axis=1, keepdims=True) + 1e-30
+        damp = lam[:, None] * np.maximum(diag, floor)
+        a_mat = hess.copy()
+        a_mat[:, np.arange(npar), np.arange(npar)] += damp
+        step, ok = _chol_solve(a_mat, grad)
+        pt = p + step
+        ok &= _valid_params(pt, h, cfg)
+        gt = _gauss(pt, h, cfg)
+        mt = _model(pt, gt, cfg)
+        rt = d - mt
+        chi2_t = _wss(w, rt)
+        acc = ok & np.isfinite(chi2_t) & (chi2_t <= chi2 * (1.0 + 1e-7) + 1e-30)
+        out_iter[idx] = it
+        if acc.any():
+            sel = np.nonzero(acc)[0]
+            full = sel.size == acc.size
+            g_a = gt if full else gt[sel]
+            r_a = rt if full else rt[sel]
+            m_a = mt if full else mt[sel]
+            k_a = msk if full else msk[sel]
+            w_a = weights_for(m_a, k_a)
+            h_a, gr_a = _normal_equations(pt[sel], g_a, r_a, w_a, h, cfg)
+            p[sel] = pt[sel]
+            hess[sel] = h_a
+            grad[sel] = gr_a
+            chi2[sel] = _wss(w_a, r_a)
+            rss[sel] = _wss(k_a, r_a)
+            if cfg.poisson:
+                if full:
+                    w = w_a
+                else:
+                    w[sel] = w_a
+        lam = np.where(acc, np.maximum(lam * 0.1, 1e-9), lam * 10.0)
+        # convergence: an accepted step below tolerance, or no acceptable step even when damped
+        # steps measured against natural scales: px for positions, the amplitude for A and B,
+        # the mean precision (a + c) / 2 for the shape (b is ~0 for round peaks)
+        amp_scale = np.abs(p[:, 0]) + 1e-12
+        shp = p[:, 3] if cfg.isotropic else 0.5 * (p[:, 3] + p[:, 5])
+        shp_scale = np.abs(shp) + 1e-12
+        small = (
+            (np.abs(step[:, 1]) <= cfg.tol)
+            & (np.abs(step[:, 2]) <= cfg.tol)
+            & (np.abs(step[:, 0]) <= cfg.tol * amp_scale)
+            & (np.abs(step[:, 3 : 3 + cfg.n_shape]) <= cfg.tol * shp_scale[:, None]).all(axis=1)
+        )
+        if cfg.fit_background:
+            small &= np.abs(step[:, cfg.i_bg]) <= cfg.tol * amp_scale
+        done = (acc & small) | (~acc & (lam >= _LAMBDA_MAX))
+        if done.any():
+            di = idx[done]
+            out_p[di] = p[done]
+            out_conv[di] = True
+            out_rss[di] = rss[done]
+            out_chi2[di] = chi2[done]
+            out_hess[di] = hess[done]
+            keep = ~done
+            idx = idx[keep]
+            if idx.size == 0:
+                break
+            p, hess, grad, lam = p[keep], hess[keep], grad[keep], lam[keep]
+            chi2, rss = chi2[keep], rss[keep]
+            d, msk = d[keep], msk[keep]
+            w = w[keep] if cfg.poisson else msk
+    if idx.size:  # not converged within max_iter
+        out_p[idx] = p
+        out_rss[idx] = rss
+        out_chi2[idx] = chi2
+        out_hess[idx] = hess
+    # variance of the amplitude for the significance test
+    e0 = np.zeros((n, npar))
+    e0[:, 0] = 1.0
+    inv0, okh = _chol_solve(out_hess, e0)
+    dof = np.maximum(n_valid - npar, 1)
+    var_amp = np.where(okh & (n_valid > npar), inv0[:, 0] * out_chi2 / dof, np.inf)
+    return _BlockResult(out_p, out_conv, out_iter, out_rss, out_chi2, var_amp, n_valid)
+
+
+# --------------------------------------------------------------------------------------------
+# windows, starting values, neighbour models
+# --------------------------------------------------------------------------------------------
+def _gather(img: NDArray, cy: NDArray, cx: NDArray, h: int) -> tuple[NDArray, NDArray]:
+    """Flattened (n, k²) windows around integer centres and their masks (float32 0/1)."""
+    hh, ww = img.shape
+    offs = np.arange(-h, h + 1)
+    rows = cy[:, None] + offs[None, :]
+    cols = cx[:, None] + offs[None, :]
+    rin = (rows >= 0) & (rows < hh)
+    cin = (cols >= 0) & (cols < ww)
+    win = img[np.clip(rows, 0, hh - 1)[:, :, None], np.clip(cols, 0, ww - 1)[:, None, :]]
+    mask = rin[:, :, None] & cin[:, None, :] & np.isfinite(win)
+    win = np.where(mask, win, np.float32(0.0)).astype(np.float32, copy=False)
+    n = len(cy)
+    return win.reshape(n, -1), mask.astype(np.float32).reshape(n, -1)
+
+
+def _moment_start(
+    data: NDArray, mask: NDArray, y0: NDArray, x0: NDArray, h: int, cfg: _Cfg
+) -> NDArray:
+    """Start values: low percentile as background, local peak height, half-maximum area."""
+    n = data.shape[0]
+    flat = data.reshape(n, -1)
+    valid = mask.reshape(n, -1) > 0
+    nv = valid.sum(axis=1)
+    if cfg.fit_background:
+        srt = np.sort(np.where(valid, flat, np.inf), axis=1)
+        q = np.clip(((nv - 1) * 0.2).astype(np.int64), 0, None)
+        bg = srt[np.arange(n), q].astype(np.float64)
+        bg[~np.isfinite(bg)] = 0.0
+    else:
+        bg = np.zeros(n)
+    k = 2 * h + 1
+    sq = np.s_[:, h - 1 : h + 2, h - 1 : h + 2]  # the 3 x 3 pixels around the window centre
+    core = np.where(mask.reshape(n, k, k)[sq] > 0, data.reshape(n, k, k)[sq], -np.inf)
+    top = core.reshape(n, -1).max(axis=1).astype(np.float64)
+    amp = top - bg
+    wmax = np.where(valid, flat, -np.inf).max(axis=1).astype(np.float64)
+    amp = np.where(np.isfinite(amp) & (amp > 0), amp, wmax - bg)
+    tiny = 1e-6 * (np.abs(bg) + 1.0)
+    amp = np.where(np.isfinite(amp) & (amp > tiny), amp, tiny)
+    above = (valid & (flat - bg[:, None].astype(np.float32) > 0.5 * amp[:, None])).sum(axis=1)
+    sigma = np.sqrt(above / (2.0 * np.pi * np.log(2.0)))
+    sigma = np.clip(sigma, 0.6, max(0.6, 0.5 * h))
+    p = np.zeros((n, cfg.n_params))
+    p[:, 0] = amp
+    p[:, 1] = y0
+    p[:, 2] = x0
+    p[:, 3] = 1.0 / sigma**2
+    if not cfg.isotropic:
+        p[:, 4] = 0.0
+        p[:, 5] = 1.0 / sigma**2
+    if cfg.fit_background:
+        p[:, cfg.i_bg] = bg
+    return p
+
+
+def _max_sigma2(p: NDArray, cfg: _Cfg) -> NDArray:
+    """Largest variance (sigma²) of each Gaussian."""
+    if cfg.isotropic:
+        return 1.0 / p[:, 3]
+    a, b, c = p[:, 3], p[:, 4], p[:, 5]
+    lo = 0.5 * (a + c) - np.sqrt(0.25 * (a - c) ** 2 + b * b)
+    return 1.0 / np.maximum(lo, 1e-12)
+
+
+def _render_sum(
+    shape: tuple[int, int], centres: NDArray, prel: NDArray, radius: NDArray, cfg: _Cfg
+) -> NDArray:
+    """Sum of the fitted Gaussians (without background) into an image, float32.
+
+    Peak ``i`` is drawn on the square of half-width ``radius[i]`` around ``centres[i]`` with
+    exactly the arithmetic of :func:`_gauss`, so that its own part can be added back exactly.
+    """
+    hh, ww = shape
+    acc = np.zeros(hh * ww)
+    for r in np.unique(radius):
+        sel_all = np.nonzero(radius == r)[0]
+        # row-sorted blocks touch a narrow band of the image: bincount only that band
+        sel_all = sel_all[np.argsort(centres[sel_all, 0], kind="stable")]
+        ioffs = np.arange(-r, r + 1)
+        for s in range(0, sel_all.size, _CHUNK):
+            sel = sel_all[s : s + _CHUNK]
+            vals = _gauss(prel[sel], int(r), cfg) * prel[sel, 0].astype(np.float32)[:, None]
+            vals = vals.reshape(sel.size, 2 * r + 1, 2 * r + 1)
+            rows = centres[sel, 0][:, None] + ioffs[None, :]
+            cols = centres[sel, 1][:, None] + ioffs[None, :]
+            rin = (rows >= 0) & (rows < hh)
+            cin = (cols >= 0) & (cols < ww)
+            inside = rin[:, :, None] & cin[:, None, :]
+            flat = (rows[:, :, None] * ww + cols[:, None, :])[inside]
+            if flat.size == 0:
+                continue
+            lo, hi = int(flat.min()), int(flat.max()) + 1
+            acc[lo:hi] += np.bincount(flat - lo, weights=vals[inside], minlength=hi - lo)
+    return acc.reshape(shape).astype(np.float32)
+
+
+# --------------------------------------------------------------------------------------------
+# public API
+# --------------------------------------------------------------------------------------------
+def _shape_params(p: NDArray, cfg: _Cfg) -> tuple[NDArray, NDArray, NDArray]:
+    """(sigma_y, sigma_x, theta) from the precision parameters; theta in [-pi/4, pi/4)."""
+    if cfg.isotropic:
+        s = 1.0 / np.sqrt(np.where(p[:, 3] > 0, p[:, 3], np.nan))
+        return s, s.copy(), np.zeros(len(p))
+    a, b, c = p[:, 3], p[:, 4], p[:, 5]
+    mean = 0.5 * (a + c)
+    rad = np.sqrt(0.25 * (a - c) ** 2 + b * b)
+    l_big, l_small = mean + rad, mean - rad
+    with np.errstate(invalid="ignore", divide="ignore"):
+        s_small = 1.0 / np.sqrt(np.where(l_big > 0, l_big, np.nan))
+        s_big = 1.0 / np.sqrt(np.where(l_small > 0, l_small, np.nan))
+    # theta of the axis with the larger precision (the narrower one) as sigma_y
+    theta = 0.5 * np.arctan2(2.0 * b, a - c)  # in (-pi/2, pi/2]
+    sy, sx = s_small.copy(), s_big.copy()
+    hi = theta >= np.pi / 4
+    lo = theta < -np.pi / 4
+    theta = np.where(hi, theta - np.pi / 2, np.where(lo, theta + np.pi / 2, theta))
+    swap = hi | lo
+    sy, sx = np.where(swap, s_big, sy), np.where(swap, s_small, sx)
+    return sy, sx, theta
+
+
+def _as_coords(coords: ArrayLike | pd.DataFrame) -> tuple[NDArray, pd.Index]:
+    if isinstance(coords, pd.DataFrame):
+        arr = coords[["y", "x"]].to_numpy(dtype=np.float64)
+        index = coords.index
+    else:
+        arr = np.asarray(coords, dtype=np.float64)
+        if arr.size == 0:
+            arr = arr.reshape(0, 2)
+        index = pd.RangeIndex(len(arr))
+    if arr.ndim != 2 or arr.shape[1] != 2:
+        raise ValueError(f"coords must have shape (N, 2) of (y, x); got {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise ValueError("coords contain NaN or inf")
+    return arr, index
+
+
+def _nn_distance(coords: NDArray) -> NDArray:
+    """Distance to the nearest other peak, ignoring near-duplicates (closer than 1.5 px)."""
+    n = len(coords)
+    if n < 2:
+        return np.full(n, np.inf)
+    kq = min(n, 6)
+    dist, _ = cKDTree(coords).query(coords, k=kq)
+    dist = np.where(dist[:, 1:] > 1.5, dist[:, 1:], np.inf)
+    return dist.min(axis=1)
+
+
+def _half_widths(
+    coords: NDArray, window: ArrayLike | None, boxes: ArrayLike | None, nn: NDArray
+) -> NDArray:
+    n = len(coords)
+    if window is not None:
+        h = np.broadcast_to(np.ceil(np.asarray(window, dtype=np.float64)), (n,))
+        return np.clip(h, 2, None).astype(np.int64)
+    if boxes is not None:
+        bx = np.asarray(boxes, dtype=np.float64)
+        if bx.shape != (n, 4):
+            raise ValueError(f"boxes must have shape (N, 4) (y0, x0, y1, x1); got {bx.shape}")
+        size = np.maximum(bx[:, 2] - bx[:, 0], bx[:, 3] - bx[:, 1])
+        return np.clip(np.ceil(0.5 * size), 3, 20).astype(np.int64)
+    h = np.where(np.isfinite(nn), np.round(0.5 * nn), 12)
+    return np.clip(h, 3, 12).astype(np.int64)
+
+
+def fit_gaussians(
+    image: ArrayLike,
+    coords: ArrayLike | pd.DataFrame,
+    *,
+    window: ArrayLike | None = None,
+    boxes: ArrayLike | None = None,
+    isotropic: bool = False,
+    fit_background: bool = True,
+    neighbours: str = "subtract",
+    n_passes: int = 2,
+    max_iter: int = 30,
+    merge_distance: float | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    weights: str = "poisson",
+    max_shift: ArrayLike | None = None,
+    min_sigma: float = 0.3,
+    max_sigma: float | None = None,
+    min_snr: float = 3.0,
+    drop_merged: bool = True,
+    tol: float = 1e-4,
+) -> pd.DataFrame:
+    """Refine many peak positions at once by 2D Gaussian fits.
+
+    Each peak gets a 2D Gaussian plus a constant background, fitted in a square window around it;
+    all peaks are fitted together by one batched Levenberg–Marquardt (see the module docstring).
+
+    Parameters
+    ----------
+    image : array_like, shape (H, W)
+        The image, bright peaks on a darker background (invert dark-contrast images first).
+        NaN pixels are ignored; pixels outside the image are masked, so border peaks fit.
+    coords : array_like, shape (N, 2), or DataFrame with columns ``y``, ``x``
+        Starting positions (row, col) in pixels.  A DataFrame's index is kept in the result.
+    window : int, float or array_like of shape (N,), optional
+        Half-width of the fit window in pixels (the window is ``2 h + 1`` square).
+    boxes : array_like, shape (N, 4), optional
+        Detector boxes (y0, x0, y1, x1); the half-width is half the larger box side (3 to 20 px).
+        Without ``window`` and ``boxes`` the half-width is half the distance to the nearest
+        neighbour (near-duplicates closer than 1.5 px ignored), rounded and clipped to 3–12 px.
+    isotropic : bool
+        Fit round Gaussians (A, y, x, sigma, background) instead of elliptical ones
+        (A, y, x, sigma_y, sigma_x, theta, background).
+    fit_background : bool
+        Fit a constant background per window; if False the background is fixed at 0 (for
+        background-subtracted images).
+    neighbours : {"subtract", "none"}
+        ``"subtract"``: after each pass, the fitted Gaussians of all other peaks (without their
+        backgrounds) are subtracted from every window, and the windows are refitted.  Overlapping
+        tails of neighbouring columns otherwise pull each fit towards its neighbours (and the
+        bias grows as the columns get closer and their amplitudes more unequal).  A joint fit of
+        all peaks would remove that bias exactly but couples every parameter; subtracting the
+        neighbours' current models and refitting is a block-Jacobi iteration towards that joint
+        fit that keeps every peak's problem small and independent.  ``"none"``: later passes
+        only re-centre the windows on the fitted positions.
+    n_passes : int
+        Number of fit passes (1 = a single fit, no neighbour subtraction).
+    max_iter : int
+        Levenberg–Marquardt iterations per pass.
+    merge_distance : float, optional
+        Fitted peaks closer than this are duplicates of one peak.  Default: a quarter of the
+        median nearest-neighbour distance of ``coords`` (at least 1 px), or 1.5 px for fewer
+        than two peaks.
+    progress : callable(done, total), optional
+        Called after each block of peaks in each pass; ``total`` is ``n_passes * N``.
+    weights : {"poisson", "uniform"}
+        ``"poisson"``: iteratively re-weighted least squares with weights ``1 / max(model, 1)``,
+        the Poisson maximum-likelihood fit for images in counts (reaches the Cramér–Rao bound
+        at low dose); on images whose values are below 1 it is the same as ``"uniform"``.
+        ``"uniform"``: ordinary least squares.
+    max_shift : float or array_like, optional
+        A fit that ends farther than this from its start fails with ``"moved_too_far"``.
+        Default: 0.75 times the window half-width (at least 1.5 px).
+    min_sigma, max_sigma : float
+        Fits with a width outside ``[min_sigma, max_sigma]`` fail with ``"bad_width"``;
+        ``max_sigma`` defaults to the window half-width.
+    min_snr : float
+        Fits whose amplitude is not ``min_snr`` standard errors above 0 fail with
+        ``"low_amplitude"``.
+    drop_merged : bool
+        Duplicates: when fitted peaks are closer than ``merge_distance`` the one with the
+        smallest ``residual_rms`` is kept (ties: the earlier row).  With True (default) the
+        others are dropped from the result; with False they are kept with ``fit_ok`` False,
+        ``fit_status`` "merged" and ``merged_into`` the index label of the kept row.
+    tol : float
+        Convergence: every parameter step below ``tol`` (px for positions, relative otherwise).
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per kept input row, indexed like ``coords``, with columns ``y``, ``x``,
+        ``amplitude``, ``sigma_y``, ``sigma_x``, ``theta`` (radians, in [-pi/4, pi/4), rotation
+        of the Gaussian's y axis towards +x), ``background``, ``fit_ok`` (bool), ``fit_status``
+        ("ok", "diverged", "moved_too_far", "bad_width", "low_amplitude", "max_iter", "merged"),
+        ``y_init``, ``x_init``, ``n_iter`` (iterations over all passes), ``residual_rms`` (of
+        the last pass's window, image units) and ``merged_into`` (-1, or the kept row's label).
+        Failed fits report ``y, x = y_init, x_init``; their other fitted values are kept for
+        diagnosis.
+
+    Examples
+    --------
+    >>> from napari_atomnet.synth import render_gaussians
+    >>> img = render_gaussians((40, 40), [12.3, 25.0], [14.6, 27.2], [100.0, 80.0], [1.5, 2.0])
+    >>> df = fit_gaussians(img, [[12.0, 15.0], [26.0, 27.0]])
+    >>> df[["y", "x"]].round(3).values.tolist()
+    [[12.3, 14.6], [25.0, 27.2]]
+    """
+    img = np.asarray(image)
+    if img.ndim != 2:
+        raise ValueError(f"image must be 2D (H, W); got shape {img.shape}")
+    if img.size == 0:
+        raise ValueError("image is empty")
+    if np.iscomplexobj(img) or not (np.issubdtype(img.dtype, np.number) or img.dtype == bool):
+        raise ValueError(f"image must be real-valued; got dtype {img.dtype}")
+    img = np.ascontiguousarray(img, dtype=np.float32)
+    if neighbours not in ("subtract", "none", None):
+        raise ValueError(f"neighbours must be 'subtract' or 'none'; got {neighbours!r}")
+    if weights not in ("poisson", "uniform"):
+        raise ValueError(f"weights must be 'poisson' or 'uniform'; got {weights!r}")
+    n_passes = max(int(n_passes), 1)
+    cfg = _Cfg(
+        isotropic=bool(isotropic),
+        fit_background=bool(fit_background),
+        poisson=weights == "poisson",
+        max_iter=max(int(max_iter), 1),
+        tol=float(tol),
+    )
+    init, index = _as_coords(coords)
+    n = len(init)
+    if n == 0:
+        return _empty_frame(index)
+
+    nn = _nn_distance(init)
+    half = _half_widths(init, window, boxes, nn)
+    if merge_distance is None:
+        finite = nn[np.isfinite(nn)]
+        merge_distance = max(0.25 * float(np.median(finite)), 1.0) if finite.size else 1.5
+    shift_lim = (
+        np.maximum(0.75 * half, 1.5)
+        if max_shift is None
+        else np.broadcast_to(np.asarray(max_shift, dtype=np.float64), (n,))
+    )
+    sig_hi = half.astype(np.float64) if max_sigma is None else np.full(n, float(max_sigma))
+
+    npar = cfg.n_params
+    params = np.full((n, npar), np.nan)  # absolute positions
+    status = np.full(n, _DIVERGED, dtype=np.int64)
+    merged_into = np.full(n, -1, dtype=np.int64)
+    n_iter = np.zeros(n, dtype=np.int64)
+    rms = np.full(n, np.nan)
+    centres = np.round(init).astype(np.int64)
+    subtract = neighbours == "subtract"
+    total = n_passes * n
+
+    for pss in range(n_passes):
+        ok_prev = status == _OK
+        new_centres = centres.copy()
+        if pss == 0:
+            todo = np.arange(n)
+        else:
+            new_centres[ok_prev] = np.round(params[ok_prev, 1:3]).astype(np.int64)
+            active = status != _MERGED
+            if subtract:
+                todo = np.nonzero(active)[0]
+            else:  # without subtraction only the windows that move change
+                moved = (new_centres != centres).any(axis=1)
+                todo = np.nonzero(active & ok_prev & moved)[0]
+        model_img = None
+        if pss > 0 and subtract and ok_prev.any():
+            okp = np.nonzero(ok_prev)[0]
+            prel = params[okp].copy()
+            prel[:, 1:3] -= new_centres[okp]
+            rad = np.maximum(half[okp], np.ceil(4.0 * np.sqrt(_max_sigma2(prel, cfg))))
+            rad = np.minimum(rad, 3 * half[okp]).astype(np.int64)
+            model_img = _render_sum(img.shape, new_centres[okp], prel, rad, cfg)
+        work = img if model_img is None else img - model_img
+        done_in_pass = 0
+        for hval in np.unique(half[todo]):
+            grp = todo[half[todo] == hval]
+            for s in range(0, grp.size, _CHUNK):
+                sel = grp[s : s + _CHUNK]
+                _fit_block(
+                    work,
+                    sel,
+                    int(hval),
+                    new_centres,
+                    params,
+                    status,
+                    ok_prev,
+                    model_img is not None,
+                    init,
+                    cfg,
+                    n_iter,
+                    rms,
+                    shift_lim,
+                    min_sigma,
+                    sig_hi,
+                    min_snr,
+                )
+                done_in_pass += sel.size
+                if progress is not None:
+                    progress(pss * n + done_in_pass * n // max(todo.size, 1), total)
+        centres = new_centres
+        if progress is not None and todo.size == 0:
+            progress((pss + 1) * n, total)
+        _merge(params, status, merged_into, rms, merge_distance)
+
+    return _frame(params, status, merged_into, init, n_iter, rms, index, cfg, drop_merged)
+
+
+def _fit_block(
+    work: NDArray,
+    sel: NDArray,
+    h: int,
+    centres: NDArray,
+    params: NDArray,
+    status: NDArray,
+    ok_prev: NDArray,
+    add_own: bool,
+    init: NDArray,
+    cfg: _Cfg,
+    n_iter: NDArray,
+    rms: NDArray,
+    shift_lim: NDArray,
+    min_sigma: float,
+    sig_hi: NDArray,
+    min_snr: float,
+) -> None:
+    """Gather, start, fit and classify one block of peaks; results go into the full arrays."""
+    cy, cx = centres[sel, 0], centres[sel, 1]
+    data, mask = _gather(work, cy, cx, h)
+    okp = ok_prev[sel]
+    p0 = np.empty((sel.size, cfg.n_params))
+    if okp.any():
+        prev = params[sel[okp]].copy()
+        prev[:, 1] -= cy[okp]
+        prev[:, 2] -= cx[okp]
+        p0[okp] = prev
+        if add_own:  # the window had every fitted peak subtracted: add this peak's own back
+            own = _gauss(prev, h, cfg) * prev[:, 0].astype(np.float32)[:, None]
+            data[okp] += own * mask[okp]
+    bad = ~okp
+    if bad.any():
+        y0 = init[sel[bad], 0] - cy[bad]
+        x0 = init[sel[bad], 1] - cx[bad]
+        p0[bad] = _moment_start(data[bad], mask[bad], y0, x0, h, cfg)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
+        res = _lm_block(data, mask, p0, h, cfg)
+    p_abs = res.params.copy()
+    p_abs[:, 1] += cy
+    p_abs[:, 2] += cx
+    params[sel] = p_abs
+    n_iter[sel] += res.n_iter
+    rms[sel] = np.sqrt(res.rss / np.maximum(res.n_valid, 1))
+    status[sel] = _classify(
+        res, p_abs, init[sel], shift_lim[sel], min_sigma, sig_hi[sel], min_snr, cfg
+    )
+
+
+def _classify(
+    res: _BlockResult,
+    p_abs: NDArray,
+    init: NDArray,
+    shift_lim: NDArray,
+    min_sigma: float,
+    max_sigma: NDArray,
+    min_snr: float,
+    cfg: _Cfg,
+) -> NDArray:
+    p = res.params
+    st = np.full(len(p), _OK, dtype=np.int64)
+    finite = np.isfinite(p).all(axis=1) & np.isfinite(res.rss)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        sy, sx, _ = _shape_params(p, cfg)
+        s_lo, s_hi = np.fmin(sy, sx), np.fmax(sy, sx)
+        snr = p[:, 0] / np.sqrt(res.var_amp)
+    moved = np.hypot(p_abs[:, 1] - init[:, 0], p_abs[:, 2] - init[:, 1]) > shift_lim
+    bad_w = ~(s_lo >= min_sigma) | ~(s_hi <= max_sigma)
+    low = ~(p[:, 0] > 0) | ~(snr >= min_snr)
+    st[~res.converged] = _MAX_ITER
+    st[low] = _LOW_AMP
+    st[bad_w] = _BAD_WIDTH
+    st[moved] = _MOVED
+    st[~finite] = _DIVERGED
+    st[res.n_valid <= cfg.n_params] = _DIVERGED
+    return st
+
+
+def _merge(
+    params: NDArray, status: NDArray, merged_into: NDArray, rms: NDArray, dist: float
+) -> None:
+    """Merge fitted peaks closer than ``dist``: keep the smallest residual_rms (ties: first row)."""
+    ok = np.nonzero(status == _OK)[0]
+    if ok.size < 2:
+        return
+    pos = params[ok, 1:3]
+    pairs = cKDTree(pos).query_pairs(dist, output_type="ndarray")
+    if pairs.size == 0:
+        return
+    order = np.lexsort((ok, rms[ok]))  # best first
+    # greedy: visit peaks best-first; a peak merges into the first kept peak within dist
+    nbrs: dict[int, list[int]] = {}
+    for i, j in pairs:
+        nbrs.setdefault(int(i), []).append(int(j))
+        nbrs.setdefault(int(j), []).append(int(i))
+    kept = np.zeros(ok.size, dtype=bool)
+    gone = np.zeros(ok.size, dtype=bool)
+    for i in order[np.isin(order, list(nbrs))]:
+        if gone[i]:
+            continue
+        kept[i] = True
+        for j in nbrs[i]:
+            if not kept[j] and not gone[j]:
+                gone[j] = True
+                merged_into[ok[j]] = ok[i]
+                status[ok[j]] = _MERGED
+
+
+def _empty_frame(index: pd.Index) -> pd.DataFrame:
+    df = pd.DataFrame({c: pd.Series(dtype=np.float64) for c in COLUMNS}, index=index[:0])
+    df["fit_ok"] = df["fit_ok"].astype(bool)
+    df["fit_status"] = df["fit_status"].astype(object)
+    df["n_iter"] = df["n_iter"].astype(np.int64)
+    df["merged_into"] = df["merged_into"].astype(object)
+    return df
+
+
+def _frame(
+    params: NDArray,
+    status: NDArray,
+    merged_into: NDArray,
+    init: NDArray,
+    n_iter: NDArray,
+    rms: NDArray,
+    index: pd.Index,
+    cfg: _Cfg,
+    drop_merged: bool,
+) -> pd.DataFrame:
+    ok = status == _OK
+    sy, sx, th = _shape_params(np.nan_to_num(params, nan=0.0), cfg)
+    fin = np.isfinite(params).all(axis=1)
+    sy, sx, th = (np.where(fin, v, np.nan) for v in (sy, sx, th))
+    bg = params[:, cfg.i_bg] if cfg.fit_background else np.where(fin, 0.0, np.nan)
+    y = np.where(ok, params[:, 1], init[:, 0])
+    x = np.where(ok, params[:, 2], init[:, 1])
+    labels = np.asarray(index)
+    into = np.where(merged_into >= 0, labels[np.maximum(merged_into, 0)], -1)
+    df = pd.DataFrame(
+        {
+            "y": y,
+            "x": x,
+            "amplitude": params[:, 0],
+            "sigma_y": sy,
+            "sigma_x": sx,
+            "theta": th,
+            "background": bg,
+            "fit_ok": ok,
+            "fit_status": np.asarray(STATUSES, dtype=object)[status],
+            "y_init": init[:, 0],
+            "x_init": init[:, 1],
+            "n_iter": n_iter,
+            "residual_rms": rms,
+            "merged_into": into,
+        },
+        index=index,
+    )
+    if drop_merged:
+        df = df[status != _MERGED]
+    return df
+
+
+def fit_gaussian_at(
+    image: ArrayLike,
+    y: float,
+    x: float,
+    *,
+    window: int | None = None,
+    search_radius: float = 3.0,
+    isotropic: bool = False,
+    fit_background: bool = True,
+    weights: str = "poisson",
+    max_iter: int = 50,
+) -> pd.Series:
+    """Snap one clicked point to the nearest intensity peak and refine it by a Gaussian fit.
+
+    The brightest pixel of the lightly smoothed image (Gaussian, sigma 1 px) within
+    ``search_radius`` of the click is taken as the start, and a single-peak fit from there
+    gives the sub-pixel position.
+
+    Parameters
+    ----------
+    image : array_like, shape (H, W)
+        The image (bright peaks).
+    y, x : float
+        The clicked position (row, col) in pixels.
+    window : int, optional
+        Half-width of the fit window; default 6 px (13 × 13).
+    search_radius : float
+        Radius (px) around the click searched for the local maximum.
+    isotropic, fit_background, weights, max_iter
+        As in :func:`fit_gaussians`.
+
+    Returns
+    -------
+    pandas.Series
+        One row of :func:`fit_gaussians` (same fields).  ``y_init, x_init`` are the click; a
+        failed fit falls back to the click.
+
+    Examples
+    --------
+    >>> from napari_atomnet.synth import render_gaussians
+    >>> img = render_gaussians((32, 32), [15.4], [16.7], [50.0], [1.8])
+    >>> s = fit_gaussian_at(img, 14.0, 18.0)
+    >>> round(float(s["y"]), 3), round(float(s["x"]), 3), bool(s["fit_ok"])
+    (15.4, 16.7, True)
+    """
+    from scipy.ndimage import gaussian_filter
+
+    img = np.asarray(image)
+    if img.ndim != 2:
+        raise ValueError(f"image must be 2D (H, W); got shape {img.shape}")
+    if not (np.isfinite(y) and np.isfinite(x)):
+        raise ValueError("the point must be finite")
+    hh, ww = img.shape
+    h = 6 if window is None else max(int(np.ceil(window)), 2)
+    r = max(float(search_radius), 0.0)
+    # local maximum in a lightly smoothed crop around the click
+    pad = int(np.ceil(r)) + 4
+    y0, y1 = max(int(np.floor(y)) - pad, 0), min(int(np.ceil(y)) + pad + 1, hh)
+    x0, x1 = max(int(np.floor(x)) - pad, 0), min(int(np.ceil(x)) + pad + 1, ww)
+    if y0 >= y1 or x0 >= x1:
+        raise ValueError("the point is outside the image")
+    crop = np.nan_to_num(img[y0:y1, x0:x1].astype(np.float64), nan=np.nanmin(img))
+    sm = gaussian_filter(crop, 1.0, mode="nearest")
+    rr, cc = np.mgrid[y0:y1, x0:x1]
+    near = (rr - y) ** 2 + (cc - x) ** 2 <= r * r + 1e-9
+    if not near.any():
+        near = (rr == int(np.clip(round(y), y0, y1 - 1))) & (
+            cc == int(np.clip(round(x), x0, x1 - 1))
+        )
+    iy, ix = np.unravel_index(np.argmax(np.where(near, sm, -np.inf)), sm.shape)
+    start = np.array([[rr[iy, ix], cc[iy, ix]]], dtype=np.float64)
+    df = fit_gaussians(
+        img,
+        start,
+        window=h,
+        isotropic=isotropic,
+        fit_background=fit_background,
+        neighbours="none",
+        n_passes=2,
+        max_iter=max_iter,
+        weights=weights,
+        max_shift=r + 0.75 * h,
+    )
+    row = df.iloc[0].copy()
+    row["y_init"], row["x_init"] = float(y), float(x)
+    if not row["fit_ok"]:
+        row["y"], row["x"] = float(y), float(x)
+    row.name = None
+    return row

@@ -1,0 +1,186 @@
+"""Atom-column detection with an ONNX model: tiled, any image size, bounded memory.
+
+Model contract (written by ``napari_atomnet.training.export``; read from the model card):
+
+- input ``image``: float32 (N, 1, H, W), the image after :func:`~napari_atomnet.core.preprocess.
+  local_normalize` with the card's normalisation rule; H and W multiples of ``pad_multiple``;
+- output ``heatmap``: float32 (N, C, H/s, W/s), per-class centre probabilities in [0, 1]
+  (s = ``stride``), Gaussian blobs at atom centres;
+- output ``size`` (optional): float32 (N, 2, H/s, W/s), box height and width in input pixels;
+- card keys: ``stride``, ``pad_multiple``, ``margin`` (context px ≥ half the receptive field),
+  ``tile``, ``classes``, ``default_threshold``, ``normalization`` {``factor``, ``minimum``,
+  ``maximum``, ``fallback``}.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from numpy.typing import ArrayLike
+
+from ..core.detect import decode_heatmap, merge_close_peaks
+from ..core.image import as_analysis_image
+from ..core.preprocess import LocalNormalizer, normalization_sigma
+from .registry import ModelCard, load_model
+from .runtime import create_session, session_device
+from .tiling import iter_windows, plan_tiles
+
+#: Name of the built-in detector.
+DEFAULT_DETECTOR = "atomnet-detect"
+
+ProgressCallback = Callable[[int, int], None]
+
+
+@dataclass
+class Detections:
+    """Detected atom columns.
+
+    Attributes
+    ----------
+    table : pandas.DataFrame
+        ``y, x, score, class, class_name, y0, x0, y1, x1`` (px, row/col, pixel-centre
+        convention; the box spans [y0, y1] × [x0, x1]).
+    card : ModelCard
+        The model used.
+    device : str
+        ``"cuda"`` or ``"cpu"``, what the session really ran on.
+    params : dict
+        Threshold, tile size, normalisation sigma.
+    """
+
+    table: pd.DataFrame
+    card: ModelCard
+    device: str
+    params: dict[str, Any]
+
+
+def detect_atoms(
+    image: ArrayLike,
+    model: str | ModelCard | None = None,
+    *,
+    threshold: float | None = None,
+    tile: int | None = None,
+    device: str | None = None,
+    progress: ProgressCallback | None = None,
+    cancelled: Callable[[], bool] | None = None,
+) -> Detections:
+    """Detect atom columns with a detection model, tile by tile.
+
+    Parameters
+    ----------
+    image : array_like, shape (H, W)
+        Grey image, any size and real dtype.
+    model : str or ModelCard, optional
+        Registry name or ``.onnx`` path; the built-in detector by default.
+    threshold : float, optional
+        Minimum confidence; the model card's default when omitted.
+    tile : int, optional
+        Core tile size (px); the card's default when omitted.  Memory grows with ``tile``², not
+        with the image.
+    device : {"auto", "cuda", "cpu"}, optional
+        Where to run.
+    progress : callable, optional
+        ``progress(done, total)`` after each tile.
+    cancelled : callable, optional
+        Polled between tiles; when it returns True, :class:`InterruptedError` is raised.
+
+    Returns
+    -------
+    Detections
+    """
+    img = as_analysis_image(image)
+    card = model if isinstance(model, ModelCard) else load_model(model or DEFAULT_DETECTOR,
+                                                                 task="detection")
+    info = card.info
+    stride = int(info.get("stride", 1))
+    multiple = int(info.get("pad_multiple", 8))
+    margin = int(info.get("margin", 32))
+    tile = int(tile or info.get("tile", 512))
+    thr = float(info.get("default_threshold", 0.3) if threshold is None else threshold)
+    classes = list(info.get("classes", ["atom"]))
+    norm = info.get("normalization", {})
+    sigma = normalization_sigma(
+        img,
+        factor=norm.get("factor", 3.0),
+        minimum=norm.get("minimum", 16.0),
+        maximum=norm.get("maximum", 120.0),
+        fallback=norm.get("fallback", 48.0),
+    )
+    normalizer = LocalNormalizer(img, sigma)  # global maps, so tiles match a whole-image pass
+    session = create_session(card.path, device=device)
+    input_name = session.get_inputs()[0].name
+    out_names = [o.name for o in session.get_outputs()]
+
+    tiles, _ = plan_tiles(img.shape, tile, margin, multiple)
+    parts = []
+    for done, (t, window) in enumerate(iter_windows(img, tile, margin, multiple), 1):
+        if cancelled is not None and cancelled():
+            raise InterruptedError("detection cancelled")
+        net_in = _pad_to_multiple(normalizer.apply(window, t.offset), multiple)
+        outputs = dict(zip(out_names, session.run(out_names, {input_name: net_in[None, None]}),
+                           strict=True))
+        peaks = decode_heatmap(
+            outputs["heatmap"][0],
+            threshold=thr,
+            size=outputs["size"][0] if "size" in outputs else None,
+            stride=stride,
+        )
+        # window coordinates -> image coordinates; keep only the peaks in this tile's core
+        oy, ox = t.offset
+        peaks["y"] += oy
+        peaks["x"] += ox
+        r, c = t.core
+        inside = (
+            (peaks["y"] >= r.start - 0.5) & (peaks["y"] < r.stop - 0.5)
+            & (peaks["x"] >= c.start - 0.5) & (peaks["x"] < c.stop - 0.5)
+        )
+        parts.append(peaks[inside])
+        if progress is not None:
+            progress(done, len(tiles))
+    table = pd.concat(parts, ignore_index=True) if parts else decode_heatmap(
+        np.zeros((1, 1, 1)), threshold=1.0)
+    table = merge_close_peaks(table, 1.0)
+    table = _finish_table(table, classes, img.shape)
+    params = {"threshold": thr, "tile": tile, "normalization_sigma": sigma}
+    return Detections(table=table, card=card, device=session_device(session), params=params)
+
+
+def _pad_to_multiple(a: np.ndarray, multiple: int) -> np.ndarray:
+    h, w = a.shape
+    ph, pw = (-h) % multiple, (-w) % multiple
+    if ph or pw:
+        a = np.pad(a, ((0, ph), (0, pw)), mode="reflect")
+    return np.ascontiguousarray(a, dtype=np.float32)
+
+
+def _finish_table(table: pd.DataFrame, classes: list[str], shape: tuple[int, int]) -> pd.DataFrame:
+    table = table.sort_values(["y", "x"], kind="stable").reset_index(drop=True)
+    cls = table["class"].to_numpy(int)
+    names = np.array(classes + ["?"])[np.clip(cls, 0, len(classes))]
+    box_h = table["box_h"].to_numpy(float)
+    box_w = table["box_w"].to_numpy(float)
+    if len(table) and np.isnan(box_h).any():  # no size head: boxes from the local spacing
+        from scipy.spatial import cKDTree
+
+        pts = table[["y", "x"]].to_numpy()
+        nn = cKDTree(pts).query(pts, k=2)[0][:, 1] if len(pts) > 1 else np.full(1, 8.0)
+        box_h = np.where(np.isnan(box_h), 0.8 * nn, box_h)
+        box_w = np.where(np.isnan(box_w), 0.8 * nn, box_w)
+    out = pd.DataFrame(
+        {
+            "y": table["y"].to_numpy(float),
+            "x": table["x"].to_numpy(float),
+            "score": table["score"].to_numpy(float),
+            "class": cls,
+            "class_name": names,
+            "y0": table["y"].to_numpy(float) - box_h / 2,
+            "x0": table["x"].to_numpy(float) - box_w / 2,
+            "y1": table["y"].to_numpy(float) + box_h / 2,
+            "x1": table["x"].to_numpy(float) + box_w / 2,
+        }
+    )
+    return out

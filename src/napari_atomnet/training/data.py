@@ -1,0 +1,555 @@
+"""Training data for the atom-column detector, simulated with :mod:`napari_atomnet.synth` only.
+
+Three simulators cover the parameter space (seed 003: train entirely on simulated images with a
+large random component):
+
+- ``lattice``: :func:`~napari_atomnet.synth.lattice_image` at a random point of
+  :func:`~napari_atomnet.synth.lattice.random_lattice_params` (seven lattice types with bases,
+  spacing 6-40 px, column width 0.08-0.5 spacing, bright or dark columns, interfaces, surfaces,
+  vacancies, dose ~8-5000 counts per peak, detector MTF);
+- ``perovskite``: :func:`~napari_atomnet.synth.perovskite_haadf` (A/B columns, polarization,
+  domain walls, strain, dislocations, vacancies, rotation, scan noise; dose 8-2000);
+- ``graphene``: :func:`~napari_atomnet.synth.graphene_hrtem` (seed 003 recipe: random CTF, MTF,
+  Poisson dose 10-1e4 e/Å², so atoms come out bright or dark), at a random sampling
+  0.08-0.18 Å/px (scale jitter).
+
+Each simulated image is normalised exactly as inference normalises it
+(:func:`~napari_atomnet.core.preprocess.normalization_sigma` on the whole image, then the local
+normalisation with the whole image's statistics), after reflection padding, as tiles at an image
+border are padded at inference.  Targets per column: a Gaussian blob of
+``sigma_t = clip(0.12 * nn, 1, 3)`` px (``nn``: distance to the nearest other column) in the
+channel of its class (``strong``; ``weak`` when its brightness is below 0.6 of the strongest
+column type of its lattice), combined by maximum so every blob's peak stays exactly on its
+column; box side ``min(5 * sigma_column, nn)``.  Columns too faint to be seen (matched-filter SNR
+below :data:`MIN_SNR`) are neither positives nor negatives (their neighbourhood is masked out of
+the heatmap loss).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+from scipy.spatial import cKDTree
+
+__all__ = [
+    "CLASSES",
+    "DEFAULT_MIX",
+    "DEFAULT_NORMALIZATION",
+    "Example",
+    "label_atoms",
+    "make_example",
+    "make_pool",
+    "normalize_image",
+    "random_simulation",
+    "render_targets",
+    "sample_batch",
+    "target_sigma",
+]
+
+#: Heatmap classes of the detector.
+CLASSES: tuple[str, ...] = ("strong", "weak")
+#: A column type is "weak" below this fraction of the strongest column type of its lattice.
+WEAK_RATIO = 0.6
+#: Columns whose matched-filter SNR is below this are ignored (not learnt either way).
+MIN_SNR = 2.0
+#: Normalisation rule written into the model card (keywords of ``normalization_sigma``).
+DEFAULT_NORMALIZATION: dict[str, float] = {
+    "factor": 3.0,
+    "minimum": 16.0,
+    "maximum": 120.0,
+    "fallback": 48.0,
+}
+#: Share of each simulator in the training pool.
+DEFAULT_MIX: dict[str, float] = {"lattice": 0.5, "perovskite": 0.25, "graphene": 0.25}
+
+# atom table columns (float32): y, x, class (-1 ignored), sigma_t, box side
+_Y, _X, _CLS, _SIG, _SIZE = range(5)
+
+
+@dataclass
+class Example:
+    """One normalised training image with its labelled columns.
+
+    Attributes
+    ----------
+    image : ndarray of float32, shape (H + 2 pad, W + 2 pad)
+        Locally normalised image, reflection-padded by ``pad`` px on every side.
+    atoms : ndarray of float32, shape (n, 5)
+        ``y, x, class, sigma_t, size`` in padded coordinates; mirrored copies of the columns
+        near the border are included (they are what the padded image shows); class -1 marks
+        columns too faint to learn from.
+    truth : ndarray of float64, shape (m, 2)
+        The simulator's true (y, x) positions in *unpadded* image coordinates.
+    spacing : float
+        Median nearest-neighbour distance of the columns (px).
+    pad : int
+        Padding width.
+    source : str
+        Simulator name.
+    meta : dict
+        Parameters (seed, dose, polarity, ...).
+    """
+
+    image: NDArray[np.float32]
+    atoms: NDArray[np.float32]
+    truth: NDArray[np.float64]
+    spacing: float
+    pad: int
+    source: str
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def target_sigma(nn: NDArray | float) -> NDArray[np.float64]:
+    """Target blob width (px) for a column with nearest-neighbour distance ``nn`` (px)."""
+    return np.clip(0.12 * np.asarray(nn, dtype=np.float64), 1.0, 3.0)
+
+
+def normalize_image(
+    image: NDArray, normalization: Mapping[str, float] | None = None, *, pad: int = 0
+) -> NDArray[np.float32]:
+    """Normalise an image as inference does, optionally reflection-padded by ``pad`` px.
+
+    Parameters
+    ----------
+    image : ndarray, shape (H, W)
+        Raw image.
+    normalization : dict, optional
+        Keywords of :func:`~napari_atomnet.core.preprocess.normalization_sigma`
+        (default :data:`DEFAULT_NORMALIZATION`).
+    pad : int
+        Reflection padding on every side (statistics are those of the unpadded image).
+
+    Returns
+    -------
+    ndarray of float32, shape (H + 2 pad, W + 2 pad)
+    """
+    from ..core import preprocess
+
+    img = np.asarray(image, dtype=np.float32)
+    norm = dict(DEFAULT_NORMALIZATION if normalization is None else normalization)
+    sigma = preprocess.normalization_sigma(img, **norm)
+    padded = np.pad(img, pad, mode="reflect") if pad else img
+    normalizer = getattr(preprocess, "LocalNormalizer", None)
+    if normalizer is not None:
+        return normalizer(img, sigma).apply(padded, (-pad, -pad))
+    return preprocess.local_normalize(padded, sigma)  # pragma: no cover - older core
+
+
+def label_atoms(
+    atoms: Any, *, clean: NDArray | None = None, all_strong: bool = False
+) -> NDArray[np.float32]:
+    """Per-column labels from a simulator's atom table.
+
+    Parameters
+    ----------
+    atoms : pandas.DataFrame
+        ``y, x, class, amplitude, sigma`` (and ``domain`` when there is an interface).
+    clean : ndarray, optional
+        The noise-free expected image (counts); with it, columns whose matched-filter SNR
+        ``|amplitude| sqrt(pi) sigma / sqrt(expected counts)`` is below :data:`MIN_SNR` get class -1.
+    all_strong : bool
+        Every column is "strong" (e.g. graphene).
+
+    Returns
+    -------
+    ndarray of float32, shape (n, 5)
+        ``y, x, class, sigma_t, size``.
+    """
+    n = len(atoms)
+    out = np.zeros((n, 5), np.float32)
+    if n == 0:
+        return out
+    y = atoms["y"].to_numpy(np.float64)
+    x = atoms["x"].to_numpy(np.float64)
+    pts = np.column_stack([y, x])
+    if n > 1:
+        nn = cKDTree(pts).query(pts, k=2)[0][:, 1]
+    else:
+        nn = np.full(1, 20.0)
+    amp = np.abs(atoms["amplitude"].to_numpy(np.float64))
+    sig_col = atoms["sigma"].to_numpy(np.float64)
+    cls = np.zeros(n, np.float32)
+    if not all_strong:
+        domain = atoms["domain"].to_numpy() if "domain" in atoms else np.zeros(n, int)
+        kind = atoms["class"].to_numpy()
+        for d in np.unique(domain):
+            in_d = domain == d
+            types = np.unique(kind[in_d])
+            med = {k: float(np.median(amp[in_d & (kind == k)])) for k in types}
+            top = max(med.values()) or 1.0
+            for k in types:
+                if med[k] < WEAK_RATIO * top:
+                    cls[in_d & (kind == k)] = 1.0
+    if clean is not None:
+        h, w = clean.shape
+        iy = np.clip(np.round(y).astype(int), 0, h - 1)
+        ix = np.clip(np.round(x).astype(int), 0, w - 1)
+        var = np.maximum(np.asarray(clean, np.float64)[iy, ix], 1.0)
+        snr = amp * np.sqrt(np.pi) * sig_col / np.sqrt(var)
+        cls[snr < MIN_SNR] = -1.0
+    out[:, _Y] = y
+    out[:, _X] = x
+    out[:, _CLS] = cls
+    out[:, _SIG] = target_sigma(nn)
+    out[:, _SIZE] = np.minimum(5.0 * sig_col, nn)
+    return out
+
+
+def _mirror(atoms: NDArray[np.float32], shape: tuple[int, int], pad: int) -> NDArray[np.float32]:
+    """Shift labels into padded coordinates and add their reflections across the borders."""
+    h, w = shape
+    out = []
+    for fy in (None, 0, h - 1):
+        for fx in (None, 0, w - 1):
+            a = atoms.copy()
+            if fy is not None:
+                a[:, _Y] = 2 * fy - a[:, _Y]
+            if fx is not None:
+                a[:, _X] = 2 * fx - a[:, _X]
+            if fy is not None or fx is not None:
+                keep = (
+                    (a[:, _Y] > -pad - 4) & (a[:, _Y] < h + pad + 4)
+                    & (a[:, _X] > -pad - 4) & (a[:, _X] < w + pad + 4)
+                )
+                a = a[keep]
+            out.append(a)
+    res = np.concatenate(out)
+    res[:, _Y] += pad
+    res[:, _X] += pad
+    return res
+
+
+def render_targets(
+    shape: tuple[int, int],
+    atoms: NDArray[np.float32],
+    n_classes: int = len(CLASSES),
+    *,
+    offset: tuple[float, float] = (0.0, 0.0),
+) -> tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.float32], NDArray[np.float32]]:
+    """Render the training targets of a crop.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        (h, w) of the crop.
+    atoms : ndarray, shape (n, 5)
+        ``y, x, class, sigma_t, size`` (class -1: ignored column).
+    n_classes : int
+        Heatmap channels.
+    offset : tuple of float
+        Image coordinates of the crop's first pixel (subtracted from the positions).
+
+    Returns
+    -------
+    heat : ndarray of float32, shape (C, h, w)
+        Per-class maximum of the Gaussian blobs (peak 1 at each column centre, sampled at pixel
+        centres, so a blob's maximum and its log-parabola vertex lie exactly on the column).
+    log_size : ndarray of float32, shape (h, w)
+        log(box side) of the column whose blob dominates each pixel.
+    size_mask : ndarray of float32, shape (h, w)
+        1 where the dominating blob exceeds 0.5 (the size loss is applied there).
+    weight : ndarray of float32, shape (h, w)
+        0 within 2 sigma_t of ignored columns (no heatmap loss there), else 1.
+    """
+    h, w = int(shape[0]), int(shape[1])
+    heat = np.zeros((n_classes, h, w), np.float32)
+    best = np.zeros((h, w), np.float32)
+    log_size = np.zeros((h, w), np.float32)
+    weight = np.ones((h, w), np.float32)
+    if len(atoms) == 0:
+        return heat, log_size, np.zeros((h, w), np.float32), weight
+    y = atoms[:, _Y].astype(np.float64) - offset[0]
+    x = atoms[:, _X].astype(np.float64) - offset[1]
+    sig = atoms[:, _SIG].astype(np.float64)
+    rad = np.ceil(4.0 * sig).astype(int)
+    keep = (y > -rad - 1) & (y < h + rad) & (x > -rad - 1) & (x < w + rad)
+    for i in np.nonzero(keep)[0]:
+        r = rad[i]
+        cy, cx = round(y[i]), round(x[i])
+        r0, r1 = max(cy - r, 0), min(cy + r + 1, h)
+        c0, c1 = max(cx - r, 0), min(cx + r + 1, w)
+        if r0 >= r1 or c0 >= c1:
+            continue
+        gy = np.exp(-0.5 * ((np.arange(r0, r1) - y[i]) / sig[i]) ** 2)
+        gx = np.exp(-0.5 * ((np.arange(c0, c1) - x[i]) / sig[i]) ** 2)
+        g = (gy[:, None] * gx[None, :]).astype(np.float32)
+        k = int(atoms[i, _CLS])
+        if k < 0:
+            weight[r0:r1, c0:c1][g > np.exp(-2.0)] = 0.0
+            continue
+        win = heat[k, r0:r1, c0:c1]
+        np.maximum(win, g, out=win)
+        bwin = best[r0:r1, c0:c1]
+        higher = g > bwin
+        bwin[higher] = g[higher]
+        log_size[r0:r1, c0:c1][higher] = np.log(max(float(atoms[i, _SIZE]), 1.0))
+    # an ignored column never hides a real one
+    weight[best > 0.5] = 1.0
+    return heat, log_size, (best > 0.5).astype(np.float32), weight
+
+
+# --------------------------------------------------------------------------------------------
+# simulators with random parameters
+# --------------------------------------------------------------------------------------------
+def _loguniform(rng: np.random.Generator, lo: float, hi: float) -> float:
+    return float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
+
+
+def random_simulation(kind: str, rng: np.random.Generator, shape: tuple[int, int]) -> Any:
+    """Simulate one image of a kind with random parameters.
+
+    Parameters
+    ----------
+    kind : {"lattice", "perovskite", "graphene"}
+        Simulator.
+    rng : numpy.random.Generator
+        Source of the parameters (and of the simulator's seed).
+    shape : tuple of int
+        Image size.
+
+    Returns
+    -------
+    napari_atomnet.synth.AtomImage
+    """
+    from .. import synth
+
+    if kind == "lattice":
+        from ..synth.lattice import random_lattice_params
+
+        return synth.lattice_image(shape, **random_lattice_params(rng))
+    if kind == "perovskite":
+        spacing = _loguniform(rng, 8.0, 40.0)
+        return synth.perovskite_haadf(
+            shape,
+            spacing,
+            rotation_deg=float(rng.uniform(0, 360)),
+            dose=_loguniform(rng, 8.0, 2000.0),
+            b_ratio=float(rng.uniform(0.15, 0.6)),
+            sigma=float(rng.uniform(0.08, 0.2)) * spacing,
+            polarization=float(rng.uniform(0.0, 0.1)),
+            domain_wall=bool(rng.random() < 0.5),
+            wall_angle=int(rng.choice([90, 180])),
+            strain=float(rng.uniform(0.0, 0.03)) if rng.random() < 0.3 else 0.0,
+            vacancy_fraction=float(rng.uniform(0.0, 0.05)) if rng.random() < 0.4 else 0.0,
+            dislocation=bool(rng.random() < 0.3),
+            background=float(rng.uniform(0.0, 0.5)),
+            background_gradient=float(rng.uniform(0.0, 0.3)) if rng.random() < 0.5 else 0.0,
+            scan_jitter=float(rng.uniform(0.0, 0.4)) if rng.random() < 0.3 else 0.0,
+            drift=(float(rng.normal(0, 2)), float(rng.normal(0, 2))),
+            amplitude_spread=float(rng.uniform(0.0, 0.1)),
+            seed=int(rng.integers(0, 2**31 - 1)),
+        )
+    if kind == "graphene":
+        return synth.graphene_hrtem(
+            shape,
+            pixel_size_angstrom=float(rng.uniform(0.08, 0.18)),
+            n_holes=int(rng.choice([0, 1, 2], p=[0.6, 0.3, 0.1])),
+            seed=int(rng.integers(0, 2**31 - 1)),
+        )
+    raise ValueError(f"unknown simulator {kind!r}")
+
+
+def _polarity(sim: Any, kind: str) -> int:
+    if kind == "graphene":
+        return int(sim.extras.get("polarity", 1))
+    if kind == "lattice":
+        return 1 if sim.params.get("polarity", "bright") == "bright" else -1
+    return 1
+
+
+def make_example(
+    kind: str,
+    rng: np.random.Generator,
+    *,
+    shape: tuple[int, int] = (256, 256),
+    pad: int = 32,
+    normalization: Mapping[str, float] | None = None,
+    augment: bool = True,
+    sim: Any = None,
+) -> Example:
+    """Simulate, augment, normalise and label one training image.
+
+    Augmentations (``augment=True``): contrast gamma 0.7-1.4 on 30 % of the images (before
+    normalisation; linear contrast and offset are removed by the normalisation anyway) and
+    polarity inversion (bright columns become dark ones: still valid labels, as in ABF or at the
+    other sign of the CTF) on 35 % of perovskite, 20 % of lattice and 50 % of graphene images.
+    Flips and 90° rotations are applied per crop in :func:`sample_batch`.
+
+    Parameters
+    ----------
+    kind : {"lattice", "perovskite", "graphene"}
+        Simulator.
+    rng : numpy.random.Generator
+        Source of every random choice.
+    shape : tuple of int
+        Simulated image size.
+    pad : int
+        Reflection padding (px), as tiles at an image border see it.
+    normalization : dict, optional
+        Normalisation rule (default :data:`DEFAULT_NORMALIZATION`).
+    augment : bool
+        Apply gamma and polarity inversion.
+    sim : AtomImage, optional
+        Use this simulation instead of drawing one.
+
+    Returns
+    -------
+    Example
+    """
+    if sim is None:
+        sim = random_simulation(kind, rng, shape)
+    shape = sim.image.shape
+    graphene = kind == "graphene"
+    # HRTEM contrast is delocalised by the CTF: the per-column SNR test does not apply there
+    clean = None if graphene else sim.extras.get("clean")
+    atoms = label_atoms(sim.atoms, clean=clean, all_strong=graphene)
+    img = np.asarray(sim.image, dtype=np.float64)
+    gamma = 1.0
+    invert = False
+    if augment:
+        if rng.random() < 0.3:
+            gamma = float(np.exp(rng.uniform(np.log(0.7), np.log(1.4))))
+            lo = float(img.min())
+            img = (img - lo) ** gamma
+        invert = bool(rng.random() < {"perovskite": 0.35, "lattice": 0.2}.get(kind, 0.5))
+    norm = normalize_image(img, normalization, pad=pad)
+    if invert:
+        norm = -norm
+    truth = sim.atoms[["y", "x"]].to_numpy(np.float64)
+    nn = cKDTree(truth).query(truth, k=2)[0][:, 1] if len(truth) > 1 else np.full(1, 20.0)
+    meta = {
+        "seed": int(sim.params.get("seed", -1)),
+        "dose": float(sim.params.get("dose", np.nan) or np.nan),
+        "polarity": _polarity(sim, kind) * (-1 if invert else 1),
+        "gamma": gamma,
+    }
+    return Example(
+        image=np.ascontiguousarray(norm, dtype=np.float32),
+        atoms=_mirror(atoms, shape, pad),
+        truth=truth,
+        spacing=float(np.median(nn)),
+        pad=pad,
+        source=kind,
+        meta=meta,
+    )
+
+
+def make_pool(
+    n: int,
+    seed: int | np.random.SeedSequence,
+    *,
+    mix: Mapping[str, float] | None = None,
+    shape: tuple[int, int] = (256, 256),
+    pad: int = 32,
+    normalization: Mapping[str, float] | None = None,
+    progress: Any = None,
+) -> list[Example]:
+    """Pre-generate a fixed, seeded pool of training images.
+
+    Parameters
+    ----------
+    n : int
+        Number of images.
+    seed : int or numpy.random.SeedSequence
+        The pool is a pure function of it.
+    mix : dict, optional
+        Share of each simulator (default :data:`DEFAULT_MIX`); the counts are rounded and the
+        images interleaved.
+    shape, pad, normalization
+        See :func:`make_example`.
+    progress : callable, optional
+        ``progress(done, total)``.
+
+    Returns
+    -------
+    list of Example
+    """
+    mix = dict(DEFAULT_MIX if mix is None else mix)
+    kinds = _allocate(n, mix)
+    ss = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(int(seed))
+    pool = []
+    for i, (kind, child) in enumerate(zip(kinds, ss.spawn(n), strict=True)):
+        pool.append(
+            make_example(kind, np.random.default_rng(child), shape=shape, pad=pad,
+                         normalization=normalization)
+        )
+        if progress is not None:
+            progress(i + 1, n)
+    return pool
+
+
+def _allocate(n: int, mix: Mapping[str, float]) -> list[str]:
+    names = [k for k, v in mix.items() if v > 0]
+    weights = np.array([mix[k] for k in names], dtype=np.float64)
+    weights /= weights.sum()
+    counts = np.floor(weights * n).astype(int)
+    for j in np.argsort(-(weights * n - counts))[: n - counts.sum()]:
+        counts[j] += 1
+    # interleave deterministically, so any prefix of the pool has the same mix
+    order = np.argsort(
+        np.concatenate([(np.arange(c) + 0.5) / max(c, 1) for c in counts]), kind="stable"
+    )
+    labels = np.concatenate([[k] * c for k, c in zip(names, counts, strict=True)])
+    return [str(s) for s in labels[order]]
+
+
+def sample_batch(
+    pool: Sequence[Example],
+    rng: np.random.Generator,
+    batch: int,
+    crop: int,
+    n_classes: int = len(CLASSES),
+) -> dict[str, NDArray[np.float32]]:
+    """Draw a batch of random crops with random flips and 90° rotations.
+
+    Parameters
+    ----------
+    pool : sequence of Example
+        Training images.
+    rng : numpy.random.Generator
+        Source of the choices.
+    batch : int
+        Crops per batch.
+    crop : int
+        Crop side (px).
+    n_classes : int
+        Heatmap channels.
+
+    Returns
+    -------
+    dict
+        ``image`` (B, 1, c, c), ``heat`` (B, C, c, c), ``log_size`` (B, 1, c, c),
+        ``size_mask`` (B, 1, c, c), ``weight`` (B, 1, c, c), all float32.
+    """
+    out = {
+        "image": np.zeros((batch, 1, crop, crop), np.float32),
+        "heat": np.zeros((batch, n_classes, crop, crop), np.float32),
+        "log_size": np.zeros((batch, 1, crop, crop), np.float32),
+        "size_mask": np.zeros((batch, 1, crop, crop), np.float32),
+        "weight": np.zeros((batch, 1, crop, crop), np.float32),
+    }
+    for b in range(batch):
+        ex = pool[int(rng.integers(len(pool)))]
+        h, w = ex.image.shape
+        oy = int(rng.integers(0, max(h - crop, 0) + 1))
+        ox = int(rng.integers(0, max(w - crop, 0) + 1))
+        img = ex.image[oy : oy + crop, ox : ox + crop]
+        heat, log_size, mask, weight = render_targets(
+            img.shape, ex.atoms, n_classes, offset=(oy, ox)
+        )
+        stack = np.concatenate([img[None], heat, log_size[None], mask[None], weight[None]])
+        k = int(rng.integers(4))
+        stack = np.rot90(stack, k, axes=(1, 2))
+        if rng.random() < 0.5:
+            stack = stack[:, :, ::-1]
+        ch, cw = stack.shape[1:]
+        out["image"][b, 0, :ch, :cw] = stack[0]
+        out["heat"][b, :, :ch, :cw] = stack[1 : 1 + n_classes]
+        out["log_size"][b, 0, :ch, :cw] = stack[1 + n_classes]
+        out["size_mask"][b, 0, :ch, :cw] = stack[2 + n_classes]
+        out["weight"][b, 0, :ch, :cw] = stack[3 + n_classes]
+    return out
