@@ -27,7 +27,11 @@ def write_sample(name: str, folder: Path) -> list[Path]:
     sim = spec.make()
     written = [folder / f"{name}.tif"]
     write_tiff(
-        written[0], image_for_file(sim.image), pixel_size_nm=sim.pixel_size_nm, overwrite=True, compress=True
+        written[0],
+        image_for_file(sim.image),
+        pixel_size_nm=sim.pixel_size_nm,
+        overwrite=True,
+        compress=True,
     )
     if spec.kind == "atoms":
         path = folder / f"{name}_atoms.csv"
@@ -38,7 +42,11 @@ def write_sample(name: str, folder: Path) -> list[Path]:
         sim.particles.to_csv(path, index=False, float_format="%.4f")
         labels = folder / f"{name}_labels.tif"
         write_tiff(
-            labels, sim.labels.astype(np.uint16), pixel_size_nm=sim.pixel_size_nm, overwrite=True, compress=True
+            labels,
+            sim.labels.astype(np.uint16),
+            pixel_size_nm=sim.pixel_size_nm,
+            overwrite=True,
+            compress=True,
         )
         written += [path, labels]
     return written

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
+from napari_atomnet.models.registry import CARD_KEY, file_sha256
 from napari_atomnet.synth import render_gaussians
 
 
@@ -17,3 +20,58 @@ def square_lattice():
     clean = render_gaussians((240, 240), truth[:, 0], truth[:, 1], 300.0, 2.5) + 20.0
     image = rng.poisson(clean).astype(np.float32)
     return image, truth
+
+
+# A tiny hand-built ONNX detector for plumbing tests (tiling, registry, runtime, widgets):
+# a fixed Laplacian-of-Gaussian filter and a sigmoid, which lights up at bright column centres.
+# Tests of detection quality use the real built-in model.
+
+
+def make_log_detector(path, *, sigma=2.0, gain=3.0, bias=2.0, card=None, embed=False):
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    r = 3
+    yy, xx = np.mgrid[-r : r + 1, -r : r + 1].astype(np.float32)
+    g = np.exp(-(yy**2 + xx**2) / (2 * sigma**2))
+    log = g * (1 - (yy**2 + xx**2) / (2 * sigma**2))
+    log -= log.mean()
+    log /= np.abs(log).sum() / 4
+    weight = numpy_helper.from_array((gain * log)[None, None].astype(np.float32), "w")
+    b = numpy_helper.from_array(np.array([-bias], np.float32), "b")
+    nodes = [
+        helper.make_node("Conv", ["image", "w", "b"], ["logit"], pads=[r, r, r, r]),
+        helper.make_node("Sigmoid", ["logit"], ["heatmap"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "log_detector",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 1, "H", "W"])],
+        [helper.make_tensor_value_info("heatmap", TensorProto.FLOAT, ["N", 1, "H", "W"])],
+        initializer=[weight, b],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    info = {
+        "task": "detection",
+        "stride": 1,
+        "pad_multiple": 1,
+        "margin": 8,
+        "tile": 128,
+        "classes": ["atom"],
+        "default_threshold": 0.5,
+        "normalization": {"factor": 3.0, "minimum": 16.0, "maximum": 120.0, "fallback": 48.0},
+        **(card or {}),
+    }
+    if embed:
+        helper.set_model_props(model, {CARD_KEY: json.dumps(info)})
+    onnx.save(model, str(path))
+    if not embed:
+        info["sha256"] = file_sha256(path)
+        path.with_suffix(".json").write_text(json.dumps(info))
+    return path
+
+
+@pytest.fixture
+def tiny_detector(tmp_path):
+    return make_log_detector(tmp_path / "tiny-log.onnx")

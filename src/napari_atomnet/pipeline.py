@@ -109,8 +109,14 @@ def find_atoms(
             if progress:
                 progress(done, total + (1 if refine else 0))
 
-        det = detect_atoms(img, detector, threshold=threshold, device=device,
-                           progress=tile_progress, cancelled=cancelled)
+        det = detect_atoms(
+            img,
+            detector,
+            threshold=threshold,
+            device=device,
+            progress=tile_progress,
+            cancelled=cancelled,
+        )
         peaks = det.table
         params.update(det.params)
         model_info = det.card.provenance()
@@ -126,8 +132,12 @@ def find_atoms(
             progress(total, total)
     spacing = _median_spacing(atoms)
     provenance = make_provenance("find_atoms", params, model=model_info, source=source)
-    provenance.update(device=run_device, seconds=round(time.perf_counter() - t0, 4),
-                      n_atoms=len(atoms), spacing_px=spacing)
+    provenance.update(
+        device=run_device,
+        seconds=round(time.perf_counter() - t0, 4),
+        n_atoms=len(atoms),
+        spacing_px=spacing,
+    )
     return AtomsResult(atoms=atoms, provenance=provenance, spacing=spacing)
 
 

@@ -4,8 +4,8 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import make_log_detector
 
+from conftest import make_log_detector  # noqa: I001
 from napari_atomnet.core.metrics import match_points
 from napari_atomnet.models import registry
 from napari_atomnet.models.detector import detect_atoms
@@ -76,13 +76,17 @@ def test_tiled_detection_equals_whole_image_and_has_no_duplicates(tiny_detector)
     tiled = detect_atoms(img, tiny_detector, tile=64).table  # 5×5 tiles, many borders
     assert len(whole) == len(truth)
     assert len(tiled) == len(whole)
-    pairs, lone_tiled, lone_whole = match_points(tiled[["y", "x"]].to_numpy(),
-                                                 whole[["y", "x"]].to_numpy(), 0.5)
+    pairs, lone_tiled, lone_whole = match_points(
+        tiled[["y", "x"]].to_numpy(), whole[["y", "x"]].to_numpy(), 0.5
+    )
     assert len(pairs) == len(whole) and not len(lone_tiled) and not len(lone_whole)
     diff = tiled[["y", "x"]].to_numpy()[pairs[:, 0]] - whole[["y", "x"]].to_numpy()[pairs[:, 1]]
     assert np.abs(diff).max() < 1e-4  # tiles reproduce the whole-image result
-    d = np.hypot(*(tiled[["y", "x"]].to_numpy()[:, None] - tiled[["y", "x"]].to_numpy()[None])
-                 .transpose(2, 0, 1))
+    d = np.hypot(
+        *(tiled[["y", "x"]].to_numpy()[:, None] - tiled[["y", "x"]].to_numpy()[None]).transpose(
+            2, 0, 1
+        )
+    )
     np.fill_diagonal(d, np.inf)
     assert d.min() > 5  # no duplicate at tile borders
     assert {"y", "x", "score", "class", "class_name", "y0", "x0", "y1", "x1"} <= set(tiled)
@@ -92,8 +96,9 @@ def test_tiled_detection_equals_whole_image_and_has_no_duplicates(tiny_detector)
 def test_threshold_progress_and_cancel(tiny_detector):
     img, _ = lattice((200, 200))
     calls = []
-    low = detect_atoms(img, tiny_detector, threshold=0.2, tile=64,
-                       progress=lambda d, t: calls.append((d, t))).table
+    low = detect_atoms(
+        img, tiny_detector, threshold=0.2, tile=64, progress=lambda d, t: calls.append((d, t))
+    ).table
     high = detect_atoms(img, tiny_detector, threshold=0.99, tile=64).table
     assert len(high) < len(low)
     assert calls[-1][0] == calls[-1][1] == len(calls) == 16

@@ -27,8 +27,9 @@ def current_frame(viewer: napari.Viewer, layer: napari.layers.Image) -> tuple[np
     if layer.rgb or data.ndim <= 2:
         return np.asarray(data), ()
     point = np.asarray(layer.world_to_data(viewer.dims.point))[: data.ndim - 2]
-    index = tuple(int(np.clip(round(float(v)), 0, n - 1)) for v, n in zip(point, data.shape,
-                                                                           strict=False))
+    index = tuple(
+        int(np.clip(round(float(v)), 0, n - 1)) for v, n in zip(point, data.shape, strict=False)
+    )
     return np.asarray(data[index]), index
 
 

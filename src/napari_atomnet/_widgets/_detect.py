@@ -45,7 +45,11 @@ class DetectAtomsWidget(Container):
         self._model = ComboBox(label="Model", choices=self._model_choices)
         self._custom = FileEdit(label="Model file", filter="*.onnx", mode="r", visible=False)
         self._threshold = FloatSpinBox(
-            label="Confidence ≥", min=0.01, max=0.99, step=0.01, value=0.3,
+            label="Confidence ≥",
+            min=0.01,
+            max=0.99,
+            step=0.01,
+            value=0.3,
             tooltip="Minimum detection confidence. Lower it for faint columns (seed 000 "
             "needed 0.1 or 0.05 on some images).",
         )
@@ -53,10 +57,18 @@ class DetectAtomsWidget(Container):
         self._run = PushButton(text="Detect")
         self._cancel = PushButton(text="Cancel", enabled=False)
         self._status = Label(value="")
-        buttons = Container(widgets=[self._run, self._cancel], layout="horizontal",
-                            labels=False)
-        self.extend([self._image, self._model, self._custom, self._threshold, self._refine,
-                     buttons, self._status])
+        buttons = Container(widgets=[self._run, self._cancel], layout="horizontal", labels=False)
+        self.extend(
+            [
+                self._image,
+                self._model,
+                self._custom,
+                self._threshold,
+                self._refine,
+                buttons,
+                self._status,
+            ]
+        )
         self._model.changed.connect(self._on_model_changed)
         self._run.changed.connect(self._on_run)
         self._cancel.changed.connect(self._on_cancel)
@@ -108,13 +120,21 @@ class DetectAtomsWidget(Container):
         source = layer.name + (f" frame {index}" if index else "")
 
         def compute(progress: Any = None, cancelled: Any = None) -> dict[str, Any]:
-            result = find_atoms(image, detector=card, threshold=threshold, refine=refine,
-                                source=source, progress=progress, cancelled=cancelled)
+            result = find_atoms(
+                image,
+                detector=card,
+                threshold=threshold,
+                refine=refine,
+                source=source,
+                progress=progress,
+                cancelled=cancelled,
+            )
             if index:
                 result.provenance["frame"] = list(index)
             return {
-                "atoms": _layers.atoms_points(result.atoms, layer, result.provenance,
-                                              spacing=result.spacing),
+                "atoms": _layers.atoms_points(
+                    result.atoms, layer, result.provenance, spacing=result.spacing
+                ),
                 "boxes": _layers.boxes_shapes(result.atoms, layer, result.provenance),
                 "n": len(result.atoms),
                 "device": result.provenance.get("device", "cpu"),
@@ -138,13 +158,14 @@ class DetectAtomsWidget(Container):
         else:
             _layers.remove_layer(self._viewer, _layers.layer_name("Boxes", layer.name))
             if out["n"] > _layers.MAX_BOXES:
-                notify_info(f"{out['n']} atoms: boxes are not drawn above "
-                            f"{_layers.MAX_BOXES} (they are in the Atoms features table)")
+                notify_info(
+                    f"{out['n']} atoms: boxes are not drawn above "
+                    f"{_layers.MAX_BOXES} (they are in the Atoms features table)"
+                )
         _layers.replace_layer(self._viewer, out["atoms"])
         seconds = out["seconds"]
-        self._status.value = (
-            f"{out['n']} atoms in {layer.name}"
-            + (f" ({seconds:.2f} s on {out['device'].upper()})" if seconds else "")
+        self._status.value = f"{out['n']} atoms in {layer.name}" + (
+            f" ({seconds:.2f} s on {out['device'].upper()})" if seconds else ""
         )
 
     def _on_error(self, err: BaseException) -> None:

@@ -36,17 +36,23 @@ def geometry(image_layer: napari.layers.Image) -> dict[str, Any]:
 
 
 def atoms_points(
-    atoms: pd.DataFrame, image_layer: napari.layers.Image, provenance: dict[str, Any],
-    *, spacing: float | None = None,
+    atoms: pd.DataFrame,
+    image_layer: napari.layers.Image,
+    provenance: dict[str, Any],
+    *,
+    spacing: float | None = None,
 ) -> Any:
     """Build the ``Atoms (<image>)`` Points layer (not yet added to a viewer)."""
     from napari.layers import Points
 
     size = _marker_size(atoms, spacing)
+    atoms = atoms.reset_index(drop=True)
+    if "source" not in atoms:
+        atoms = atoms.assign(source="model")
     return Points(
         atoms[["y", "x"]].to_numpy(float),
         name=layer_name("Atoms", image_layer.name),
-        features=atoms.reset_index(drop=True),
+        features=atoms,
         feature_defaults=_atom_defaults(atoms),
         face_color=atom_colours(atoms),
         border_color="black",
@@ -73,10 +79,10 @@ def boxes_shapes(
         list(corners),
         shape_type="rectangle",
         name=layer_name("Boxes", image_layer.name),
-        edge_color=CLASS_COLOURS[np.clip(cls, 0, len(CLASS_COLOURS) - 1)] if len(atoms) else
-        "red",
-        edge_width=max(0.3, 0.04 * float(np.median(corners[:, 1, 0] - corners[:, 0, 0]))
-                       if len(atoms) else 0.5),
+        edge_color=CLASS_COLOURS[np.clip(cls, 0, len(CLASS_COLOURS) - 1)] if len(atoms) else "red",
+        edge_width=max(
+            0.3, 0.04 * float(np.median(corners[:, 1, 0] - corners[:, 0, 0])) if len(atoms) else 0.5
+        ),
         face_color="transparent",
         opacity=0.8,
         features=atoms[["score", "class"]].reset_index(drop=True) if len(atoms) else None,
@@ -129,9 +135,18 @@ def _marker_size(atoms: pd.DataFrame, spacing: float | None) -> float:
 
 
 def _atom_defaults(atoms: pd.DataFrame) -> dict[str, Any]:
+    """Feature values for atoms added by hand: marked manual, not yet fitted."""
     defaults: dict[str, Any] = {}
-    for column, value in (("source", "manual"), ("fit_ok", False), ("score", 1.0),
-                          ("class", 0)):
-        if column in atoms:
-            defaults[column] = value
+    for column, dtype in atoms.dtypes.items():
+        if pd.api.types.is_bool_dtype(dtype):
+            defaults[column] = False
+        elif pd.api.types.is_integer_dtype(dtype):
+            defaults[column] = 0
+        elif pd.api.types.is_numeric_dtype(dtype):
+            defaults[column] = np.nan
+        else:
+            defaults[column] = ""
+    defaults.update(source="manual")
+    if "fit_status" in defaults:
+        defaults["fit_status"] = "manual"
     return defaults

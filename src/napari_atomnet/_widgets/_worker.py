@@ -47,8 +47,9 @@ def progress_generator(
         while (item := events.get()) is not _DONE:
             yield item
     finally:
+        # also on cancel (GeneratorExit): wait for the job to notice, so no thread outlives it
         stop.set()
-    thread.join()
+        thread.join()
     if "error" in outcome:
         raise outcome["error"]
     return outcome.get("value")

@@ -50,8 +50,7 @@ class LocalNormalizer:
         hb, wb = padded.shape[0] // k, padded.shape[1] // k
         blocks = padded.reshape(hb, k, wb, k).astype(np.float64)
         mean = ndimage.gaussian_filter(blocks.mean(axis=(1, 3)), self.sigma / k, mode="reflect")
-        sq = ndimage.gaussian_filter((blocks**2).mean(axis=(1, 3)), self.sigma / k,
-                                     mode="reflect")
+        sq = ndimage.gaussian_filter((blocks**2).mean(axis=(1, 3)), self.sigma / k, mode="reflect")
         var = np.maximum(sq - mean**2, 0.0)
         if floor is None:
             floor = 1e-2 * float(var.mean())

@@ -93,8 +93,11 @@ def detect_atoms(
     Detections
     """
     img = as_analysis_image(image)
-    card = model if isinstance(model, ModelCard) else load_model(model or DEFAULT_DETECTOR,
-                                                                 task="detection")
+    card = (
+        model
+        if isinstance(model, ModelCard)
+        else load_model(model or DEFAULT_DETECTOR, task="detection")
+    )
     info = card.info
     stride = int(info.get("stride", 1))
     multiple = int(info.get("pad_multiple", 8))
@@ -121,8 +124,9 @@ def detect_atoms(
         if cancelled is not None and cancelled():
             raise InterruptedError("detection cancelled")
         net_in = _pad_to_multiple(normalizer.apply(window, t.offset), multiple)
-        outputs = dict(zip(out_names, session.run(out_names, {input_name: net_in[None, None]}),
-                           strict=True))
+        outputs = dict(
+            zip(out_names, session.run(out_names, {input_name: net_in[None, None]}), strict=True)
+        )
         peaks = decode_heatmap(
             outputs["heatmap"][0],
             threshold=thr,
@@ -135,14 +139,19 @@ def detect_atoms(
         peaks["x"] += ox
         r, c = t.core
         inside = (
-            (peaks["y"] >= r.start - 0.5) & (peaks["y"] < r.stop - 0.5)
-            & (peaks["x"] >= c.start - 0.5) & (peaks["x"] < c.stop - 0.5)
+            (peaks["y"] >= r.start - 0.5)
+            & (peaks["y"] < r.stop - 0.5)
+            & (peaks["x"] >= c.start - 0.5)
+            & (peaks["x"] < c.stop - 0.5)
         )
         parts.append(peaks[inside])
         if progress is not None:
             progress(done, len(tiles))
-    table = pd.concat(parts, ignore_index=True) if parts else decode_heatmap(
-        np.zeros((1, 1, 1)), threshold=1.0)
+    table = (
+        pd.concat(parts, ignore_index=True)
+        if parts
+        else decode_heatmap(np.zeros((1, 1, 1)), threshold=1.0)
+    )
     table = merge_close_peaks(table, 1.0)
     table = _finish_table(table, classes, img.shape)
     params = {"threshold": thr, "tile": tile, "normalization_sigma": sigma}
@@ -160,7 +169,7 @@ def _pad_to_multiple(a: np.ndarray, multiple: int) -> np.ndarray:
 def _finish_table(table: pd.DataFrame, classes: list[str], shape: tuple[int, int]) -> pd.DataFrame:
     table = table.sort_values(["y", "x"], kind="stable").reset_index(drop=True)
     cls = table["class"].to_numpy(int)
-    names = np.array(classes + ["?"])[np.clip(cls, 0, len(classes))]
+    names = np.array([*classes, "?"])[np.clip(cls, 0, len(classes))]
     box_h = table["box_h"].to_numpy(float)
     box_w = table["box_w"].to_numpy(float)
     if len(table) and np.isnan(box_h).any():  # no size head: boxes from the local spacing

@@ -60,9 +60,13 @@ class ModelCard:
         return f"{self.name} (built-in)" if self.builtin else self.name
 
     def provenance(self) -> dict[str, Any]:
-        """The ``model`` entry of a provenance record."""
-        return {"name": self.name, "sha256": self.sha256 or file_sha256(self.path),
-                "builtin": self.builtin, "version": self.info.get("version")}
+        """Return the ``model`` entry of a provenance record."""
+        return {
+            "name": self.name,
+            "sha256": self.sha256 or file_sha256(self.path),
+            "builtin": self.builtin,
+            "version": self.info.get("version"),
+        }
 
 
 def file_sha256(path: str | os.PathLike) -> str:

@@ -29,7 +29,7 @@ def cuda_driver_present() -> bool:
 
 
 def requested_providers(device: str | None = None) -> list[str]:
-    """Providers to ask for, best first.
+    """Return the providers to ask for, best first.
 
     Parameters
     ----------
@@ -70,9 +70,7 @@ def _cached_session(path: str, mtime: float, providers: tuple[str, ...], threads
         ort.set_default_logger_severity(previous)
 
 
-def create_session(
-    path: str | os.PathLike, *, device: str | None = None, threads: int = 0
-) -> Any:
+def create_session(path: str | os.PathLike, *, device: str | None = None, threads: int = 0) -> Any:
     """Create (or reuse) an inference session for an ONNX file.
 
     Sessions are cached by (path, modification time, providers, threads), so re-running a model

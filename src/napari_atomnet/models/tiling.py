@@ -88,9 +88,7 @@ def plan_tiles(
     return tiles, (margin, margin)
 
 
-def pad_for_tiles(
-    image: NDArray, tile: int, margin: int, multiple: int = 1
-) -> NDArray:
+def pad_for_tiles(image: NDArray, tile: int, margin: int, multiple: int = 1) -> NDArray:
     """Pad an image by reflection so every window of :func:`plan_tiles` lies inside it."""
     h, w = image.shape
     win_h = _round_up(min(tile, h) + 2 * margin, multiple)

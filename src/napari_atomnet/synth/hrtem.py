@@ -61,7 +61,7 @@ def electron_wavelength(voltage_kv: float) -> float:
     0.04176
     """
     v = voltage_kv * 1e3
-    return 12.264259 / np.sqrt(v * (1.0 + 0.978476e-6 * v))
+    return float(12.264259 / np.sqrt(v * (1.0 + 0.978476e-6 * v)))
 
 
 def ctf(
@@ -114,9 +114,10 @@ def ctf(
     qy = np.fft.fftfreq(shape[0], d=pixel_size_angstrom)[:, None]
     qx = np.fft.fftfreq(shape[1], d=pixel_size_angstrom)[None, :]
     q2 = qy**2 + qx**2
-    phi_q = np.arctan2(qy, qx)
+    # q² cos 2(φ_q - φ_A) without computing φ_q
+    q2_astig = (qx**2 - qy**2) * np.cos(2 * astig_angle) + 2 * qx * qy * np.sin(2 * astig_angle)
     chi = (
-        np.pi * lam * q2 * (-defocus_angstrom + astig_angstrom * np.cos(2 * (phi_q - astig_angle)))
+        np.pi * lam * (-defocus_angstrom * q2 + astig_angstrom * q2_astig)
         + 0.5 * np.pi * (cs_um * 1e4) * lam**3 * q2**2
         + np.pi / 3.0 * (c5_mm * 1e7) * lam**5 * q2**3
     )
@@ -136,8 +137,8 @@ def _delocalization(
     """Upper bound (Å) of how far the CTF spreads the transferred frequencies' signal."""
     lam = electron_wavelength(voltage_kv)
     q_nyq = 0.5 / pixel_size
-    # frequency beyond which the temporal envelope is below 1e-2
-    q_env = (2 * np.log(100.0)) ** 0.25 / np.sqrt(np.pi * lam * max(spread, 1e-3))
+    # frequency beyond which the temporal envelope is below 0.05
+    q_env = (2 * np.log(20.0)) ** 0.25 / np.sqrt(np.pi * lam * max(spread, 1e-3))
     q = np.linspace(0.0, min(q_nyq, q_env), 256)
     r = lam * q * (abs(defocus) + abs(astig)) + abs(cs_um) * 1e4 * lam**3 * q**3
     r = r + abs(c5_mm) * 1e7 * lam**5 * q**5
@@ -296,12 +297,12 @@ def _relax_bonds(
 
 
 def _prune(points: NDArray, bond: float, min_neighbours: int = 2) -> NDArray:
-    """Iteratively drop atoms with fewer than ``min_neighbours`` bonded neighbours."""
+    """Drop atoms with fewer than ``min_neighbours`` bonded neighbours, repeatedly."""
     pts = points
     for _ in range(10):
         if len(pts) == 0:
             break
-        counts = np.array([len(n) - 1 for n in cKDTree(pts).query_ball_point(pts, 1.45 * bond)])
+        counts = np.array([len(n) - 1 for n in cKDTree(pts).query_ball_point(pts, 1.3 * bond)])
         keep = counts >= min_neighbours
         if keep.all():
             break
@@ -342,7 +343,7 @@ def _structure(
     rng: np.random.Generator,
     n_holes: int,
     hole_region: tuple[float, float, float, float] | None,
-    lloyd_steps: int = 5,
+    lloyd_steps: int = 3,
 ) -> tuple[NDArray, list[dict[str, Any]]]:
     h, w = shape
     gen_spacing = np.sqrt(3.0) * bond_px  # generator spacing of an ideal honeycomb
@@ -386,7 +387,7 @@ def graphene_structure(
     rng: np.random.Generator,
     n_holes: int | None = None,
     *,
-    lloyd_steps: int = 5,
+    lloyd_steps: int = 3,
 ) -> NDArray[np.float64]:
     """Random graphene-like carbon positions (seed 003, Fig. 4).
 
@@ -563,7 +564,9 @@ def graphene_hrtem(
 
     sig_px = p["atom_sigma_angstrom"] / px
     peak_phase = phase_per_atom / (2 * np.pi * p["atom_sigma_angstrom"] ** 2)
-    phase = _splat_isotropic(full, atoms_full[:, 0], atoms_full[:, 1], peak_phase, sig_px)
+    phase = _splat_isotropic(
+        full, atoms_full[:, 0], atoms_full[:, 1], peak_phase, sig_px, radius=4.0
+    )
     transfer = ctf(
         full,
         px,
@@ -589,9 +592,10 @@ def graphene_hrtem(
 
     # measured polarity: local contrast of the clean image at the atoms
     atoms_sub = atoms_full - (oy - m, ox - m)
-    atom_map = _splat_isotropic(expected.shape, atoms_sub[:, 0], atoms_sub[:, 1], 1.0, 0.3 / px)[
-        crop
-    ]
+    near = np.all((atoms_sub > -8) & (atoms_sub < np.array(expected.shape) + 8), axis=1)
+    atom_map = _splat_isotropic(
+        expected.shape, atoms_sub[near, 0], atoms_sub[near, 1], 1.0, 0.3 / px, radius=4.0
+    )[crop]
     hp_clean = clean - gaussian_filter(clean, bond_px, mode="reflect")
     hp_map = atom_map - gaussian_filter(atom_map, bond_px, mode="reflect")
     denom = float(np.sqrt((hp_clean**2).sum() * (hp_map**2).sum()))

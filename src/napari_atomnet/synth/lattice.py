@@ -1,9 +1,9 @@
 """General 2D lattice images: the parameter space the atom detector is trained on.
 
-:func:`lattice_image` renders one image of atomic columns (isotropic 2D Gaussians sampled at pixel
-centres) on a 2D Bravais lattice with a basis, with exact ground truth; :func:`random_lattice_params`
-draws a random point of the whole parameter space, so that ``lattice_image(**random_lattice_params(
-rng))`` is one training example.
+:func:`lattice_image` renders one image of atomic columns (isotropic 2D Gaussians sampled at
+pixel centres) on a 2D Bravais lattice with a basis, with exact ground truth;
+:func:`random_lattice_params` draws a random point of the whole parameter space, so that
+``lattice_image(**random_lattice_params(rng))`` is one training example.
 
 Parameter space
 ---------------
@@ -474,9 +474,7 @@ def lattice_image(
     ss = np.random.SeedSequence(int(seed))
     r_geo, r_geo2, r_jit, r_vac, r_amp, r_noise = (np.random.default_rng(s) for s in ss.spawn(6))
 
-    specs = [
-        _lattice_spec(lattice, spacing, aspect, angle_deg, rotation_deg, basis, sigma_frac)
-    ]
+    specs = [_lattice_spec(lattice, spacing, aspect, angle_deg, rotation_deg, basis, sigma_frac)]
     iface: dict[str, Any] | None = None
     if interface is not None:
         iface = dict(interface)
@@ -648,7 +646,7 @@ def lattice_image(
 
 
 def _random_basis(lattice: str, rng: np.random.Generator) -> list[tuple[float, float, float, str]]:
-    """A random basis (relative brightness) for a lattice type."""
+    """Draw a random basis (relative brightness) for a lattice type."""
     if lattice == "perovskite":
         basis = [(0.0, 0.0, 1.0, "A"), (0.5, 0.5, float(rng.uniform(0.15, 0.6)), "B")]
         if rng.random() < 0.3:  # oxygen columns visible (e.g. ABF)
@@ -664,7 +662,7 @@ def _random_basis(lattice: str, rng: np.random.Generator) -> list[tuple[float, f
 
 
 def _random_geometry(rng: np.random.Generator) -> dict[str, Any]:
-    """Random lattice type, spacing, cell shape, rotation and basis."""
+    """Draw a random lattice type, spacing, cell shape, rotation and basis."""
     lattice = str(rng.choice(LATTICE_TYPES, p=[0.14, 0.12, 0.15, 0.15, 0.12, 0.18, 0.14]))
     aspect = 1.0
     angle = 90.0

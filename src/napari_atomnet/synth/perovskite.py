@@ -49,7 +49,7 @@ class _Field:
         self.disl: dict[str, Any] | None = None
 
     def displacement(self, r: NDArray, theta_ref: NDArray | None = None) -> NDArray:
-        """u at positions ``r`` (N, 2); ``theta_ref`` picks the dislocation's branch."""
+        """Return u at positions ``r`` (N, 2); ``theta_ref`` picks the dislocation's branch."""
         u = np.zeros_like(r, dtype=np.float64)
         for bump in self.bumps:
             d = r - bump["centre"]
@@ -76,8 +76,13 @@ class _Field:
             theta = theta_ref + _wrap(theta - theta_ref)
         b, nu = dd["b"], _POISSON_NU
         ux = b / (2 * np.pi) * (theta + xl * yl / (2 * (1 - nu) * r2))
-        uy = -b / (2 * np.pi) * (
-            (1 - 2 * nu) / (4 * (1 - nu)) * np.log(r2 / b**2) + (xl**2 - yl**2) / (4 * (1 - nu) * r2)
+        uy = (
+            -b
+            / (2 * np.pi)
+            * (
+                (1 - 2 * nu) / (4 * (1 - nu)) * np.log(r2 / b**2)
+                + (xl**2 - yl**2) / (4 * (1 - nu) * r2)
+            )
         )
         return ux[:, None] * ex + uy[:, None] * ey
 
@@ -187,7 +192,8 @@ def perovskite_haadf(
         contains a dislocation core); 0 for A; ``i, j``: unit
         cell indices along a and b; strain columns: see the module docstring). ``extras``:
         ``clean`` (expected image, float32), ``vacancies`` (y, x, class, class_name),
-        ``polarization`` (wall geometry and the two domains' polarization vectors),
+        ``polarization`` (wall ``normal`` and ``point``, ``width_px``, and the polarization
+        vectors ``p1`` / ``p2`` (px) far on the sides where ``(r - point) · normal`` < 0 / > 0),
         ``lattice`` (a, b, origin), ``row_shift_x`` (per-row jitter shifts, px),
         ``dislocation`` (y, x, burgers, removed) when requested, ``strain_field``.
 
@@ -272,8 +278,9 @@ def perovskite_haadf(
         "normal": tuple(normal),
         "point": tuple(wall_point),
         "width_px": width_px,
-        "p1": tuple(p0 * p1),
-        "p2": tuple(p0 * (-p1 if wall_angle == 180 else p2_90)) if domain_wall else tuple(p0 * p1),
+        # polarization (px) far on the side where (r - point) . normal < 0 (p1) and > 0 (p2)
+        "p1": tuple(p0 * (-p1 if domain_wall and wall_angle == 180 else p1)),
+        "p2": tuple(p0 * (p2_90 if domain_wall and wall_angle == 90 else p1)),
         "modulation": modulation,
     }
 
@@ -281,7 +288,10 @@ def perovskite_haadf(
     field = _Field()
     if strain != 0:
         length = 0.18 * min(h, w)
-        for kind, amount in (("expansion", strain), ("shear", 0.5 * strain * r_str.choice([-1, 1]))):
+        for kind, amount in (
+            ("expansion", strain),
+            ("shear", 0.5 * strain * r_str.choice([-1, 1])),
+        ):
             field.bumps.append(
                 {
                     "kind": kind,
@@ -362,7 +372,7 @@ def perovskite_haadf(
     if vacancy_fraction > 0:
         for c in (0, 1):
             cand = np.nonzero(inside & alive & (cls == c))[0]
-            k = int(round(vacancy_fraction * cand.size))
+            k = round(vacancy_fraction * cand.size)
             missing[r_vac.choice(cand, size=k, replace=False)] = True
             outer = np.nonzero(~inside & alive & (cls == c))[0]
             missing[outer[r_vac.random(outer.size) < vacancy_fraction]] = True
@@ -442,4 +452,3 @@ def perovskite_haadf(
         pixel_size_nm=pixel_size_nm,
         extras=extras,
     )
-

@@ -92,6 +92,9 @@ class Example:
         Simulator name.
     meta : dict
         Parameters (seed, dose, polarity, ...).
+    targets : dict, optional
+        Pre-rendered targets of the whole padded image (:meth:`prerender`): ``heat`` (C, H, W)
+        float16, ``log_size`` (H, W) float16, ``weight`` (H, W) uint8.
     """
 
     image: NDArray[np.float32]
@@ -101,6 +104,17 @@ class Example:
     pad: int
     source: str
     meta: dict[str, Any] = field(default_factory=dict)
+    targets: dict[str, NDArray] | None = None
+
+    def prerender(self, n_classes: int = 2) -> Example:
+        """Render the targets of the whole image once (crops then cost a slice)."""
+        heat, log_size, _, weight = render_targets(self.image.shape, self.atoms, n_classes)
+        self.targets = {
+            "heat": heat.astype(np.float16),
+            "log_size": log_size.astype(np.float16),
+            "weight": weight.astype(np.uint8),
+        }
+        return self
 
 
 def target_sigma(nn: NDArray | float) -> NDArray[np.float64]:
@@ -446,6 +460,8 @@ def make_pool(
     shape: tuple[int, int] = (256, 256),
     pad: int = 32,
     normalization: Mapping[str, float] | None = None,
+    prerender: bool = True,
+    workers: int = 1,
     progress: Any = None,
 ) -> list[Example]:
     """Pre-generate a fixed, seeded pool of training images.
@@ -455,12 +471,16 @@ def make_pool(
     n : int
         Number of images.
     seed : int or numpy.random.SeedSequence
-        The pool is a pure function of it.
+        The pool is a pure function of it (whatever ``workers`` is).
     mix : dict, optional
         Share of each simulator (default :data:`DEFAULT_MIX`); the counts are rounded and the
         images interleaved.
     shape, pad, normalization
         See :func:`make_example`.
+    prerender : bool
+        Render each image's targets once (:meth:`Example.prerender`).
+    workers : int
+        Processes to simulate in (1: in this process).
     progress : callable, optional
         ``progress(done, total)``.
 
@@ -471,15 +491,35 @@ def make_pool(
     mix = dict(DEFAULT_MIX if mix is None else mix)
     kinds = _allocate(n, mix)
     ss = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(int(seed))
-    pool = []
-    for i, (kind, child) in enumerate(zip(kinds, ss.spawn(n), strict=True)):
-        pool.append(
-            make_example(kind, np.random.default_rng(child), shape=shape, pad=pad,
-                         normalization=normalization)
-        )
-        if progress is not None:
-            progress(i + 1, n)
+    norm = dict(DEFAULT_NORMALIZATION if normalization is None else normalization)
+    jobs = [
+        (kind, child, tuple(shape), int(pad), norm, bool(prerender))
+        for kind, child in zip(kinds, ss.spawn(n), strict=True)
+    ]
+    pool: list[Example] = []
+    if workers <= 1:
+        for job in jobs:
+            pool.append(_pool_item(job))
+            if progress is not None:
+                progress(len(pool), n)
+        return pool
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as ex:
+        for item in ex.map(_pool_item, jobs, chunksize=8):
+            pool.append(item)
+            if progress is not None:
+                progress(len(pool), n)
     return pool
+
+
+def _pool_item(job: tuple) -> Example:
+    kind, child, shape, pad, norm, prerender = job
+    ex = make_example(
+        kind, np.random.default_rng(child), shape=shape, pad=pad, normalization=norm
+    )
+    return ex.prerender() if prerender else ex
 
 
 def _allocate(n: int, mix: Mapping[str, float]) -> list[str]:
@@ -538,9 +578,16 @@ def sample_batch(
         oy = int(rng.integers(0, max(h - crop, 0) + 1))
         ox = int(rng.integers(0, max(w - crop, 0) + 1))
         img = ex.image[oy : oy + crop, ox : ox + crop]
-        heat, log_size, mask, weight = render_targets(
-            img.shape, ex.atoms, n_classes, offset=(oy, ox)
-        )
+        if ex.targets is not None:
+            win = (slice(oy, oy + crop), slice(ox, ox + crop))
+            heat = ex.targets["heat"][(slice(None), *win)].astype(np.float32)
+            log_size = ex.targets["log_size"][win].astype(np.float32)
+            weight = ex.targets["weight"][win].astype(np.float32)
+            mask = (heat.max(axis=0) > 0.5).astype(np.float32)
+        else:
+            heat, log_size, mask, weight = render_targets(
+                img.shape, ex.atoms, n_classes, offset=(oy, ox)
+            )
         stack = np.concatenate([img[None], heat, log_size[None], mask[None], weight[None]])
         k = int(rng.integers(4))
         stack = np.rot90(stack, k, axes=(1, 2))
@@ -553,3 +600,97 @@ def sample_batch(
         out["size_mask"][b, 0, :ch, :cw] = stack[2 + n_classes]
         out["weight"][b, 0, :ch, :cw] = stack[3 + n_classes]
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# held-out validation images
+# --------------------------------------------------------------------------------------------
+#: Validation cases: name -> description (the parameters are in :func:`validation_image`).
+VALIDATION_CASES: dict[str, str] = {
+    "perovskite_dose200": "perovskite_haadf, spacing 14-28 px, dose 200, dislocation / vacancies",
+    "perovskite_dose20": "perovskite_haadf, spacing 14-28 px, dose 20",
+    "perovskite_dose8": "perovskite_haadf, spacing 14-28 px, dose 8-10 counts per A peak",
+    "haadf_dose20+": "lattice_image bright, 7 lattice types, default bases, sigma 0.1-0.2 "
+    "spacing, dose 20-2000",
+    "abf_dose20+": "lattice_image dark (ABF-like), as haadf_dose20+",
+    "lattice_dose8": "lattice_image bright or dark, as haadf_dose20+ at dose 8-10",
+    "overlapping": "lattice_image, sigma 0.3-0.4 spacing (strongly overlapping), dose 200-2000",
+    "graphene_bright_1e4": "graphene_hrtem, seed 003 CTF draws, 1e4 e/Å², bright atoms "
+    "(contrast > 0.3)",
+    "graphene_dark_1e4": "graphene_hrtem, as above with dark atoms (contrast < -0.3)",
+}
+
+
+def validation_image(case: str, seed: int, shape: tuple[int, int] = (256, 256)) -> Any:
+    """Simulate one held-out validation image of a named case (see :data:`VALIDATION_CASES`).
+
+    Parameters
+    ----------
+    case : str
+        A key of :data:`VALIDATION_CASES`.
+    seed : int
+        Seed of the parameter draw (use seeds not used in training).
+    shape : tuple of int
+        Image size.
+
+    Returns
+    -------
+    napari_atomnet.synth.AtomImage
+    """
+    from .. import synth
+    from ..synth.lattice import LATTICE_TYPES
+
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0xA70]))
+    if case.startswith("perovskite"):
+        dose = {"perovskite_dose200": 200.0, "perovskite_dose20": 20.0}.get(
+            case, float(rng.uniform(8.0, 10.0))
+        )
+        return synth.perovskite_haadf(
+            shape,
+            float(rng.uniform(14.0, 28.0)),
+            rotation_deg=float(rng.uniform(0, 360)),
+            dose=dose,
+            dislocation=bool(rng.random() < 0.5),
+            vacancy_fraction=0.02,
+            background_gradient=0.1,
+            seed=int(rng.integers(2**31 - 1)),
+        )
+    if case in ("haadf_dose20+", "abf_dose20+", "lattice_dose8", "overlapping"):
+        lattice = str(rng.choice(LATTICE_TYPES))
+        overlap = case == "overlapping"
+        if case == "lattice_dose8":
+            dose = float(rng.uniform(8.0, 10.0))
+        elif overlap:
+            dose = _loguniform(rng, 200.0, 2000.0)
+        else:
+            dose = _loguniform(rng, 20.0, 2000.0)
+        polarity = {"haadf_dose20+": "bright", "abf_dose20+": "dark"}.get(
+            case, "bright" if rng.random() < 0.5 else "dark"
+        )
+        return synth.lattice_image(
+            shape,
+            lattice=lattice,
+            spacing=float(rng.uniform(8.0, 30.0)),
+            aspect=float(rng.uniform(0.7, 1.4)),
+            angle_deg=float(rng.uniform(70.0, 110.0)),
+            rotation_deg=float(rng.uniform(0.0, 360.0)),
+            sigma_frac=float(rng.uniform(0.3, 0.4) if overlap else rng.uniform(0.1, 0.2)),
+            dose=dose,
+            polarity=polarity,
+            background=float(rng.uniform(0.1, 0.4)),
+            vacancy_fraction=0.02,
+            position_jitter=0.01,
+            amplitude_spread=0.05,
+            seed=int(rng.integers(2**31 - 1)),
+        )
+    if case.startswith("graphene"):
+        want = 1 if "bright" in case else -1
+        for _ in range(200):
+            sim = synth.graphene_hrtem(
+                shape, dose=1e4, n_holes=int(rng.integers(0, 2)),
+                seed=int(rng.integers(2**31 - 1)),
+            )
+            if want * sim.extras["contrast"] > 0.3 and len(sim.atoms) > 20:
+                return sim
+        raise RuntimeError("no graphene image of the requested contrast found")
+    raise ValueError(f"unknown validation case {case!r}")

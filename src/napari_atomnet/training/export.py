@@ -113,5 +113,8 @@ def export_detector(
     with atomic_path(path, overwrite=True) as tmp:
         Path(tmp).write_bytes(data)
     card["sha256"] = file_sha256(path)
-    write_text_atomic(path.with_suffix(".json"), json.dumps(card, indent=2) + "\n", overwrite=True)
+    card_path = path.with_suffix(".json")
+    write_text_atomic(card_path, json.dumps(card, indent=2) + "\n", overwrite=True)
+    for p in (path, card_path):  # package data: readable by everyone (mkstemp makes 0600)
+        p.chmod(0o644)
     return card

@@ -1,0 +1,111 @@
+"""The ``atomnet`` command: success paths and bad input (one line on stderr, exit code 2)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from napari_atomnet._samples import sample_files
+from napari_atomnet.cli import main
+from napari_atomnet.io import write_tiff
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    from napari_atomnet import __version__
+
+    assert capsys.readouterr().out.strip() == f"atomnet {__version__}"
+
+
+def test_console_script_is_installed():
+    exe = [sys.executable, "-m", "napari_atomnet.cli", "--version"]
+    assert subprocess.run(exe, capture_output=True, text=True).stdout.startswith("atomnet ")
+
+
+def test_demo_writes_results_that_match_the_truth(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert str(out.resolve()) in printed
+    atoms = pd.read_csv(out / "atoms.csv")
+    assert {"y", "x", "score", "class", "fit_ok", "amplitude"} <= set(atoms.columns)
+    provenance = json.loads((out / "atoms.json").read_text())
+    check = provenance["ground_truth_check"]
+    assert check["f1"] > 0.97 and check["rmse"] < 0.2
+    assert "row" in provenance["coordinates"]
+    png = (out / "overlay.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 50_000
+    # a second run refuses to overwrite, and leaves the files alone
+    before = (out / "atoms.csv").read_bytes()
+    assert main(["demo", "--out", str(out)]) == 2
+    assert "exists" in capsys.readouterr().err
+    assert (out / "atoms.csv").read_bytes() == before
+
+
+def test_detect_then_refine_roundtrip(tmp_path, capsys):
+    image = sample_files("perovskite_haadf")["image"]
+    out = tmp_path / "atoms.csv"
+    assert (
+        main(["detect", str(image), "--model", "classical", "--no-refine", "--out", str(out)]) == 0
+    )
+    raw = pd.read_csv(out)
+    assert {"y", "x", "score", "class", "y0", "x0", "y1", "x1"} <= set(raw.columns)
+    assert "fit_ok" not in raw
+    refined_path = tmp_path / "refined.csv"
+    assert main(["refine", str(image), "--atoms", str(out), "--out", str(refined_path)]) == 0
+    refined = pd.read_csv(refined_path)
+    assert {"y", "x", "fit_ok", "sigma_y", "y_init", "score"} <= set(refined.columns)
+    truth = pd.read_csv(sample_files("perovskite_haadf")["truth"])
+    from napari_atomnet.core.metrics import localization_error
+
+    before = localization_error(raw[["y", "x"]].to_numpy(), truth[["y", "x"]].to_numpy(), 4.0)
+    after = localization_error(refined[["y", "x"]].to_numpy(), truth[["y", "x"]].to_numpy(), 4.0)
+    assert after["rmse"] < 0.5 * before["rmse"]  # refinement makes positions sub-pixel
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["detect", "missing.tif"], "no such file"),
+        (["detect", "{rgb}"], "RGB"),
+        (["detect", "{stack}"], "stack"),
+        (["detect", "{nan}"], "NaN"),
+        (["detect", "{ok}", "--model", "no-such-model"], "unknown model"),
+        (["detect", "{ok}", "--model", "{junk}"], "not a readable ONNX model"),
+        (["refine", "{ok}", "--atoms", "{badcsv}"], "missing column"),
+        (["demo", "--sample", "nope"], "unknown sample"),
+    ],
+)
+def test_bad_input_gives_one_line_and_exit_2(tmp_path, capsys, args, message):
+    rng = np.random.default_rng(0)
+    files = {
+        "rgb": tmp_path / "rgb.npy",
+        "stack": tmp_path / "stack.tif",
+        "nan": tmp_path / "nan.npy",
+        "ok": tmp_path / "ok.tif",
+        "junk": tmp_path / "junk.onnx",
+        "badcsv": tmp_path / "bad.csv",
+    }
+    np.save(files["rgb"], rng.random((32, 32, 3)))
+    write_tiff(files["stack"], rng.random((4, 32, 32)).astype(np.float32))
+    nan = rng.random((32, 32))
+    nan[0, 0] = np.nan
+    np.save(files["nan"], nan)
+    write_tiff(files["ok"], rng.random((32, 32)).astype(np.float32))
+    files["junk"].write_bytes(b"not a model")
+    files["badcsv"].write_text("a,b\n1,2\n")
+    argv = [a.format(**{k: str(v) for k, v in files.items()}) for a in args]
+    out = tmp_path / "result.csv"
+    if argv[0] in ("detect", "refine"):
+        argv += ["--out", str(out)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert not out.exists()

@@ -1,0 +1,182 @@
+"""Detector training side: network, targets, ONNX export, model card, a quick training run."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+from napari_atomnet.core.detect import decode_heatmap  # noqa: E402
+from napari_atomnet.models.detector import _pad_to_multiple, detect_atoms  # noqa: E402
+from napari_atomnet.models.registry import CARD_KEY, file_sha256, load_model  # noqa: E402
+from napari_atomnet.training import data  # noqa: E402
+from napari_atomnet.training.export import export_detector  # noqa: E402
+from napari_atomnet.training.nets import AtomDetector, receptive_field  # noqa: E402
+
+CARD = {
+    "name": "test-detect",
+    "classes": ["strong", "weak"],
+    "stride": 1,
+    "pad_multiple": 16,
+    "margin": 96,
+    "tile": 256,
+    "default_threshold": 0.3,
+    "normalization": dict(data.DEFAULT_NORMALIZATION),
+}
+
+
+@pytest.fixture(scope="module")
+def net():
+    torch.manual_seed(0)
+    model = AtomDetector(channels=(8, 12, 16, 16))
+    model.train()
+    with torch.no_grad():  # non-trivial batch-norm statistics
+        for _ in range(3):
+            model(torch.randn(2, 1, 64, 64) * 2 + 0.5)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def exported(net, tmp_path_factory):
+    path = tmp_path_factory.mktemp("model") / "test-detect.onnx"
+    card = export_detector(net, path, CARD)
+    return path, card
+
+
+def _onnx_outputs(path, x):
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(["heatmap", "size"], {"image": x})
+
+
+@pytest.mark.parametrize("shape", [(64, 96), (112, 48)])
+def test_onnx_matches_torch_on_several_sizes(net, exported, shape):
+    path, _ = exported
+    x = np.random.default_rng(1).normal(size=(2, 1, *shape)).astype(np.float32)
+    heat_o, size_o = _onnx_outputs(path, x)
+    with torch.no_grad():
+        heat_t, size_t = net.inference(torch.from_numpy(x))
+    assert heat_o.shape == (2, 2, *shape)
+    assert size_o.shape == (2, 1, *shape)
+    assert np.abs(heat_o - heat_t.numpy()).max() < 1e-4
+    assert np.abs(size_o - size_t.numpy()).max() < 1e-4 * max(1.0, float(size_t.max()))
+    assert 0.0 <= heat_o.min() and heat_o.max() <= 1.0 and size_o.min() > 0
+
+
+def test_onnx_matches_torch_on_padded_odd_size(net, exported):
+    path, _ = exported
+    img = np.random.default_rng(2).normal(size=(37, 53)).astype(np.float32)
+    padded = _pad_to_multiple(img, net.pad_multiple)  # what detect_atoms feeds the model
+    assert padded.shape == (48, 64)
+    heat_o, size_o = _onnx_outputs(path, padded[None, None])
+    with torch.no_grad():
+        heat_t, size_t = net.inference(torch.from_numpy(padded)[None, None])
+    assert np.abs(heat_o - heat_t.numpy()).max() < 1e-4
+    assert np.abs(size_o - size_t.numpy()).max() < 1e-3
+
+
+def test_card_written_embedded_and_loadable(exported):
+    path, card = exported
+    assert path.stat().st_size < 5 * 1024 * 1024
+    on_disk = json.loads(path.with_suffix(".json").read_text())
+    assert on_disk["sha256"] == file_sha256(path) == card["sha256"]
+    assert on_disk["task"] == "detection" and on_disk["classes"] == ["strong", "weak"]
+    props = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    embedded = json.loads(props[CARD_KEY])
+    assert "sha256" not in embedded
+    assert embedded["margin"] == 96 and embedded["pad_multiple"] == 16
+    loaded = load_model(path, task="detection")
+    assert loaded.sha256 == card["sha256"]
+    assert loaded.info["default_threshold"] == 0.3
+
+
+def test_exported_model_runs_through_detect_atoms(exported):
+    path, _ = exported
+    card = load_model(path)
+    img = np.random.default_rng(3).poisson(20.0, (70, 90)).astype(np.float32)
+    result = detect_atoms(img, model=card, threshold=0.0)
+    table = result.table
+    assert {"y", "x", "score", "class", "class_name", "y0", "x0", "y1", "x1"} <= set(table)
+    assert len(table) > 0  # threshold 0: every local maximum is a peak
+    assert table["class_name"].isin(["strong", "weak"]).all()
+    assert (table["y"].between(-0.5, 69.5)).all() and (table["x"].between(-0.5, 89.5)).all()
+    assert result.device == "cpu"
+
+
+def test_export_refuses_incomplete_card(net, tmp_path):
+    with pytest.raises(ValueError, match="margin"):
+        export_detector(net, tmp_path / "x.onnx", {k: v for k, v in CARD.items() if k != "margin"})
+
+
+def test_receptive_field_matches_architecture():
+    model = AtomDetector(channels=(4, 4, 4, 4))
+    # PixelUnshuffle(2) + 4-level U-Net of two 3x3 convs per level + 3x3 head: 98 x stride 2
+    rf = receptive_field(model, 256)
+    assert 180 <= rf <= 200
+    assert model.pad_multiple == 16
+
+
+@pytest.mark.parametrize("kind", ["lattice", "perovskite", "graphene"])
+def test_targets_put_blob_maxima_on_the_truth(kind):
+    rng = np.random.default_rng({"lattice": 5, "perovskite": 6, "graphene": 7}[kind])
+    ex = data.make_example(kind, rng, shape=(96, 96), pad=0, augment=False)
+    heat, log_size, mask, weight = data.render_targets(ex.image.shape, ex.atoms)
+    assert heat.shape == (2, 96, 96) and heat.max() <= 1.0
+    peaks = decode_heatmap(heat, threshold=0.5, min_distance=0.0)
+    found = peaks[["y", "x"]].to_numpy()
+    atoms = ex.atoms[ex.atoms[:, 2] >= 0]
+    inner = (atoms[:, :2].min(axis=1) >= 2) & (atoms[:, :2].max(axis=1) <= 93)
+    assert inner.sum() > 5
+    for y, x, cls, _, size in atoms[inner]:
+        d = np.hypot(found[:, 0] - y, found[:, 1] - x)
+        j = int(np.argmin(d))
+        assert d[j] < 0.01
+        assert int(peaks["class"].iloc[j]) == int(cls)
+        assert log_size[round(y), round(x)] == pytest.approx(np.log(size), abs=2e-3)
+        assert mask[round(y), round(x)] == 1.0
+    # no spurious peaks: every peak inside is one of the columns
+    inside = (found.min(axis=1) >= 2) & (found.max(axis=1) <= 93)
+    assert inside.sum() == inner.sum()
+    if kind == "perovskite":  # B columns (b_ratio <= 0.6) are "weak"
+        names = ex.atoms[:, 2]
+        assert set(np.unique(names[names >= 0])) == {0.0, 1.0}
+    if kind == "graphene":
+        assert (ex.atoms[:, 2] == 0).all()
+
+
+def test_ignored_columns_are_masked_not_negative():
+    atoms = np.array([[10.0, 10.0, -1, 1.5, 6.0], [10.0, 30.0, 0, 1.5, 6.0]], np.float32)
+    heat, _, mask, weight = data.render_targets((24, 40), atoms)
+    assert heat[:, 10, 10].max() == 0.0 and weight[10, 10] == 0.0
+    assert heat[0, 10, 30] == 1.0 and weight[10, 30] == 1.0 and mask[10, 30] == 1.0
+
+
+def test_pool_is_seeded_and_batches_have_the_right_shapes():
+    a = data.make_pool(3, 11, shape=(64, 64), pad=8)
+    b = data.make_pool(3, 11, shape=(64, 64), pad=8)
+    assert [e.source for e in a] == ["lattice", "perovskite", "graphene"]
+    for ea, eb in zip(a, b, strict=True):
+        np.testing.assert_array_equal(ea.image, eb.image)
+        assert ea.image.shape == (80, 80)
+    batch = data.sample_batch(a, np.random.default_rng(0), 4, 48)
+    assert batch["image"].shape == (4, 1, 48, 48)
+    assert batch["heat"].shape == (4, 2, 48, 48)
+    assert np.isfinite(batch["image"]).all() and batch["heat"].max() <= 1.0
+
+
+def test_quick_training_run_end_to_end(tmp_path):
+    from napari_atomnet.training.train_detector import main
+
+    assert main(["--out", str(tmp_path), "--quick", "--seed", "3"]) == 0
+    card = load_model(tmp_path / "atomnet-detect.onnx", task="detection")
+    info = card.info
+    assert info["training"]["steps"] == 4 and info["training"]["seed"] == 3
+    assert info["margin"] >= info["architecture"]["receptive_field_px"] / 2
+    assert 0.0 < info["default_threshold"] < 1.0
+    assert "perovskite_dose200" in info["validation"]["metrics_at_default_threshold"]
+    img = data.validation_image("perovskite_dose200", 5, (64, 64)).image
+    detect_atoms(img, model=card)  # runs with the card's defaults

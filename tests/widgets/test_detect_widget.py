@@ -1,0 +1,108 @@
+"""The "Detect atoms" dock widget in a real napari viewer (run under Xvfb)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_atomnet._widgets._detect import CUSTOM, DetectAtomsWidget, provenance_of
+
+pytestmark = pytest.mark.gui
+
+
+def _errors():
+    from napari.utils.notifications import notification_manager
+
+    return [n.message for n in notification_manager.records if n.severity == "error"]
+
+
+@pytest.fixture
+def viewer_with_sample(make_napari_viewer):
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-atomnet", "perovskite_haadf")
+    return viewer
+
+
+def _widget(viewer, model_path):
+    widget = DetectAtomsWidget(viewer)
+    widget._image.value = viewer.layers["perovskite_haadf"]
+    widget._model.value = CUSTOM
+    widget._custom.value = model_path
+    return widget
+
+
+def _run(qtbot, widget):
+    with qtbot.waitSignal(widget.run_finished, timeout=60_000):
+        widget._on_run()
+
+
+def test_detect_adds_boxes_and_atoms_layers(viewer_with_sample, qtbot, tmp_path):
+    from conftest import make_log_detector
+
+    viewer = viewer_with_sample
+    model = make_log_detector(tmp_path / "tiny.onnx", card={"tile": 256, "margin": 16})
+    widget = _widget(viewer, model)
+    widget._threshold.value = 0.5
+    _run(qtbot, widget)
+    atoms = viewer.layers["Atoms (perovskite_haadf)"]
+    boxes = viewer.layers["Boxes (perovskite_haadf)"]
+    image = viewer.layers["perovskite_haadf"]
+    n = len(atoms.data)
+    assert n > 300
+    assert len(boxes.data) == n and set(boxes.shape_type) == {"rectangle"}
+    feats = atoms.features
+    for column in ("y", "x", "score", "class", "fit_ok", "amplitude", "sigma_y", "y0", "x1"):
+        assert column in feats.columns, column
+    np.testing.assert_allclose(atoms.data, feats[["y", "x"]].to_numpy())
+    np.testing.assert_allclose(atoms.scale, image.scale[-2:])
+    prov = provenance_of(atoms)
+    assert prov["model"]["name"] == "tiny" and len(prov["model"]["sha256"]) == 64
+    assert prov["params"]["threshold"] == 0.5 and prov["source"] == "perovskite_haadf"
+    # the strong A columns are found near their true positions
+    truth = viewer.layers["Truth (perovskite_haadf)"].features
+    a_sites = truth[truth["class"] == 0][["y", "x"]].to_numpy()
+    d = np.hypot(*(a_sites[:, None] - atoms.data[None]).transpose(2, 0, 1)).min(axis=1)
+    assert np.median(d) < 0.3
+
+    # re-running replaces the layers instead of stacking new ones
+    widget._threshold.value = 0.9
+    _run(qtbot, widget)
+    names = [layer.name for layer in viewer.layers]
+    assert names.count("Atoms (perovskite_haadf)") == 1
+    assert names.count("Boxes (perovskite_haadf)") == 1
+    assert len(viewer.layers["Atoms (perovskite_haadf)"].data) < n
+    assert widget._run.enabled and not widget._cancel.enabled
+
+
+def test_bad_input_notifies_and_changes_nothing(make_napari_viewer, tmp_path):
+    from conftest import make_log_detector
+
+    viewer = make_napari_viewer()
+    model = make_log_detector(tmp_path / "tiny.onnx")
+    rgb = viewer.add_image(np.random.default_rng(0).random((64, 64, 3)), name="photo", rgb=True)
+    nan = np.ones((64, 64))
+    nan[3, 3] = np.nan
+    viewer.add_image(nan, name="holes")
+    widget = DetectAtomsWidget(viewer)
+    widget._model.value = CUSTOM
+    widget._custom.value = model
+    before = [layer.name for layer in viewer.layers]
+    for layer, message in ((rgb, "RGB"), (viewer.layers["holes"], "NaN")):
+        widget._image.value = layer
+        widget._on_run()
+        assert message in _errors()[-1]
+    assert [layer.name for layer in viewer.layers] == before
+    assert widget._worker is None and widget._run.enabled
+
+
+def test_cancel_leaves_layers_unchanged(viewer_with_sample, qtbot, tmp_path):
+    from conftest import make_log_detector
+
+    viewer = viewer_with_sample
+    model = make_log_detector(tmp_path / "tiny.onnx", card={"tile": 32, "margin": 8})
+    widget = _widget(viewer, model)
+    with qtbot.waitSignal(widget.run_finished, timeout=60_000):
+        widget._on_run()
+        widget._on_cancel()
+    assert "Atoms (perovskite_haadf)" not in viewer.layers
+    assert "Cancel" in widget._status.value
