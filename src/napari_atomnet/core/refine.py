@@ -44,11 +44,13 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike, NDArray
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
 __all__ = ["fit_gaussian_at", "fit_gaussians"]
@@ -77,9 +79,8 @@ _CHUNK = 2048  # peaks per block: bounds the (n, k²) buffers; larger blocks amo
 _LAMBDA0 = 1e-3
 _LAMBDA_MAX = 1e7
 _POISSON_FLOOR = 1.0
-_BINOM = np.array(
-    [[1, 0, 0, 0, 0], [1, 1, 0, 0, 0], [1, 2, 1, 0, 0], [1, 3, 3, 1, 0], [1, 4, 6, 4, 1]]
-)
+_MAX_CLUSTER = 4  # largest group of close peaks fitted jointly
+_MAX_CLUSTER_HALF = 25  # largest half-width of a joint window
 
 
 @dataclass(frozen=True)
@@ -89,18 +90,31 @@ class _Cfg:
     poisson: bool
     max_iter: int
     tol: float
+    members: int = 1  # Gaussians per window (> 1: a cluster fitted jointly)
 
     @property
     def n_shape(self) -> int:
         return 1 if self.isotropic else 3
 
     @property
+    def n_peak(self) -> int:
+        """Parameters of one Gaussian: A, y, x and the shape."""
+        return 3 + self.n_shape
+
+    @property
     def n_params(self) -> int:
-        return 3 + self.n_shape + int(self.fit_background)
+        return self.members * self.n_peak + int(self.fit_background)
 
     @property
     def i_bg(self) -> int:
-        return 3 + self.n_shape
+        return self.members * self.n_peak
+
+    def peak(self, p: NDArray, k: int) -> NDArray:
+        """Parameters (A, y, x, shape...) of member ``k``: a view into ``p``."""
+        return p[:, k * self.n_peak : (k + 1) * self.n_peak]
+
+    def single(self) -> _Cfg:
+        return replace(self, members=1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -110,8 +124,8 @@ def _chol_solve(a: NDArray, b: NDArray) -> tuple[NDArray, NDArray]:
     """Solve ``a x = b`` for a batch of small symmetric positive-definite systems.
 
     ``a`` is (n, P, P) and ``b`` (n, P) or (n, P, R).  The Cholesky factorisation is written out
-    over the batch axis (P <= 7 here), which is several times faster than ``np.linalg.solve`` on
-    many tiny matrices and reports a non-positive-definite system per item instead of raising.
+    over the batch axis, which is as fast as ``np.linalg.solve`` on many tiny matrices and
+    reports a non-positive-definite system per item instead of raising for the whole batch.
     Returns ``(x, ok)``; rows with ``ok`` False hold zeros.
     """
     n, p, _ = a.shape
@@ -180,18 +194,19 @@ def _gemm(a: NDArray, b: NDArray, out: NDArray | None = None) -> NDArray:
 # --------------------------------------------------------------------------------------------
 # the model and its normal equations
 # --------------------------------------------------------------------------------------------
-def _gauss(p: NDArray, h: int, cfg: _Cfg, out: NDArray | None = None) -> NDArray:
+def _gauss(pk: NDArray, h: int, cfg: _Cfg, out: NDArray | None = None) -> NDArray:
     """Unit-height Gaussians exp(-Q/2) of a batch on flattened windows, float32 (n, M).
 
-    ``p`` holds positions relative to the window centre.  ``-Q/2`` is a quadratic polynomial in
-    the pixel offsets (i, j); its six coefficients per peak times the monomials is one GEMM.
+    ``pk`` holds one Gaussian per row (A, y, x, shape), positions relative to the window
+    centre.  ``-Q/2`` is a quadratic polynomial in the pixel offsets (i, j): its six
+    coefficients per row times the window's monomials is one GEMM, then one exp.
     """
-    y, x, a = p[:, 1], p[:, 2], p[:, 3]
+    y, x, a = pk[:, 1], pk[:, 2], pk[:, 3]
     if cfg.isotropic:
         b, c = np.zeros_like(a), a
     else:
-        b, c = p[:, 4], p[:, 5]
-    coef = np.empty((len(p), 6), dtype=np.float32)
+        b, c = pk[:, 4], pk[:, 5]
+    coef = np.empty((len(pk), 6), dtype=np.float32)
     coef[:, 0] = -0.5 * a * y * y - b * x * y - 0.5 * c * x * x
     coef[:, 1] = a * y + b * x
     coef[:, 2] = b * y + c * x
@@ -202,74 +217,43 @@ def _gauss(p: NDArray, h: int, cfg: _Cfg, out: NDArray | None = None) -> NDArray
     return np.exp(q, out=q)
 
 
-def _model(p: NDArray, g: NDArray, cfg: _Cfg, out: NDArray | None = None) -> NDArray:
-    m = np.multiply(g, p[:, 0].astype(np.float32)[:, None], out=out)
+def _model(p: NDArray, gs: NDArray, cfg: _Cfg, out: NDArray) -> NDArray:
+    """Sum of the members' ``A g`` plus the background, into ``out`` (n, M)."""
+    m = np.multiply(gs[0], p[:, 0].astype(np.float32)[:, None], out=out)
+    for k in range(1, cfg.members):
+        m += gs[k] * cfg.peak(p, k)[:, 0].astype(np.float32)[:, None]
     if cfg.fit_background:
         m += p[:, cfg.i_bg].astype(np.float32)[:, None]
     return m
 
 
-class _Work:
-    """Preallocated float32 (n, M) buffers of one block, reused by every iteration.
+def _jac_coef(pk: NDArray, cfg: _Cfg) -> NDArray:
+    """Jacobian of ``A g`` as ``g`` times polynomials: coefficients (n, n_peak, 6).
 
-    Allocating fresh ~0.5 MB temporaries in every step costs page faults that took longer than
-    the arithmetic itself on the test machine.
+    Rows: d/dA, d/dy, d/dx, d/d(shape); columns: the monomials 1, i, j, i², ij, j² of the
+    pixel offsets from the window centre.
     """
-
-    def __init__(self, n: int, size: int) -> None:
-        shape = (n, size)
-        self.g, self.m, self.r, self.t, self.wn, self.f1 = (
-            np.empty(shape, dtype=np.float32) for _ in range(6)
-        )
-        self.f24 = np.empty((2, *shape), dtype=np.float32)
-
-
-def _normal_equations(
-    p: NDArray,
-    g: NDArray,
-    res: NDArray,
-    w: NDArray,
-    h: int,
-    cfg: _Cfg,
-    ws: _Work | None = None,
-) -> tuple[NDArray, NDArray]:
-    """J^T W J and J^T W r of a batch from weighted Gaussian moments.
-
-    Every Jacobian column except the background's is ``g`` times a polynomial of degree <= 2 in
-    the pixel offsets (i, j) with per-peak coefficients ``C`` (n, P', 6); so
-    ``J^T W J = C K C^T`` with ``K`` the moments of ``w g²`` up to degree 4 (one GEMM with the
-    monomials), and the background terms need moments of ``w g`` and sums of ``w``.
-    """
-    n = len(p)
-    mono = _geom(h)[1]
-    ws = _Work(n, g.shape[1]) if ws is None else ws
-    f24 = ws.f24[:, :n]
-    wg = np.multiply(w, g, out=f24[0])
-    f1 = np.multiply(wg, g, out=ws.f1[:n])
-    np.multiply(wg, res, out=f24[1])
-    m1 = _gemm(f1, mono).astype(np.float64)  # (n, 15)
-    m24 = _gemm(f24.reshape(2 * n, -1), mono[:, :6]).astype(np.float64).reshape(2, n, 6)
-    amp, y, x, a = p[:, 0], p[:, 1], p[:, 2], p[:, 3]
-    ng = 3 + cfg.n_shape
-    coef = np.zeros((n, ng, 6))
-    coef[:, 0, 0] = 1.0
+    amp, y, x, a = pk[:, 0], pk[:, 1], pk[:, 2], pk[:, 3]
+    n = len(pk)
+    coef = np.zeros((n, cfg.n_peak, 6))
     if cfg.isotropic:
         b, c = 0.0, a
     else:
-        b, c = p[:, 4], p[:, 5]
-    coef[:, 1, 0] = -amp * (a * y + b * x)
+        b, c = pk[:, 4], pk[:, 5]
+    coef[:, 0, 0] = 1.0
+    coef[:, 1, 0] = -amp * (a * y + b * x)  # dm/dy = A g (a dy + b dx)
     coef[:, 1, 1] = amp * a
     coef[:, 1, 2] = amp * b
-    coef[:, 2, 0] = -amp * (b * y + c * x)
+    coef[:, 2, 0] = -amp * (b * y + c * x)  # dm/dx = A g (b dy + c dx)
     coef[:, 2, 1] = amp * b
     coef[:, 2, 2] = amp * c
-    if cfg.isotropic:
+    if cfg.isotropic:  # dm/da = -A g (dy² + dx²) / 2
         coef[:, 3, 0] = -0.5 * amp * (y * y + x * x)
         coef[:, 3, 1] = amp * y
         coef[:, 3, 2] = amp * x
         coef[:, 3, 3] = -0.5 * amp
         coef[:, 3, 5] = -0.5 * amp
-    else:
+    else:  # dm/da = -A g dy² / 2, dm/db = -A g dy dx, dm/dc = -A g dx² / 2
         coef[:, 3, 0] = -0.5 * amp * y * y
         coef[:, 3, 1] = amp * y
         coef[:, 3, 3] = -0.5 * amp
@@ -280,17 +264,68 @@ def _normal_equations(
         coef[:, 5, 0] = -0.5 * amp * x * x
         coef[:, 5, 2] = amp * x
         coef[:, 5, 5] = -0.5 * amp
-    npar = cfg.n_params
+    return coef
+
+
+class _Work:
+    """Preallocated float32 (n, M) buffers of one block, reused by every iteration.
+
+    Allocating fresh ~0.5 MB temporaries in every step costs page faults that took longer than
+    the arithmetic itself on the test machine.
+    """
+
+    def __init__(self, n: int, size: int, members: int) -> None:
+        shape = (n, size)
+        self.g = np.empty((members, *shape), dtype=np.float32)
+        self.m, self.r, self.t, self.wn, self.f = (
+            np.empty(shape, dtype=np.float32) for _ in range(5)
+        )
+        # [w g_k for each member, then w r g_k for each member]
+        self.f2 = np.empty((2 * members, *shape), dtype=np.float32)
+
+
+def _normal_equations(
+    p: NDArray, gs: NDArray, res: NDArray, w: NDArray, h: int, cfg: _Cfg, ws: _Work
+) -> tuple[NDArray, NDArray]:
+    """``J^T W J`` and ``J^T W r`` of a batch from weighted Gaussian moments.
+
+    Every Jacobian column except the background's is a member's ``g`` times a polynomial of
+    degree <= 2 in the pixel offsets (i, j) with per-peak coefficients ``C`` (n, n_peak, 6).  So
+    the block of members k, l is ``C_k K_kl C_l^T`` with ``K_kl`` the moments of ``w g_k g_l``
+    up to degree 4 (one GEMM with the window's monomials), the gradient is ``C_k`` times the
+    moments of ``w r g_k``, and the background terms need the moments of ``w g_k`` and the sums
+    of ``w`` and ``w r``.
+    """
+    n = len(p)
+    mono = _geom(h)[1]
+    mem, npk, npar = cfg.members, cfg.n_peak, cfg.n_params
     hess = np.empty((n, npar, npar))
     grad = np.empty((n, npar))
-    hess[:, :ng, :ng] = coef @ m1[:, _KIDX] @ coef.transpose(0, 2, 1)
-    grad[:, :ng] = (coef @ m24[1][:, :, None])[:, :, 0]
+    coefs = [_jac_coef(cfg.peak(p, k), cfg) for k in range(mem)]
+    wg = ws.f2[:mem, :n]
+    for k in range(mem):
+        np.multiply(w, gs[k], out=wg[k])
+        np.multiply(wg[k], res, out=ws.f2[mem + k, :n])
+    for k in range(mem):
+        for m in range(k, mem):
+            f = np.multiply(wg[k], gs[m], out=ws.f[:n])
+            kmat = _gemm(f, mono).astype(np.float64)[:, _KIDX]  # (n, 6, 6)
+            blk = coefs[k] @ kmat @ coefs[m].transpose(0, 2, 1)
+            hess[:, k * npk : (k + 1) * npk, m * npk : (m + 1) * npk] = blk
+            if m != k:
+                hess[:, m * npk : (m + 1) * npk, k * npk : (k + 1) * npk] = blk.transpose(0, 2, 1)
+    for k in range(mem):
+        sl = slice(k * npk, (k + 1) * npk)
+        mom_r = _gemm(ws.f2[mem + k, :n], mono[:, :6]).astype(np.float64)
+        grad[:, sl] = (coefs[k] @ mom_r[:, :, None])[:, :, 0]
+        if cfg.fit_background:
+            mom_g = _gemm(wg[k], mono[:, :6]).astype(np.float64)
+            hb = (coefs[k] @ mom_g[:, :, None])[:, :, 0]
+            hess[:, sl, -1] = hb
+            hess[:, -1, sl] = hb
     if cfg.fit_background:
-        hb = (coef @ m24[0][:, :, None])[:, :, 0]
-        hess[:, :ng, ng] = hb
-        hess[:, ng, :ng] = hb
-        hess[:, ng, ng] = w.sum(axis=1)
-        grad[:, ng] = np.multiply(w, res, out=ws.t[:n]).sum(axis=1)
+        hess[:, -1, -1] = w.sum(axis=1)
+        grad[:, -1] = np.multiply(w, res, out=ws.t[:n]).sum(axis=1)
     return hess, grad
 
 
@@ -307,32 +342,39 @@ def _small_step(step: NDArray, p: NDArray, cfg: _Cfg) -> NDArray:
     Positions in px; A and the background relative to the amplitude; the shape relative to the
     mean precision (a + c) / 2 (b is ~0 for round peaks).
     """
-    amp_scale = np.abs(p[:, 0]) + 1e-12
-    shp = p[:, 3] if cfg.isotropic else 0.5 * (p[:, 3] + p[:, 5])
-    shp_scale = np.abs(shp) + 1e-12
-    small = (
-        (np.abs(step[:, 1]) <= cfg.tol)
-        & (np.abs(step[:, 2]) <= cfg.tol)
-        & (np.abs(step[:, 0]) <= cfg.tol * amp_scale)
-        & (np.abs(step[:, 3 : 3 + cfg.n_shape]) <= cfg.tol * shp_scale[:, None]).all(axis=1)
-    )
+    small = np.ones(len(p), dtype=bool)
+    top = np.zeros(len(p))
+    for k in range(cfg.members):
+        pk, sk = cfg.peak(p, k), cfg.peak(step, k)
+        amp_scale = np.abs(pk[:, 0]) + 1e-12
+        top = np.maximum(top, amp_scale)
+        shp = pk[:, 3] if cfg.isotropic else 0.5 * (pk[:, 3] + pk[:, 5])
+        shp_scale = np.abs(shp) + 1e-12
+        small &= (
+            (np.abs(sk[:, 1]) <= cfg.tol)
+            & (np.abs(sk[:, 2]) <= cfg.tol)
+            & (np.abs(sk[:, 0]) <= cfg.tol * amp_scale)
+            & (np.abs(sk[:, 3:]) <= cfg.tol * shp_scale[:, None]).all(axis=1)
+        )
     if cfg.fit_background:
-        small &= np.abs(step[:, cfg.i_bg]) <= cfg.tol * amp_scale
+        small &= np.abs(step[:, cfg.i_bg]) <= cfg.tol * top
     return small
 
 
 def _valid_params(p: NDArray, h: float, cfg: _Cfg) -> NDArray:
-    """Parameters a step may go to: finite, centre inside the window, 0.1 px < sigma < 10 h."""
+    """Parameters a step may go to: finite, centres inside the window, 0.1 px < sigma < 10 h."""
     ok = np.isfinite(p).all(axis=1)
-    ok &= (np.abs(p[:, 1]) <= h + 0.5) & (np.abs(p[:, 2]) <= h + 0.5)
     lo, hi = 1.0 / (10.0 * h) ** 2, 1.0 / 0.1**2
-    if cfg.isotropic:
-        ok &= (p[:, 3] > lo) & (p[:, 3] < hi)
-    else:
-        a, b, c = p[:, 3], p[:, 4], p[:, 5]
-        half_tr = 0.5 * (a + c)
-        disc = np.sqrt(np.maximum(0.25 * (a - c) ** 2 + b * b, 0.0))
-        ok &= (half_tr - disc > lo) & (half_tr + disc < hi)
+    for k in range(cfg.members):
+        pk = cfg.peak(p, k)
+        ok &= (np.abs(pk[:, 1]) <= h + 0.5) & (np.abs(pk[:, 2]) <= h + 0.5)
+        if cfg.isotropic:
+            ok &= (pk[:, 3] > lo) & (pk[:, 3] < hi)
+        else:
+            a, b, c = pk[:, 3], pk[:, 4], pk[:, 5]
+            half_tr = 0.5 * (a + c)
+            disc = np.sqrt(np.maximum(0.25 * (a - c) ** 2 + b * b, 0.0))
+            ok &= (half_tr - disc > lo) & (half_tr + disc < hi)
     return ok
 
 
@@ -346,22 +388,22 @@ class _BlockResult:
     n_iter: NDArray
     rss: NDArray  # unweighted sum of squared residuals over valid pixels
     chi2: NDArray  # weighted
-    var_amp: NDArray  # variance of A from (J^T W J)^-1 times the reduced chi2
+    var_amp: NDArray  # (n, members): variance of each A from (J^T W J)^-1 * reduced chi2
     n_valid: NDArray
 
 
 def _lm_block(data: NDArray, mask: NDArray, p0: NDArray, h: int, cfg: _Cfg) -> _BlockResult:
-    """Fit one block of peaks, all with the same window half-width ``h``.
+    """Fit one block of windows, all with the same half-width ``h`` and number of members.
 
-    Per peak: damped Gauss–Newton steps ``(H + lambda diag H) d = g``; a step is accepted if it
-    lowers the weighted chi² (lambda / 10) and rejected otherwise (lambda * 10).  Peaks whose
-    accepted step is below ``tol`` (or whose lambda exceeds 1e7) are done and leave the working
-    set, which is compacted in preallocated buffers.
+    Per window: damped Gauss–Newton steps ``(H + lambda diag H) d = g``; a step is accepted if
+    it lowers the weighted chi² (lambda / 10) and rejected otherwise (lambda * 10).  Windows
+    whose lightly damped step is below ``tol`` (or whose lambda exceeds 1e7) are done and leave
+    the working set, which is compacted in preallocated buffers.
     """
     n, size = data.shape
-    npar = cfg.n_params
+    npar, mem = cfg.n_params, cfg.members
     n_valid = mask.sum(axis=1).astype(np.int64)
-    ws = _Work(n, size)
+    ws = _Work(n, size, mem)
     poisson = cfg.poisson
 
     def weights(m: NDArray, msk: NDArray, out: NDArray) -> NDArray:
@@ -369,6 +411,13 @@ def _lm_block(data: NDArray, mask: NDArray, p0: NDArray, h: int, cfg: _Cfg) -> _
             return msk
         np.maximum(m, np.float32(_POISSON_FLOOR), out=out)
         return np.divide(msk, out, out=out)
+
+    def evaluate(pp: NDArray, na: int, d: NDArray) -> tuple[NDArray, NDArray, NDArray]:
+        gs = ws.g[:, :na]
+        for k in range(mem):
+            _gauss(cfg.peak(pp, k), h, cfg, out=gs[k])
+        mdl = _model(pp, gs, cfg, out=ws.m[:na])
+        return gs, mdl, np.subtract(d, mdl, out=ws.r[:na])
 
     out_p = p0.astype(np.float64).copy()
     out_conv = np.zeros(n, dtype=bool)
@@ -378,25 +427,23 @@ def _lm_block(data: NDArray, mask: NDArray, p0: NDArray, h: int, cfg: _Cfg) -> _
     out_hess = np.zeros((n, npar, npar))
 
     # working set: double buffers for data, mask and weights (compaction writes the other one)
-    dbuf = [np.array(data, dtype=np.float32), np.empty_like(data, dtype=np.float32)]
-    kbuf = [np.array(mask, dtype=np.float32), np.empty_like(mask, dtype=np.float32)]
-    wbuf = [np.empty_like(dbuf[0]), np.empty_like(dbuf[0])] if poisson else None
+    dbuf = [np.array(data, dtype=np.float32), np.empty((n, size), dtype=np.float32)]
+    kbuf = [np.array(mask, dtype=np.float32), np.empty((n, size), dtype=np.float32)]
+    wbuf = [np.empty((n, size), dtype=np.float32) for _ in range(2)] if poisson else None
     cur = 0
     idx = np.arange(n)
     p = out_p.copy()
     d, msk = dbuf[0], kbuf[0]
-    g = _gauss(p, h, cfg, out=ws.g)
-    m = _model(p, g, cfg, out=ws.m)
-    res = np.subtract(d, m, out=ws.r)
+    gs, mdl, res = evaluate(p, n, d)
     if poisson:
-        w = weights(m, msk, wbuf[0])
+        w = weights(mdl, msk, wbuf[0])
         chi2 = _wss(w, res, ws.t)
         rss = _wss(msk, res, ws.t)
     else:
         w = msk
         chi2 = _wss(w, res, ws.t)
         rss = chi2.copy()
-    hess, grad = _normal_equations(p, g, res, w, h, cfg, ws)
+    hess, grad = _normal_equations(p, gs, res, w, h, cfg, ws)
     lam = np.full(n, _LAMBDA0)
     diag_idx = np.arange(npar)
     for it in range(1, cfg.max_iter + 1):
@@ -407,10 +454,9 @@ def _lm_block(data: NDArray, mask: NDArray, p0: NDArray, h: int, cfg: _Cfg) -> _
         a_mat[:, diag_idx, diag_idx] += lam[:, None] * np.maximum(diag, floor)
         step, ok = _chol_solve(a_mat, grad)
         ok &= _valid_params(p + step, h, cfg)
-        # Converged: a lightly damped step below tol (measured against natural scales: px for
-        # positions, the amplitude for A and B, the mean precision for the shape).  It is taken
-        # without another evaluation.  Strongly damped steps are small for another reason;
-        # a peak whose damping ran away cannot lower chi² any more and stops too.
+        # Converged: a lightly damped step below tol, taken without another evaluation.
+        # Strongly damped steps are small for another reason; a window whose damping ran away
+        # cannot lower chi² any more and stops too.
         conv = ok & (lam <= 1e-2) & _small_step(step, p, cfg)
         done = conv | (lam >= _LAMBDA_MAX)
         if done.any():
@@ -435,9 +481,7 @@ def _lm_block(data: NDArray, mask: NDArray, p0: NDArray, h: int, cfg: _Cfg) -> _
             cur = nxt
         na = idx.size
         pt = p + step
-        gt = _gauss(pt, h, cfg, out=ws.g[:na])
-        mt = _model(pt, gt, cfg, out=ws.m[:na])
-        rt = np.subtract(d, mt, out=ws.r[:na])
+        gt, mt, rt = evaluate(pt, na, d)
         chi2_t = _wss(w, rt, ws.t[:na])
         # (a relative slack of 1e-6 absorbs the float32 rounding of the sums near the minimum)
         acc = ok & np.isfinite(chi2_t) & (chi2_t <= chi2 * (1.0 + 1e-6) + 1e-30)
@@ -460,12 +504,16 @@ def _lm_block(data: NDArray, mask: NDArray, p0: NDArray, h: int, cfg: _Cfg) -> _
         out_rss[idx] = rss
         out_chi2[idx] = chi2
         out_hess[idx] = hess
-    # variance of the amplitude for the significance test
-    e0 = np.zeros((n, npar))
-    e0[:, 0] = 1.0
-    inv0, okh = _chol_solve(out_hess, e0)
+    # variance of each amplitude for the significance test
+    e_amp = np.zeros((n, npar, mem))
+    for k in range(mem):
+        e_amp[:, k * cfg.n_peak, k] = 1.0
+    inv, okh = _chol_solve(out_hess, e_amp)
     dof = np.maximum(n_valid - npar, 1)
-    var_amp = np.where(okh & (n_valid > npar), inv0[:, 0] * out_chi2 / dof, np.inf)
+    diag_inv = inv[:, np.arange(mem) * cfg.n_peak, np.arange(mem)]  # (n, mem)
+    var_amp = np.where(
+        (okh & (n_valid > npar))[:, None], diag_inv * (out_chi2 / dof)[:, None], np.inf
+    )
     return _BlockResult(out_p, out_conv, out_iter, out_rss, out_chi2, var_amp, n_valid)
 
 
@@ -494,14 +542,7 @@ def _moment_start(
     n = data.shape[0]
     flat = data.reshape(n, -1)
     valid = mask.reshape(n, -1) > 0
-    nv = valid.sum(axis=1)
-    if cfg.fit_background:
-        srt = np.sort(np.where(valid, flat, np.inf), axis=1)
-        q = np.clip(((nv - 1) * 0.2).astype(np.int64), 0, None)
-        bg = srt[np.arange(n), q].astype(np.float64)
-        bg[~np.isfinite(bg)] = 0.0
-    else:
-        bg = np.zeros(n)
+    bg = _low_percentile(flat, mask.reshape(n, -1)) if cfg.fit_background else np.zeros(n)
     k = 2 * h + 1
     sq = np.s_[:, h - 1 : h + 2, h - 1 : h + 2]  # the 3 x 3 pixels around the window centre
     core = np.where(mask.reshape(n, k, k)[sq] > 0, data.reshape(n, k, k)[sq], -np.inf)
@@ -684,14 +725,16 @@ def fit_gaussians(
         Fit a constant background per window; if False the background is fixed at 0 (for
         background-subtracted images).
     neighbours : {"subtract", "none"}
-        ``"subtract"``: after each pass, the fitted Gaussians of all other peaks (without their
-        backgrounds) are subtracted from every window, and the windows are refitted.  Overlapping
-        tails of neighbouring columns otherwise pull each fit towards its neighbours (and the
-        bias grows as the columns get closer and their amplitudes more unequal).  A joint fit of
-        all peaks would remove that bias exactly but couples every parameter; subtracting the
-        neighbours' current models and refitting is a block-Jacobi iteration towards that joint
-        fit that keeps every peak's problem small and independent.  ``"none"``: later passes
-        only re-centre the windows on the fitted positions.
+        ``"subtract"`` (default): after each pass the fitted Gaussians of all other peaks
+        (without their backgrounds) are subtracted from every window and the windows are
+        refitted.  The overlapping tails of neighbouring columns otherwise pull each fit towards
+        its neighbours, the more so the closer the columns and the more unequal their
+        amplitudes.  Subtracting the neighbours' current models and refitting is a block-Jacobi
+        iteration towards the joint fit of all peaks that keeps every problem small and
+        independent.  It converges fast for columns more than ~3.5 sigma apart; closer groups
+        (up to 4 peaks; e.g. dumbbells) are fitted jointly instead, as a sum of Gaussians on one
+        background in one window.  ``"none"``: later passes only re-centre the windows on the
+        fitted positions.
     n_passes : int
         Number of fit passes (1 = a single fit, no neighbour subtraction).
     max_iter : int
@@ -774,104 +817,122 @@ def fit_gaussians(
     if merge_distance is None:
         finite = nn[np.isfinite(nn)]
         merge_distance = max(0.25 * float(np.median(finite)), 1.0) if finite.size else 1.5
-    shift_lim = (
-        np.maximum(0.75 * half, 1.5)
-        if max_shift is None
-        else np.broadcast_to(np.asarray(max_shift, dtype=np.float64), (n,))
+    lim = _Limits(
+        shift=(
+            np.maximum(0.75 * half, 1.5)
+            if max_shift is None
+            else np.broadcast_to(np.asarray(max_shift, dtype=np.float64), (n,))
+        ),
+        min_sigma=float(min_sigma),
+        max_sigma=half.astype(np.float64) if max_sigma is None else np.full(n, float(max_sigma)),
+        min_snr=float(min_snr),
     )
-    sig_hi = half.astype(np.float64) if max_sigma is None else np.full(n, float(max_sigma))
-
-    npar = cfg.n_params
-    params = np.full((n, npar), np.nan)  # absolute positions
-    status = np.full(n, _DIVERGED, dtype=np.int64)
+    st = _State(
+        init=init,
+        params=np.full((n, cfg.n_params), np.nan),  # absolute positions
+        status=np.full(n, _DIVERGED, dtype=np.int64),
+        n_iter=np.zeros(n, dtype=np.int64),
+        rms=np.full(n, np.nan),
+    )
     merged_into = np.full(n, -1, dtype=np.int64)
-    n_iter = np.zeros(n, dtype=np.int64)
-    rms = np.full(n, np.nan)
     centres = np.round(init).astype(np.int64)
     subtract = neighbours == "subtract"
     total = n_passes * n
 
     for pss in range(n_passes):
-        ok_prev = status == _OK
+        ok_prev = st.status == _OK
         new_centres = centres.copy()
+        clusters: list[NDArray] = []
         if pss == 0:
             todo = np.arange(n)
         else:
-            new_centres[ok_prev] = np.round(params[ok_prev, 1:3]).astype(np.int64)
-            active = status != _MERGED
+            new_centres[ok_prev] = np.round(st.params[ok_prev, 1:3]).astype(np.int64)
+            active = st.status != _MERGED
             if subtract:
                 todo = np.nonzero(active)[0]
+                clusters = _find_clusters(st, active, cfg)
             else:  # without subtraction only the windows that move change
                 moved = (new_centres != centres).any(axis=1)
                 todo = np.nonzero(active & ok_prev & moved)[0]
-        model_img = None
+        model_img, radius = None, np.zeros(n, dtype=np.int64)
         if pss > 0 and subtract and ok_prev.any():
             okp = np.nonzero(ok_prev)[0]
-            prel = params[okp].copy()
+            prel = st.params[okp].copy()
             prel[:, 1:3] -= new_centres[okp]
             rad = np.maximum(half[okp], np.ceil(5.0 * np.sqrt(_max_sigma2(prel, cfg))))
-            rad = np.minimum(rad, 3 * half[okp]).astype(np.int64)
-            model_img = _render_sum(img.shape, new_centres[okp], prel, rad, cfg)
+            radius[okp] = np.minimum(rad, 3 * half[okp]).astype(np.int64)
+            model_img = _render_sum(img.shape, new_centres[okp], prel, radius[okp], cfg)
         work = img if model_img is None else img - model_img
+        in_cluster = np.zeros(n, dtype=bool)
+        for c in clusters:
+            in_cluster[c] = True
+        singles = todo[~in_cluster[todo]]
+        n_todo = max(todo.size, 1)
         done_in_pass = 0
-        for hval in np.unique(half[todo]):
-            grp = todo[half[todo] == hval]
+        for hval in np.unique(half[singles]):
+            grp = singles[half[singles] == hval]
             for s in range(0, grp.size, _CHUNK):
                 sel = grp[s : s + _CHUNK]
-                _fit_block(
-                    work,
-                    sel,
-                    int(hval),
-                    new_centres,
-                    params,
-                    status,
-                    ok_prev,
-                    model_img is not None,
-                    init,
-                    cfg,
-                    n_iter,
-                    rms,
-                    shift_lim,
-                    min_sigma,
-                    sig_hi,
-                    min_snr,
+                _fit_singles(
+                    work, sel, int(hval), new_centres, st, ok_prev, model_img is not None, cfg, lim
                 )
                 done_in_pass += sel.size
                 if progress is not None:
-                    progress(pss * n + done_in_pass * n // max(todo.size, 1), total)
+                    progress(pss * n + done_in_pass * n // n_todo, total)
+        for members, cen, hc in _cluster_windows(clusters, st, half, cfg):
+            for s in range(0, len(members), _CHUNK):
+                sel = members[s : s + _CHUNK]
+                _fit_clusters(
+                    work, sel, cen[s : s + _CHUNK], hc, st, ok_prev, new_centres, radius, cfg, lim
+                )
+                done_in_pass += sel.size
+                if progress is not None:
+                    progress(pss * n + done_in_pass * n // n_todo, total)
         centres = new_centres
         if progress is not None and todo.size == 0:
             progress((pss + 1) * n, total)
-        _merge(params, status, merged_into, rms, merge_distance)
+        _merge(st.params, st.status, merged_into, st.rms, merge_distance)
 
-    return _frame(params, status, merged_into, init, n_iter, rms, index, cfg, drop_merged)
+    return _frame(st, merged_into, index, cfg, drop_merged)
 
 
-def _fit_block(
+@dataclass
+class _State:
+    """Per-peak results, updated in place by every pass."""
+
+    init: NDArray  # (N, 2)
+    params: NDArray  # (N, n_peak + background), absolute positions
+    status: NDArray
+    n_iter: NDArray
+    rms: NDArray
+
+
+@dataclass
+class _Limits:
+    shift: NDArray
+    min_sigma: float
+    max_sigma: NDArray
+    min_snr: float
+
+
+def _fit_singles(
     work: NDArray,
     sel: NDArray,
     h: int,
     centres: NDArray,
-    params: NDArray,
-    status: NDArray,
+    st: _State,
     ok_prev: NDArray,
     add_own: bool,
-    init: NDArray,
     cfg: _Cfg,
-    n_iter: NDArray,
-    rms: NDArray,
-    shift_lim: NDArray,
-    min_sigma: float,
-    sig_hi: NDArray,
-    min_snr: float,
+    lim: _Limits,
 ) -> None:
-    """Gather, start, fit and classify one block of peaks; results go into the full arrays."""
+    """Gather, start, fit and classify one block of single peaks (results into ``st``)."""
     cy, cx = centres[sel, 0], centres[sel, 1]
     data, mask = _gather(work, cy, cx, h)
     okp = ok_prev[sel]
     p0 = np.empty((sel.size, cfg.n_params))
     if okp.any():
-        prev = params[sel[okp]].copy()
+        prev = st.params[sel[okp]].copy()
         prev[:, 1] -= cy[okp]
         prev[:, 2] -= cx[okp]
         p0[okp] = prev
@@ -880,49 +941,212 @@ def _fit_block(
             data[okp] += own * mask[okp]
     bad = ~okp
     if bad.any():
-        y0 = init[sel[bad], 0] - cy[bad]
-        x0 = init[sel[bad], 1] - cx[bad]
+        y0 = st.init[sel[bad], 0] - cy[bad]
+        x0 = st.init[sel[bad], 1] - cx[bad]
         p0[bad] = _moment_start(data[bad], mask[bad], y0, x0, h, cfg)
     with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
         res = _lm_block(data, mask, p0, h, cfg)
     p_abs = res.params.copy()
     p_abs[:, 1] += cy
     p_abs[:, 2] += cx
-    params[sel] = p_abs
-    n_iter[sel] += res.n_iter
-    rms[sel] = np.sqrt(res.rss / np.maximum(res.n_valid, 1))
-    status[sel] = _classify(
-        res, p_abs, init[sel], shift_lim[sel], min_sigma, sig_hi[sel], min_snr, cfg
+    st.params[sel] = p_abs
+    st.n_iter[sel] += res.n_iter
+    st.rms[sel] = np.sqrt(res.rss / np.maximum(res.n_valid, 1))
+    st.status[sel] = _classify(
+        res.params, p_abs, res, res.var_amp[:, 0], sel, cfg, cfg.n_params, st, lim
     )
 
 
-def _classify(
-    res: _BlockResult,
-    p_abs: NDArray,
-    init: NDArray,
-    shift_lim: NDArray,
-    min_sigma: float,
-    max_sigma: NDArray,
-    min_snr: float,
+def _find_clusters(st: _State, active: NDArray, cfg: _Cfg, kappa: float = 3.5) -> list[NDArray]:
+    """Find groups of 2–4 active peaks closer than ``kappa`` sigma (connected components)."""
+    ok = active & (st.status == _OK)
+    ids = np.nonzero(active)[0]
+    if ids.size < 2 or not ok.any():
+        return []
+    sig_ok = np.sqrt(_max_sigma2(st.params[ok], cfg))
+    sig = np.full(len(st.init), float(np.median(sig_ok)))
+    sig[ok] = sig_ok
+    pos = np.where(ok[:, None], st.params[:, 1:3], st.init)[ids]
+    sig = sig[ids]
+    pairs = cKDTree(pos).query_pairs(kappa * float(sig.max()), output_type="ndarray")
+    if pairs.size == 0:
+        return []
+    dist = np.hypot(*(pos[pairs[:, 0]] - pos[pairs[:, 1]]).T)
+    pairs = pairs[dist < kappa * np.maximum(sig[pairs[:, 0]], sig[pairs[:, 1]])]
+    if pairs.size == 0:
+        return []
+    graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(ids.size,) * 2)
+    n_comp, lab = connected_components(graph, directed=False)
+    size = np.bincount(lab, minlength=n_comp)
+    order = np.argsort(lab, kind="stable")
+    groups = np.split(ids[order], np.cumsum(size)[:-1])
+    return [g for g in groups if 2 <= g.size <= _MAX_CLUSTER]
+
+
+def _cluster_windows(
+    clusters: list[NDArray], st: _State, half: NDArray, cfg: _Cfg
+) -> list[tuple[NDArray, NDArray, int]]:
+    """Clusters grouped by (size, window half-width): (members (c, m), centres (c, 2), h)."""
+    if not clusters:
+        return []
+    ok = st.status == _OK
+    sig_all = np.sqrt(_max_sigma2(st.params[ok], cfg)) if ok.any() else np.array([1.0])
+    sig_med = float(np.median(sig_all))
+    out: dict[tuple[int, int], list[tuple[NDArray, NDArray]]] = {}
+    for mem in clusters:
+        okm = ok[mem]
+        pos = np.where(okm[:, None], st.params[mem, 1:3], st.init[mem])
+        sig = np.full(mem.size, sig_med)
+        if okm.any():
+            sig[okm] = np.sqrt(_max_sigma2(st.params[mem[okm]], cfg))
+        cen = np.round(pos.mean(axis=0)).astype(np.int64)
+        ext = int(np.ceil(np.abs(pos - cen).max()))
+        core = int(np.max(np.maximum(half[mem], np.ceil(2.5 * sig))))
+        hc = min(core + ext, _MAX_CLUSTER_HALF)
+        out.setdefault((mem.size, hc), []).append((mem, cen))
+    return [
+        (np.stack([m for m, _ in v]), np.stack([c for _, c in v]), hc)
+        for (_, hc), v in sorted(out.items())
+    ]
+
+
+def _fit_clusters(
+    work: NDArray,
+    members: NDArray,
+    cen: NDArray,
+    h: int,
+    st: _State,
+    ok_prev: NDArray,
+    centres: NDArray,
+    radius: NDArray,
     cfg: _Cfg,
+    lim: _Limits,
+) -> None:
+    """Fit a block of clusters (c, m) jointly: m Gaussians and one background per window."""
+    nc, mem = members.shape
+    ccfg = replace(cfg, members=mem)
+    npk = cfg.n_peak
+    data, mask = _gather(work, cen[:, 0], cen[:, 1], h)
+    k = 2 * h + 1
+    offs = np.arange(-h, h + 1)
+    okm = ok_prev[members]  # (c, m)
+    p0 = np.zeros((nc, ccfg.n_params))
+    # add back the members' own models where they were subtracted (their render squares)
+    for j in range(mem):
+        sel = okm[:, j]
+        if not sel.any():
+            continue
+        ids = members[sel, j]
+        prev = st.params[ids, :npk].copy()
+        prev[:, 1:3] -= cen[sel]
+        own = _gauss(prev, h, cfg) * prev[:, 0].astype(np.float32)[:, None]
+        dr = centres[ids] - cen[sel]  # render centre relative to the window centre
+        r = radius[ids]
+        rin = np.abs(offs[None, :] - dr[:, :1]) <= r[:, None]
+        cin = np.abs(offs[None, :] - dr[:, 1:]) <= r[:, None]
+        patch = (rin[:, :, None] & cin[:, None, :]).reshape(len(ids), -1)
+        data[sel] += own * (mask[sel] * patch)
+    # start values: previous fits where ok; otherwise the start position, the cluster's (or
+    # all fits') median shape and the height above the background left by the other members
+    ok_all = st.status == _OK
+    shape_med = np.median(st.params[ok_all, 3:npk], axis=0) if ok_all.any() else None
+    if shape_med is None:
+        shape_med = np.array(
+            [1.0 / (h / 3.0) ** 2] + ([0.0, 1.0 / (h / 3.0) ** 2] if not cfg.isotropic else [])
+        )
+    if cfg.fit_background:
+        bg_prev = np.where(okm, st.params[members, -1], np.nan)
+        with np.errstate(invalid="ignore"):
+            bg = np.nanmean(np.where(okm.any(axis=1)[:, None], bg_prev, 0.0), axis=1)
+        low = _low_percentile(data, mask)
+        bg = np.where(okm.any(axis=1), bg, low)
+        p0[:, -1] = bg
+    else:
+        bg = np.zeros(nc)
+    grid = data.reshape(nc, k, k)
+    amp_ok = np.where(okm, st.params[members, 0], 0.0)
+    amp_ref = np.maximum(amp_ok.max(axis=1), 1e-6 * (np.abs(bg) + 1.0))
+    for j in range(mem):
+        ids = members[:, j]
+        pk = ccfg.peak(p0, j)
+        good = okm[:, j]
+        pk[good] = st.params[ids[good], :npk]
+        pk[~good, 1:3] = st.init[ids[~good]]
+        pk[~good, 3:] = shape_med
+        pk[:, 1:3] -= cen
+        iy = np.clip(np.round(pk[:, 1]).astype(np.int64) + h, 0, k - 1)
+        ix = np.clip(np.round(pk[:, 2]).astype(np.int64) + h, 0, k - 1)
+        val = grid[np.arange(nc), iy, ix].astype(np.float64) - bg
+        for o in range(mem):  # minus the other ok members' models at that pixel
+            if o == j:
+                continue
+            po = st.params[members[:, o], :npk].copy()
+            po[:, 1:3] -= cen
+            dy, dx = iy - h - po[:, 1], ix - h - po[:, 2]
+            a, b, c = (po[:, 3], 0.0, po[:, 3]) if cfg.isotropic else (po[:, 3], po[:, 4], po[:, 5])
+            gv = np.exp(-0.5 * (a * dy * dy + 2 * b * dy * dx + c * dx * dx)) * po[:, 0]
+            val -= np.where(okm[:, o], np.nan_to_num(gv), 0.0)
+        pk[~good, 0] = np.clip(val[~good], 0.1 * amp_ref[~good], None)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
+        res = _lm_block(data, mask, p0, h, ccfg)
+    rms = np.sqrt(res.rss / np.maximum(res.n_valid, 1))
+    for j in range(mem):
+        ids = members[:, j]
+        pk = ccfg.peak(res.params, j)
+        p_abs = np.empty((nc, cfg.n_params))
+        p_abs[:, :npk] = pk
+        p_abs[:, 1:3] += cen
+        if cfg.fit_background:
+            p_abs[:, -1] = res.params[:, -1]
+        st.params[ids] = p_abs
+        st.n_iter[ids] += res.n_iter
+        st.rms[ids] = rms
+        st.status[ids] = _classify(
+            pk, p_abs, res, res.var_amp[:, j], ids, cfg, ccfg.n_params, st, lim
+        )
+
+
+def _low_percentile(data: NDArray, mask: NDArray, q: float = 0.2) -> NDArray:
+    """Return the ``q`` quantile of the valid pixels of each window (0 where none is valid)."""
+    n = len(data)
+    valid = mask > 0
+    nv = valid.sum(axis=1)
+    srt = np.sort(np.where(valid, data, np.inf), axis=1)
+    qi = np.clip(((nv - 1) * q).astype(np.int64), 0, None)
+    out = srt[np.arange(n), qi].astype(np.float64)
+    out[~np.isfinite(out)] = 0.0
+    return out
+
+
+def _classify(
+    pk: NDArray,
+    p_abs: NDArray,
+    res: _BlockResult,
+    var_amp: NDArray,
+    ids: NDArray,
+    cfg: _Cfg,
+    n_params_fit: int,
+    st: _State,
+    lim: _Limits,
 ) -> NDArray:
-    p = res.params
-    st = np.full(len(p), _OK, dtype=np.int64)
-    finite = np.isfinite(p).all(axis=1) & np.isfinite(res.rss)
+    """Status of one Gaussian per row after a fit (``pk``: its A, y, x, shape)."""
+    out = np.full(len(pk), _OK, dtype=np.int64)
+    finite = np.isfinite(pk).all(axis=1) & np.isfinite(res.rss)
     with np.errstate(invalid="ignore", divide="ignore"):
-        sy, sx, _ = _shape_params(p, cfg)
+        sy, sx, _ = _shape_params(pk, cfg)
         s_lo, s_hi = np.fmin(sy, sx), np.fmax(sy, sx)
-        snr = p[:, 0] / np.sqrt(res.var_amp)
-    moved = np.hypot(p_abs[:, 1] - init[:, 0], p_abs[:, 2] - init[:, 1]) > shift_lim
-    bad_w = ~(s_lo >= min_sigma) | ~(s_hi <= max_sigma)
-    low = ~(p[:, 0] > 0) | ~(snr >= min_snr)
-    st[~res.converged] = _MAX_ITER
-    st[low] = _LOW_AMP
-    st[bad_w] = _BAD_WIDTH
-    st[moved] = _MOVED
-    st[~finite] = _DIVERGED
-    st[res.n_valid <= cfg.n_params] = _DIVERGED
-    return st
+        snr = pk[:, 0] / np.sqrt(var_amp)
+    init = st.init[ids]
+    moved = np.hypot(p_abs[:, 1] - init[:, 0], p_abs[:, 2] - init[:, 1]) > lim.shift[ids]
+    bad_w = ~(s_lo >= lim.min_sigma) | ~(s_hi <= lim.max_sigma[ids])
+    low = ~(pk[:, 0] > 0) | ~(snr >= lim.min_snr)
+    out[~res.converged] = _MAX_ITER
+    out[low] = _LOW_AMP
+    out[bad_w] = _BAD_WIDTH
+    out[moved] = _MOVED
+    out[~finite] = _DIVERGED
+    out[res.n_valid <= n_params_fit] = _DIVERGED
+    return out
 
 
 def _merge(
@@ -965,19 +1189,13 @@ def _empty_frame(index: pd.Index) -> pd.DataFrame:
 
 
 def _frame(
-    params: NDArray,
-    status: NDArray,
-    merged_into: NDArray,
-    init: NDArray,
-    n_iter: NDArray,
-    rms: NDArray,
-    index: pd.Index,
-    cfg: _Cfg,
-    drop_merged: bool,
+    st: _State, merged_into: NDArray, index: pd.Index, cfg: _Cfg, drop_merged: bool
 ) -> pd.DataFrame:
+    params, status, init = st.params, st.status, st.init
     ok = status == _OK
-    sy, sx, th = _shape_params(np.nan_to_num(params, nan=0.0), cfg)
     fin = np.isfinite(params).all(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        sy, sx, th = _shape_params(np.nan_to_num(params, nan=0.0), cfg)
     sy, sx, th = (np.where(fin, v, np.nan) for v in (sy, sx, th))
     bg = params[:, cfg.i_bg] if cfg.fit_background else np.where(fin, 0.0, np.nan)
     y = np.where(ok, params[:, 1], init[:, 0])
@@ -997,8 +1215,8 @@ def _frame(
             "fit_status": np.asarray(STATUSES, dtype=object)[status],
             "y_init": init[:, 0],
             "x_init": init[:, 1],
-            "n_iter": n_iter,
-            "residual_rms": rms,
+            "n_iter": st.n_iter,
+            "residual_rms": st.rms,
             "merged_into": into,
         },
         index=index,

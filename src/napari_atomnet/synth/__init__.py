@@ -25,11 +25,12 @@ core_shell_particles, haadf_particles
 from ._render import apply_mtf, mtf, poisson_counts, render_gaussians
 from ._types import AtomImage, ParticleImage
 from .hrtem import ctf, graphene_hrtem, graphene_structure
-from .lattice import lattice_image
+from .lattice import LATTICE_TYPES, lattice_image, random_lattice_params
 from .particles import core_shell_particles, haadf_particles
 from .perovskite import perovskite_haadf
 
 __all__ = [
+    "LATTICE_TYPES",
     "AtomImage",
     "ParticleImage",
     "apply_mtf",
@@ -42,5 +43,6 @@ __all__ = [
     "mtf",
     "perovskite_haadf",
     "poisson_counts",
+    "random_lattice_params",
     "render_gaussians",
 ]

@@ -48,7 +48,9 @@ class _Field:
         self.bumps: list[dict[str, Any]] = []
         self.disl: dict[str, Any] | None = None
 
-    def displacement(self, r: NDArray, theta_ref: NDArray | None = None) -> NDArray:
+    def displacement(
+        self, r: NDArray, theta_ref: NDArray | None = None, *, with_dislocation: bool = True
+    ) -> NDArray:
         """Return u at positions ``r`` (N, 2); ``theta_ref`` picks the dislocation's branch."""
         u = np.zeros_like(r, dtype=np.float64)
         for bump in self.bumps:
@@ -58,7 +60,7 @@ class _Field:
                 u += bump["amount"] * g[:, None] * d
             else:  # pure shear at the centre: u_y ~ x, u_x ~ y
                 u += bump["amount"] * g[:, None] * d[:, ::-1]
-        if self.disl is not None:
+        if self.disl is not None and with_dislocation:
             u += self._dislocation(r, theta_ref)
         return u
 
@@ -347,9 +349,8 @@ def perovskite_haadf(
     if dislocation:
         assert field.disl is not None
         core_ref = field.disl["core"][None, :]
-        disl_field, field.disl = field.disl, None  # the core moves with the strain field only
-        core_img = scan(material(core_ref))[0]
-        field.disl = disl_field
+        # the core moves with the strain field only
+        core_img = scan(core_ref + field.displacement(core_ref, with_dislocation=False))[0]
         removed = []
         for p, q in sorted(cKDTree(pos).query_pairs(0.3 * spacing)):
             if alive[p] and alive[q]:
