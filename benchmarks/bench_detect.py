@@ -28,49 +28,139 @@ def cases(quick: bool) -> list[tuple[str, str, object]]:
     lat = synth.lattice_image
     gr = synth.graphene_hrtem
     out = [
-        ("HAADF perovskite, 500 counts/A peak", "haadf",
-         lambda s: per(S, spacing=22, rotation_deg=8, dose=500, vacancy_fraction=0.02,
-                       dislocation=True, seed=s)),
-        ("HAADF perovskite, 50 counts/A peak", "haadf",
-         lambda s: per(S, spacing=22, rotation_deg=8, dose=50, vacancy_fraction=0.02,
-                       dislocation=True, seed=s)),
-        ("HAADF perovskite, 20 counts/A peak", "haadf",
-         lambda s: per(S, spacing=22, rotation_deg=8, dose=20, vacancy_fraction=0.02,
-                       dislocation=True, seed=s)),
-        ("HAADF perovskite, 9 counts/A peak", "lowdose",
-         lambda s: per(S, spacing=22, rotation_deg=8, dose=9, seed=s)),
-        ("ABF-like dark columns (rocksalt), 100 counts", "haadf",
-         lambda s: lat(S, lattice="rocksalt", spacing=13, polarity="dark", dose=100,
-                       rotation_deg=20, seed=s)),
-        ("ABF-like dark columns (rocksalt), 20 counts", "haadf",
-         lambda s: lat(S, lattice="rocksalt", spacing=13, polarity="dark", dose=20,
-                       rotation_deg=20, seed=s)),
-        ("ABF-like dark columns, 9 counts", "lowdose",
-         lambda s: lat(S, lattice="square", spacing=14, polarity="dark", dose=9, seed=s)),
-        ("Overlapping columns (σ = 0.35 × spacing, 10 px)", "overlap",
-         lambda s: lat(S, lattice="square", spacing=10, sigma_frac=0.35, dose=300, seed=s)),
-        ("Weak B next to strong A (perovskite, 12 px cells, σ 2.2 px)", "overlap",
-         lambda s: per(S, spacing=12, sigma=2.2, dose=300, seed=s)),
-        ("Dense lattice, 6 px spacing", "haadf",
-         lambda s: lat(S, lattice="hexagonal", spacing=6, dose=200, seed=s)),
-        ("Sparse lattice, 38 px spacing", "haadf",
-         lambda s: lat(S, lattice="square", spacing=38, dose=200, seed=s)),
-        ("HRTEM graphene, bright atoms, 1e4 e/Å²", "hrtem",
-         lambda s: gr(S, defocus=-60, cs_um=-10, dose=1e4, seed=s)),
-        ("HRTEM graphene, dark atoms, 1e4 e/Å²", "hrtem",
-         lambda s: gr(S, defocus=60, cs_um=-10, dose=1e4, seed=s)),
-        ("HRTEM graphene, bright atoms, 1e3 e/Å²", "hrtem",
-         lambda s: gr(S, defocus=-60, cs_um=-10, dose=1e3, seed=s)),
-        ("HRTEM graphene, dark atoms, 1e3 e/Å²", "hrtem",
-         lambda s: gr(S, defocus=60, cs_um=-10, dose=1e3, seed=s)),
-        ("Crystalline nanoparticle on a support (vacuum around)", "haadf",
-         lambda s: lat(S, lattice="hexagonal", spacing=12, dose=150,
-                       surface={"kind": "circle", "radius_frac": 0.35, "vacuum_inside": False},
-                       seed=s)),
-        ("Interface: square | hexagonal lattice", "haadf",
-         lambda s: lat(S, lattice="square", spacing=14, dose=150,
-                       interface={"lattice": "hexagonal", "spacing": 12, "rotation_deg": 15},
-                       seed=s)),
+        (
+            "HAADF perovskite, 500 counts/A peak",
+            "haadf",
+            lambda s: per(
+                S,
+                spacing=22,
+                rotation_deg=8,
+                dose=500,
+                vacancy_fraction=0.02,
+                dislocation=True,
+                seed=s,
+            ),
+        ),
+        (
+            "HAADF perovskite, 50 counts/A peak",
+            "haadf",
+            lambda s: per(
+                S,
+                spacing=22,
+                rotation_deg=8,
+                dose=50,
+                vacancy_fraction=0.02,
+                dislocation=True,
+                seed=s,
+            ),
+        ),
+        (
+            "HAADF perovskite, 20 counts/A peak",
+            "haadf",
+            lambda s: per(
+                S,
+                spacing=22,
+                rotation_deg=8,
+                dose=20,
+                vacancy_fraction=0.02,
+                dislocation=True,
+                seed=s,
+            ),
+        ),
+        (
+            "HAADF perovskite, 9 counts/A peak",
+            "lowdose",
+            lambda s: per(S, spacing=22, rotation_deg=8, dose=9, seed=s),
+        ),
+        (
+            "ABF-like dark columns (rocksalt), 100 counts",
+            "haadf",
+            lambda s: lat(
+                S,
+                lattice="rocksalt",
+                spacing=13,
+                polarity="dark",
+                dose=100,
+                rotation_deg=20,
+                seed=s,
+            ),
+        ),
+        (
+            "ABF-like dark columns (rocksalt), 20 counts",
+            "haadf",
+            lambda s: lat(
+                S, lattice="rocksalt", spacing=13, polarity="dark", dose=20, rotation_deg=20, seed=s
+            ),
+        ),
+        (
+            "ABF-like dark columns, 9 counts",
+            "lowdose",
+            lambda s: lat(S, lattice="square", spacing=14, polarity="dark", dose=9, seed=s),
+        ),
+        (
+            "Overlapping columns (σ = 0.35 × spacing, 10 px)",
+            "overlap",
+            lambda s: lat(S, lattice="square", spacing=10, sigma_frac=0.35, dose=300, seed=s),
+        ),
+        (
+            "Weak B next to strong A (perovskite, 12 px cells, σ 2.2 px)",
+            "overlap",
+            lambda s: per(S, spacing=12, sigma=2.2, dose=300, seed=s),
+        ),
+        (
+            "Dense lattice, 6 px spacing",
+            "haadf",
+            lambda s: lat(S, lattice="hexagonal", spacing=6, dose=200, seed=s),
+        ),
+        (
+            "Sparse lattice, 38 px spacing",
+            "haadf",
+            lambda s: lat(S, lattice="square", spacing=38, dose=200, seed=s),
+        ),
+        (
+            "HRTEM graphene, bright atoms, 1e4 e/Å²",
+            "hrtem",
+            lambda s: gr(S, defocus=-60, cs_um=-10, dose=1e4, seed=s),
+        ),
+        (
+            "HRTEM graphene, dark atoms, 1e4 e/Å²",
+            "hrtem",
+            lambda s: gr(S, defocus=60, cs_um=-10, dose=1e4, seed=s),
+        ),
+        (
+            "HRTEM graphene, bright atoms, 1e3 e/Å²",
+            "hrtem",
+            lambda s: gr(S, defocus=-60, cs_um=-10, dose=1e3, seed=s),
+        ),
+        (
+            "HRTEM graphene, dark atoms, 1e3 e/Å²",
+            "hrtem",
+            lambda s: gr(S, defocus=60, cs_um=-10, dose=1e3, seed=s),
+        ),
+        (
+            "Crystalline nanoparticle on a support (vacuum around)",
+            "haadf",
+            lambda s: lat(
+                S,
+                lattice="hexagonal",
+                spacing=12,
+                dose=150,
+                surface={"kind": "circle", "radius_frac": 0.35, "vacuum_inside": False},
+                seed=s,
+            ),
+        ),
+        (
+            "Interface: square | hexagonal lattice",
+            "haadf",
+            lambda s: lat(
+                S,
+                lattice="square",
+                spacing=14,
+                dose=150,
+                interface={"lattice": "hexagonal", "spacing": 12, "rotation_deg": 15},
+                seed=s,
+            ),
+        ),
     ]
     return out[:6] if quick else out
 
@@ -87,8 +177,13 @@ def tuned_classical(image, truth, radius, polarity, spacing):
     for sigma, thr, md in itertools.product(
         (0.5, 1.0, 1.5, 2.5), (0.02, 0.05, 0.1, 0.2, 0.35), (0.25, 0.4, 0.6)
     ):
-        found = detect_peaks_classical(image, sigma=sigma, threshold_rel=thr,
-                                       min_distance=max(1, int(md * spacing)), polarity=polarity)
+        found = detect_peaks_classical(
+            image,
+            sigma=sigma,
+            threshold_rel=thr,
+            min_distance=max(1, int(md * spacing)),
+            polarity=polarity,
+        )
         score = detection_scores(found[["y", "x"]].to_numpy(), truth, radius)
         if best is None or score["f1"] > best["f1"]:
             best = {**score, "params": f"σ={sigma}, thr={thr}, md={md}×"}
@@ -109,12 +204,18 @@ def run(quick: bool = False) -> dict:
         det = detect_atoms(sim.image, card)
         model = detection_scores(det.table[["y", "x"]].to_numpy(), truth, radius)
         base = tuned_classical(sim.image, truth, radius, polarity_of(sim), spacing)
-        rows.append({
-            "case": name, "group": group, "atoms": len(truth),
-            "model recall": model["recall"], "model precision": model["precision"],
-            "model F1": model["f1"], "classical F1 (tuned)": base["f1"],
-            "classical params": base["params"],
-        })
+        rows.append(
+            {
+                "case": name,
+                "group": group,
+                "atoms": len(truth),
+                "model recall": model["recall"],
+                "model precision": model["precision"],
+                "model F1": model["f1"],
+                "classical F1 (tuned)": base["f1"],
+                "classical params": base["params"],
+            }
+        )
         print(f"  {name}: model F1 {model['f1']:.4f}, classical {base['f1']:.4f}", flush=True)
 
     # CPU inference time per megapixel on a 2048² image (session warm)
@@ -133,12 +234,25 @@ def run(quick: bool = False) -> dict:
         f"Model: `{card.name}` (sha256 `{card.sha256[:12]}…`), default threshold "
         f"{card.info.get('default_threshold')}.",
         "",
-        markdown_table(rows, ["case", "atoms", "model recall", "model precision", "model F1",
-                              "classical F1 (tuned)", "classical params"]),
+        markdown_table(
+            rows,
+            [
+                "case",
+                "atoms",
+                "model recall",
+                "model precision",
+                "model F1",
+                "classical F1 (tuned)",
+                "classical params",
+            ],
+        ),
         "",
         f"CPU inference (onnxruntime, 2048² = 4.2 MP, detection incl. normalisation, tiling and "
         f"decoding, session warm): **{ms_per_mp:.0f} ms per megapixel** "
         f"({min(times):.2f} s for the image, {len(det.table):,} columns).",
     ]
-    return {"title": "Atom detection (issue 3)", "markdown": "\n".join(md),
-            "figures": {"rows": rows, "ms_per_megapixel": ms_per_mp}}
+    return {
+        "title": "Atom detection (issue 3)",
+        "markdown": "\n".join(md),
+        "figures": {"rows": rows, "ms_per_megapixel": ms_per_mp},
+    }

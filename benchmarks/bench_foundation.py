@@ -13,11 +13,22 @@ def run(quick: bool = False) -> dict:
     seed = HELD_OUT_SEED
     size = 512 if quick else 1024
     sims = [
-        ("perovskite_haadf", lambda: synth.perovskite_haadf((size, size), spacing=20, dose=200,
-                                                            dislocation=True, seed=seed)),
-        ("lattice_image (interface + surface)", lambda: synth.lattice_image(
-            (size, size), spacing=14, interface={"lattice": "hexagonal"},
-            surface={"kind": "line"}, seed=seed)),
+        (
+            "perovskite_haadf",
+            lambda: synth.perovskite_haadf(
+                (size, size), spacing=20, dose=200, dislocation=True, seed=seed
+            ),
+        ),
+        (
+            "lattice_image (interface + surface)",
+            lambda: synth.lattice_image(
+                (size, size),
+                spacing=14,
+                interface={"lattice": "hexagonal"},
+                surface={"kind": "line"},
+                seed=seed,
+            ),
+        ),
         ("graphene_hrtem", lambda: synth.graphene_hrtem((size, size), seed=seed)),
         ("core_shell_particles", lambda: synth.core_shell_particles((size, size), seed=seed)),
         ("haadf_particles", lambda: synth.haadf_particles((size, size), seed=seed)),
@@ -26,8 +37,7 @@ def run(quick: bool = False) -> dict:
     for name, fn in sims:
         seconds, result = best_time(fn, repeat=2)
         n = len(result.atoms) if hasattr(result, "atoms") else len(result.particles)
-        sim_rows.append({"simulator": name, "image": f"{size}²", "objects": n,
-                         "seconds": seconds})
+        sim_rows.append({"simulator": name, "image": f"{size}²", "objects": n, "seconds": seconds})
 
     rng = np.random.default_rng(seed)
     n_pts = 20_000 if quick else 100_000
@@ -61,6 +71,11 @@ def run(quick: bool = False) -> dict:
     return {
         "title": "Foundation: simulators, metrics, classical pipeline",
         "markdown": "\n".join(md),
-        "figures": {"simulators": sim_rows, "match_seconds": t_match, "demo_seconds": t_demo,
-                    "demo_f1": scores["f1"], "demo_rmse": loc["rmse"]},
+        "figures": {
+            "simulators": sim_rows,
+            "match_seconds": t_match,
+            "demo_seconds": t_demo,
+            "demo_f1": scores["f1"],
+            "demo_rmse": loc["rmse"],
+        },
     }

@@ -186,3 +186,77 @@ def _median_spacing(atoms: pd.DataFrame) -> float:
 
     pts = atoms[["y", "x"]].to_numpy(float)
     return float(np.median(cKDTree(pts).query(pts, k=2)[0][:, 1]))
+
+
+def find_cells(
+    image: ArrayLike,
+    atoms: pd.DataFrame | None = None,
+    *,
+    detector: Any = None,
+    threshold: float | None = None,
+    bsites: bool = True,
+    basis: tuple[ArrayLike, ArrayLike] | None = None,
+    reference: ArrayLike | None = None,
+    tolerance: float = 0.3,
+    pixel_size_nm: float | None = None,
+    source: str | None = None,
+    progress: ProgressCallback | None = None,
+    cancelled: CancelledCallback | None = None,
+) -> tuple[Any, dict[str, Any]]:
+    """Unit cells, B sites, displacements and strain, detecting atoms first if none are given.
+
+    Parameters
+    ----------
+    image : array_like, shape (H, W)
+        The image.
+    atoms : pandas.DataFrame, optional
+        Refined atoms (``y, x`` …); detected and refined with :func:`find_atoms` when omitted.
+        Atoms without Gaussian fit values are refined first.
+    detector, threshold
+        Passed to :func:`find_atoms` when atoms are detected here.
+    bsites, basis, reference, tolerance, pixel_size_nm
+        Passed to :func:`napari_atomnet.core.lattice.analyze_lattice`.
+    source : str, optional
+        Name of the image, for the provenance.
+    progress, cancelled : callable, optional
+        Progress callback and cancel poll.
+
+    Returns
+    -------
+    lattice : napari_atomnet.core.lattice.Lattice
+    provenance : dict
+    """
+    from .core.lattice import analyze_lattice
+
+    img = as_analysis_image(image)
+    t0 = time.perf_counter()
+    model = None
+    if atoms is None:
+        found = find_atoms(
+            img, detector=detector, threshold=threshold, source=source, cancelled=cancelled
+        )
+        atoms, model = found.atoms, found.provenance.get("model")
+    elif "amplitude" not in atoms or "fit_ok" not in atoms:
+        atoms = refine_atoms(img, atoms.reset_index(drop=True))
+    lattice = analyze_lattice(
+        img,
+        atoms,
+        basis=basis,
+        reference=reference,
+        tolerance=tolerance,
+        bsites=bsites,
+        pixel_size_nm=pixel_size_nm,
+        progress=progress,
+        cancelled=cancelled,
+    )
+    params = {
+        "bsites": bsites,
+        "tolerance": tolerance,
+        "basis_given": basis is not None,
+        "reference_given": reference is not None,
+    }
+    provenance = make_provenance("cells", params, model=model, source=source)
+    provenance.update(
+        lattice.info, seconds=round(time.perf_counter() - t0, 4), pixel_size_nm=pixel_size_nm
+    )
+    return lattice, provenance

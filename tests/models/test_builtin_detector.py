@@ -47,8 +47,16 @@ def test_builtin_detects_perovskite_haadf():
 
 def test_builtin_detects_dark_columns():
     sim = synth.lattice_image(
-        (256, 256), lattice="hexagonal", spacing=14.0, rotation_deg=17.0, sigma_frac=0.15,
-        dose=100.0, polarity="dark", background=0.3, vacancy_fraction=0.02, seed=876_543,
+        (256, 256),
+        lattice="hexagonal",
+        spacing=14.0,
+        rotation_deg=17.0,
+        sigma_frac=0.15,
+        dose=100.0,
+        polarity="dark",
+        background=0.3,
+        vacancy_fraction=0.02,
+        seed=876_543,
     )
     result = detect_atoms(sim.image)
     assert _f1(result.table, sim.atoms) >= 0.99

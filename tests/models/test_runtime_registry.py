@@ -5,7 +5,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import make_log_detector  # noqa: I001
+from conftest import make_log_detector
 from napari_atomnet.core.metrics import match_points
 from napari_atomnet.models import registry
 from napari_atomnet.models.detector import detect_atoms

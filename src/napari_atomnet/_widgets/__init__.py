@@ -1,5 +1,6 @@
 """napari dock widgets: thin front ends over :mod:`napari_atomnet.pipeline` and friends."""
 
 from ._detect import DetectAtomsWidget
+from ._lattice import LatticeWidget
 
-__all__ = ["DetectAtomsWidget"]
+__all__ = ["DetectAtomsWidget", "LatticeWidget"]

@@ -57,6 +57,7 @@ class DetectAtomsWidget(Container):
         self._run = PushButton(text="Detect")
         self._cancel = PushButton(text="Cancel", enabled=False)
         self._status = Label(value="")
+        self._status.native.setWordWrap(True)
         buttons = Container(widgets=[self._run, self._cancel], layout="horizontal", labels=False)
         self.extend(
             [

@@ -81,6 +81,7 @@ _LAMBDA_MAX = 1e7
 _POISSON_FLOOR = 1.0
 _MAX_CLUSTER = 4  # largest group of close peaks fitted jointly
 _MAX_CLUSTER_HALF = 25  # largest half-width of a joint window
+_FADED = 0.02  # a group member below this fraction of the group's largest amplitude
 
 
 @dataclass(frozen=True)
@@ -343,19 +344,24 @@ def _small_step(step: NDArray, p: NDArray, cfg: _Cfg) -> NDArray:
     mean precision (a + c) / 2 (b is ~0 for round peaks).
     """
     small = np.ones(len(p), dtype=bool)
-    top = np.zeros(len(p))
+    amps = np.abs(p[:, 0 : cfg.i_bg : cfg.n_peak])  # (n, members)
+    top = amps.max(axis=1) + 1e-12
     for k in range(cfg.members):
         pk, sk = cfg.peak(p, k), cfg.peak(step, k)
         amp_scale = np.abs(pk[:, 0]) + 1e-12
-        top = np.maximum(top, amp_scale)
         shp = pk[:, 3] if cfg.isotropic else 0.5 * (pk[:, 3] + pk[:, 5])
         shp_scale = np.abs(shp) + 1e-12
-        small &= (
+        small_k = (
             (np.abs(sk[:, 1]) <= cfg.tol)
             & (np.abs(sk[:, 2]) <= cfg.tol)
             & (np.abs(sk[:, 0]) <= cfg.tol * amp_scale)
             & (np.abs(sk[:, 3:]) <= cfg.tol * shp_scale[:, None]).all(axis=1)
         )
+        if cfg.members > 1:
+            # a member fading to nothing (a spurious start in a group) has a position and a
+            # width the data no longer determine: its steps do not hold up the others
+            small_k |= amp_scale < _FADED * top
+        small &= small_k
     if cfg.fit_background:
         small &= np.abs(step[:, cfg.i_bg]) <= cfg.tol * top
     return small
@@ -452,7 +458,21 @@ def _lm_block(data: NDArray, mask: NDArray, p0: NDArray, h: int, cfg: _Cfg) -> _
         floor = 1e-12 * diag.max(axis=1, keepdims=True) + 1e-30
         a_mat = hess.copy()
         a_mat[:, diag_idx, diag_idx] += lam[:, None] * np.maximum(diag, floor)
-        step, ok = _chol_solve(a_mat, grad)
+        rhs = grad
+        if mem > 1:  # freeze the position and shape of faded members (see _small_step)
+            rhs = grad.copy()
+            amps = np.abs(p[:, 0 : cfg.i_bg : cfg.n_peak])
+            faded = amps < _FADED * amps.max(axis=1, keepdims=True)
+            for k in range(mem):
+                rows = np.nonzero(faded[:, k])[0]
+                if rows.size:
+                    sl = slice(k * cfg.n_peak + 1, (k + 1) * cfg.n_peak)
+                    a_mat[rows, sl, :] = 0.0
+                    a_mat[rows, :, sl] = 0.0
+                    for i in range(sl.start, sl.stop):
+                        a_mat[rows, i, i] = 1.0
+                    rhs[rows, sl] = 0.0
+        step, ok = _chol_solve(a_mat, rhs)
         ok &= _valid_params(p + step, h, cfg)
         # Converged: a lightly damped step below tol, taken without another evaluation.
         # Strongly damped steps are small for another reason; a window whose damping ran away
@@ -833,6 +853,7 @@ def fit_gaussians(
         status=np.full(n, _DIVERGED, dtype=np.int64),
         n_iter=np.zeros(n, dtype=np.int64),
         rms=np.full(n, np.nan),
+        snr=np.zeros(n),
     )
     merged_into = np.full(n, -1, dtype=np.int64)
     centres = np.round(init).astype(np.int64)
@@ -841,6 +862,7 @@ def fit_gaussians(
 
     for pss in range(n_passes):
         ok_prev = st.status == _OK
+        st.start = st.params.copy()
         new_centres = centres.copy()
         clusters: list[NDArray] = []
         if pss == 0:
@@ -879,15 +901,34 @@ def fit_gaussians(
                 done_in_pass += sel.size
                 if progress is not None:
                     progress(pss * n + done_in_pass * n // n_todo, total)
-        for members, cen, hc in _cluster_windows(clusters, st, half, cfg):
-            for s in range(0, len(members), _CHUNK):
-                sel = members[s : s + _CHUNK]
-                _fit_clusters(
-                    work, sel, cen[s : s + _CHUNK], hc, st, ok_prev, new_centres, radius, cfg, lim
+        pending = clusters
+        for _ in range(_MAX_CLUSTER):  # joint fits; groups that fail lose a member and retry
+            if not pending:
+                break
+            for members, cen, hc in _cluster_windows(pending, st, ok_prev, half, cfg):
+                for s in range(0, len(members), _CHUNK):
+                    sel = members[s : s + _CHUNK]
+                    _fit_clusters(
+                        work,
+                        sel,
+                        cen[s : s + _CHUNK],
+                        hc,
+                        st,
+                        ok_prev,
+                        new_centres,
+                        radius,
+                        cfg,
+                        lim,
+                    )
+                    if progress is not None:
+                        done_in_pass += sel.size
+                        progress(pss * n + min(done_in_pass, n_todo) * n // n_todo, total)
+            pending, alone = _prune_clusters(pending, st, merged_into, merge_distance)
+            for hval in np.unique(half[alone]):
+                sel = alone[half[alone] == hval]
+                _fit_singles(
+                    work, sel, int(hval), new_centres, st, ok_prev, model_img is not None, cfg, lim
                 )
-                done_in_pass += sel.size
-                if progress is not None:
-                    progress(pss * n + done_in_pass * n // n_todo, total)
         centres = new_centres
         if progress is not None and todo.size == 0:
             progress((pss + 1) * n, total)
@@ -905,6 +946,9 @@ class _State:
     status: NDArray
     n_iter: NDArray
     rms: NDArray
+    snr: NDArray  # amplitude / its standard error, from the last fit
+    # the parameters at the start of the pass: what the neighbour image was rendered from
+    start: NDArray | None = None
 
 
 @dataclass
@@ -932,7 +976,7 @@ def _fit_singles(
     okp = ok_prev[sel]
     p0 = np.empty((sel.size, cfg.n_params))
     if okp.any():
-        prev = st.params[sel[okp]].copy()
+        prev = st.start[sel[okp]].copy()
         prev[:, 1] -= cy[okp]
         prev[:, 2] -= cx[okp]
         p0[okp] = prev
@@ -955,6 +999,8 @@ def _fit_singles(
     st.status[sel] = _classify(
         res.params, p_abs, res, res.var_amp[:, 0], sel, cfg, cfg.n_params, st, lim
     )
+    with np.errstate(invalid="ignore", divide="ignore"):
+        st.snr[sel] = np.nan_to_num(res.params[:, 0] / np.sqrt(res.var_amp[:, 0]))
 
 
 def _find_clusters(st: _State, active: NDArray, cfg: _Cfg, kappa: float = 3.5) -> list[NDArray]:
@@ -984,21 +1030,21 @@ def _find_clusters(st: _State, active: NDArray, cfg: _Cfg, kappa: float = 3.5) -
 
 
 def _cluster_windows(
-    clusters: list[NDArray], st: _State, half: NDArray, cfg: _Cfg
+    clusters: list[NDArray], st: _State, ok_prev: NDArray, half: NDArray, cfg: _Cfg
 ) -> list[tuple[NDArray, NDArray, int]]:
     """Clusters grouped by (size, window half-width): (members (c, m), centres (c, 2), h)."""
     if not clusters:
         return []
-    ok = st.status == _OK
-    sig_all = np.sqrt(_max_sigma2(st.params[ok], cfg)) if ok.any() else np.array([1.0])
+    ok = ok_prev
+    sig_all = np.sqrt(_max_sigma2(st.start[ok], cfg)) if ok.any() else np.array([1.0])
     sig_med = float(np.median(sig_all))
     out: dict[tuple[int, int], list[tuple[NDArray, NDArray]]] = {}
     for mem in clusters:
         okm = ok[mem]
-        pos = np.where(okm[:, None], st.params[mem, 1:3], st.init[mem])
+        pos = np.where(okm[:, None], st.start[mem, 1:3], st.init[mem])
         sig = np.full(mem.size, sig_med)
         if okm.any():
-            sig[okm] = np.sqrt(_max_sigma2(st.params[mem[okm]], cfg))
+            sig[okm] = np.sqrt(_max_sigma2(st.start[mem[okm]], cfg))
         cen = np.round(pos.mean(axis=0)).astype(np.int64)
         ext = int(np.ceil(np.abs(pos - cen).max()))
         core = int(np.max(np.maximum(half[mem], np.ceil(2.5 * sig))))
@@ -1037,7 +1083,7 @@ def _fit_clusters(
         if not sel.any():
             continue
         ids = members[sel, j]
-        prev = st.params[ids, :npk].copy()
+        prev = st.start[ids, :npk].copy()
         prev[:, 1:3] -= cen[sel]
         own = _gauss(prev, h, cfg) * prev[:, 0].astype(np.float32)[:, None]
         dr = centres[ids] - cen[sel]  # render centre relative to the window centre
@@ -1048,14 +1094,14 @@ def _fit_clusters(
         data[sel] += own * (mask[sel] * patch)
     # start values: previous fits where ok; otherwise the start position, the cluster's (or
     # all fits') median shape and the height above the background left by the other members
-    ok_all = st.status == _OK
-    shape_med = np.median(st.params[ok_all, 3:npk], axis=0) if ok_all.any() else None
+    ok_all = ok_prev
+    shape_med = np.median(st.start[ok_all, 3:npk], axis=0) if ok_all.any() else None
     if shape_med is None:
         shape_med = np.array(
             [1.0 / (h / 3.0) ** 2] + ([0.0, 1.0 / (h / 3.0) ** 2] if not cfg.isotropic else [])
         )
     if cfg.fit_background:
-        bg_prev = np.where(okm, st.params[members, -1], np.nan)
+        bg_prev = np.where(okm, st.start[members, -1], np.nan)
         with np.errstate(invalid="ignore"):
             bg = np.nanmean(np.where(okm.any(axis=1)[:, None], bg_prev, 0.0), axis=1)
         low = _low_percentile(data, mask)
@@ -1064,13 +1110,13 @@ def _fit_clusters(
     else:
         bg = np.zeros(nc)
     grid = data.reshape(nc, k, k)
-    amp_ok = np.where(okm, st.params[members, 0], 0.0)
+    amp_ok = np.where(okm, st.start[members, 0], 0.0)
     amp_ref = np.maximum(amp_ok.max(axis=1), 1e-6 * (np.abs(bg) + 1.0))
     for j in range(mem):
         ids = members[:, j]
         pk = ccfg.peak(p0, j)
         good = okm[:, j]
-        pk[good] = st.params[ids[good], :npk]
+        pk[good] = st.start[ids[good], :npk]
         pk[~good, 1:3] = st.init[ids[~good]]
         pk[~good, 3:] = shape_med
         pk[:, 1:3] -= cen
@@ -1080,7 +1126,7 @@ def _fit_clusters(
         for o in range(mem):  # minus the other ok members' models at that pixel
             if o == j:
                 continue
-            po = st.params[members[:, o], :npk].copy()
+            po = st.start[members[:, o], :npk].copy()
             po[:, 1:3] -= cen
             dy, dx = iy - h - po[:, 1], ix - h - po[:, 2]
             a, b, c = (po[:, 3], 0.0, po[:, 3]) if cfg.isotropic else (po[:, 3], po[:, 4], po[:, 5])
@@ -1104,6 +1150,51 @@ def _fit_clusters(
         st.status[ids] = _classify(
             pk, p_abs, res, res.var_amp[:, j], ids, cfg, ccfg.n_params, st, lim
         )
+        with np.errstate(invalid="ignore", divide="ignore"):
+            st.snr[ids] = np.nan_to_num(pk[:, 0] / np.sqrt(res.var_amp[:, j]))
+
+
+def _prune_clusters(
+    clusters: list[NDArray], st: _State, merged_into: NDArray, merge_distance: float
+) -> tuple[list[NDArray], NDArray]:
+    """Check joint fits; drop the members that make a group fail.
+
+    A group is accepted when every member fitted well and no two members sit on one peak.
+    Otherwise its failed members leave it (keeping their failure status), or, where the whole
+    group failed to converge, its least significant member; of two members that converged on
+    one peak the weaker is merged into the stronger.  A spurious start next to a real column
+    (a detector false positive) is the usual cause: fitted jointly, the two Gaussians share one
+    peak and neither fit is determined.  Returns the groups to refit jointly and the peaks left
+    alone, to refit as single peaks.
+    """
+    again: list[NDArray] = []
+    alone: list[int] = []
+    for mem in clusters:
+        good = st.status[mem] == _OK
+        pos = st.params[mem, 1:3]
+        if good.all():
+            d = np.hypot(*(pos[:, None, :] - pos[None, :, :]).transpose(2, 0, 1))
+            d[np.diag_indices(mem.size)] = np.inf
+            i, j = np.unravel_index(np.argmin(d), d.shape)
+            if d[i, j] >= merge_distance:
+                continue
+            weak, strong = (i, j) if st.params[mem[i], 0] < st.params[mem[j], 0] else (j, i)
+            st.status[mem[weak]] = _MERGED
+            merged_into[mem[weak]] = mem[strong]
+            keep = np.ones(mem.size, dtype=bool)
+            keep[weak] = False
+        else:
+            # members that failed on their own leave; those that only did not converge (held
+            # up by a failing member) stay, unless all of them are in that state
+            keep = good | (st.status[mem] == _MAX_ITER)
+            if keep.all():
+                keep[np.argmin(st.snr[mem])] = False
+        rest = mem[keep]
+        if rest.size >= 2:
+            again.append(rest)
+        else:
+            alone.extend(rest.tolist())
+    return again, np.asarray(alone, dtype=np.int64)
 
 
 def _low_percentile(data: NDArray, mask: NDArray, q: float = 0.2) -> NDArray:

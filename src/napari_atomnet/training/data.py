@@ -226,8 +226,10 @@ def _mirror(atoms: NDArray[np.float32], shape: tuple[int, int], pad: int) -> NDA
                 a[:, _X] = 2 * fx - a[:, _X]
             if fy is not None or fx is not None:
                 keep = (
-                    (a[:, _Y] > -pad - 4) & (a[:, _Y] < h + pad + 4)
-                    & (a[:, _X] > -pad - 4) & (a[:, _X] < w + pad + 4)
+                    (a[:, _Y] > -pad - 4)
+                    & (a[:, _Y] < h + pad + 4)
+                    & (a[:, _X] > -pad - 4)
+                    & (a[:, _X] < w + pad + 4)
                 )
                 a = a[keep]
             out.append(a)
@@ -516,9 +518,7 @@ def make_pool(
 
 def _pool_item(job: tuple) -> Example:
     kind, child, shape, pad, norm, prerender = job
-    ex = make_example(
-        kind, np.random.default_rng(child), shape=shape, pad=pad, normalization=norm
-    )
+    ex = make_example(kind, np.random.default_rng(child), shape=shape, pad=pad, normalization=norm)
     return ex.prerender() if prerender else ex
 
 
@@ -687,7 +687,9 @@ def validation_image(case: str, seed: int, shape: tuple[int, int] = (256, 256)) 
         want = 1 if "bright" in case else -1
         for _ in range(200):
             sim = synth.graphene_hrtem(
-                shape, dose=1e4, n_holes=int(rng.integers(0, 2)),
+                shape,
+                dose=1e4,
+                n_holes=int(rng.integers(0, 2)),
                 seed=int(rng.integers(2**31 - 1)),
             )
             if want * sim.extras["contrast"] > 0.3 and len(sim.atoms) > 20:

@@ -25,8 +25,16 @@ __all__ = ["MAX_ONNX_BYTES", "export_detector"]
 #: Largest ONNX file the exporter accepts (built-in models ship inside the package).
 MAX_ONNX_BYTES = 5 * 1024 * 1024
 
-_REQUIRED = ("name", "classes", "stride", "pad_multiple", "margin", "tile", "default_threshold",
-             "normalization")
+_REQUIRED = (
+    "name",
+    "classes",
+    "stride",
+    "pad_multiple",
+    "margin",
+    "tile",
+    "default_threshold",
+    "normalization",
+)
 
 
 def export_detector(
@@ -91,11 +99,13 @@ def export_detector(
     card = {
         "task": "detection",
         **card_info,
-        "inputs": {"image": "float32 (N, 1, H, W), locally normalised; H, W multiples of "
-                   f"{card_info['pad_multiple']}"},
+        "inputs": {
+            "image": "float32 (N, 1, H, W), locally normalised; H, W multiples of "
+            f"{card_info['pad_multiple']}"
+        },
         "outputs": {
             "heatmap": f"float32 (N, {len(card_info['classes'])}, H, W), sigmoid centre "
-                       "probabilities, Gaussian blobs at column centres",
+            "probabilities, Gaussian blobs at column centres",
             **({"size": "float32 (N, 1, H, W), box side in input px"} if model.size_head else {}),
         },
         "opset": opset,

@@ -317,8 +317,12 @@ def train(cfg: TrainConfig, pool: list[data.Example] | None = None) -> tuple[Any
                 _log(f"  pool {done}/{total}")
 
         pool = data.make_pool(
-            cfg.pool, pool_ss, shape=(cfg.sim_shape, cfg.sim_shape), pad=cfg.pad,
-            workers=cfg.workers, progress=progress,
+            cfg.pool,
+            pool_ss,
+            shape=(cfg.sim_shape, cfg.sim_shape),
+            pad=cfg.pad,
+            workers=cfg.workers,
+            progress=progress,
         )
     history["pool_s"] = time.perf_counter() - t0
     counts = {k: sum(e.source == k for e in pool) for k in data.DEFAULT_MIX}
@@ -345,8 +349,9 @@ def train(cfg: TrainConfig, pool: list[data.Example] | None = None) -> tuple[Any
         weight = torch.from_numpy(batch["weight"])
         logits, log_size = model(x)
         l_hm = heatmap_loss(logits, heat, weight, cfg.loss)
-        l_sz = size_loss(log_size, torch.from_numpy(batch["log_size"]),
-                         torch.from_numpy(batch["size_mask"]))
+        l_sz = size_loss(
+            log_size, torch.from_numpy(batch["log_size"]), torch.from_numpy(batch["size_mask"])
+        )
         loss = l_hm + cfg.size_weight * l_sz
         for group in opt.param_groups:
             group["lr"] = lr_at(step)
@@ -475,8 +480,19 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.perf_counter()
     cfg = TrainConfig(seed=args.seed)
     if args.quick:
-        cfg = TrainConfig(seed=args.seed, steps=4, pool=6, batch=2, crop=64, sim_shape=96,
-                          pad=16, val_every=0, val_images=1, test_images=1, workers=1)
+        cfg = TrainConfig(
+            seed=args.seed,
+            steps=4,
+            pool=6,
+            batch=2,
+            crop=64,
+            sim_shape=96,
+            pad=16,
+            val_every=0,
+            val_images=1,
+            test_images=1,
+            workers=1,
+        )
     for key in ("steps", "pool", "loss", "lr", "batch", "val_every", "test_images"):
         value = getattr(args, key)
         if value is not None:
@@ -542,8 +558,10 @@ def main(argv: list[str] | None = None) -> int:
         for c in cases
     }
     for c in cases:
-        _log(f"  {c}: F1 {metrics[c]['f1']:.4f} (tp {metrics[c]['tp']}, fp {metrics[c]['fp']}, "
-             f"fn {metrics[c]['fn']}), rmse {metrics[c]['rmse_px']:.3f} px")
+        _log(
+            f"  {c}: F1 {metrics[c]['f1']:.4f} (tp {metrics[c]['tp']}, fp {metrics[c]['fp']}, "
+            f"fn {metrics[c]['fn']}), rmse {metrics[c]['rmse_px']:.3f} px"
+        )
     speed: dict[str, Any] = {}
     if not args.no_speed and not args.quick:
         speed["onnxruntime_ms_per_mp_1024"] = round(inference_ms_per_mp(onnx_path), 1)
@@ -583,8 +601,10 @@ def main(argv: list[str] | None = None) -> int:
         onnx_version=onnx.__version__,
     )
     final = export_detector(model, onnx_path, card)
-    _log(f"wrote {onnx_path} ({onnx_path.stat().st_size / 1e6:.2f} MB), sha256 "
-         f"{final['sha256'][:12]}, total {wall / 60:.1f} min")
+    _log(
+        f"wrote {onnx_path} ({onnx_path.stat().st_size / 1e6:.2f} MB), sha256 "
+        f"{final['sha256'][:12]}, total {wall / 60:.1f} min"
+    )
     return 0
 
 

@@ -1,0 +1,596 @@
+"""Particle segmentation: probability maps to instance labels, and per-particle measurements.
+
+Seed 001 segments nanoparticles semantically (foreground / background), measures every particle's
+area ``S`` and reports its equivalent diameter ``D = 2 sqrt(S / pi)`` (Eq. 7) and perimeter,
+leaving particles cut by the image border out of the statistics; it names splitting touching
+particles and a roundness measure as future work.  This module does all of that with numpy,
+scipy and scikit-image:
+
+- :func:`label_particles`: foreground probability (and optionally a boundary probability, a
+  class the network learns) to an instance label image with touching particles split;
+- :func:`split_touching`: the classical split of a binary mask, a distance-transform watershed
+  whose markers are the h-maxima of the distance map;
+- :func:`otsu_watershed`: the classical baseline (Otsu threshold + the same split);
+- :func:`particle_table` and :func:`size_statistics`: one row per particle (area, equivalent
+  diameter, perimeter, circularity ``4 pi S / P**2``, centroid, ``touches_border``), in nm when
+  a pixel size is given, and mean ± std etc. without the border particles;
+- :func:`match_instances` and :func:`segmentation_scores`: instance-level accuracy against a
+  ground-truth label image (Dice, mean IoU, touching pairs split, diameter error).
+
+Perimeters use the Crofton estimator (``skimage.measure.perimeter_crofton``, 4 directions): on
+digital discs of radius 4-40 px it is within 1.5 % of ``2 pi r``, where skimage's default contour
+estimator (a line through the centres of the 4-connected border pixels) is 7 % short at r = 4 and
+4 % long at r = 40; so the circularity of a disc is 1.00-1.02 instead of 0.92-1.16.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+from numpy.typing import ArrayLike, NDArray
+from scipy import ndimage
+
+__all__ = [
+    "QUANTITIES",
+    "border_labels",
+    "label_particles",
+    "match_instances",
+    "otsu_watershed",
+    "particle_table",
+    "relabel_sequential",
+    "remove_small_objects",
+    "segmentation_scores",
+    "size_statistics",
+    "split_touching",
+]
+
+#: Columns summarised by :func:`size_statistics` (each also with ``_nm`` / ``_nm2`` when present).
+QUANTITIES: tuple[str, ...] = ("equivalent_diameter", "area", "perimeter", "circularity")
+
+_TABLE_COLUMNS = [
+    "label",
+    "y",
+    "x",
+    "area_px",
+    "equivalent_diameter_px",
+    "perimeter_px",
+    "circularity",
+    "touches_border",
+]
+
+
+# --------------------------------------------------------------------------------------------
+# label utilities
+# --------------------------------------------------------------------------------------------
+def relabel_sequential(labels: ArrayLike) -> NDArray[np.int32]:
+    """Renumber the labels 1..n in order of their first pixel (row-major); 0 stays 0.
+
+    Examples
+    --------
+    >>> relabel_sequential([[0, 7, 7], [3, 0, 9]]).tolist()
+    [[0, 1, 1], [2, 0, 3]]
+    """
+    lab = np.asarray(labels)
+    flat = lab.ravel()
+    values, first = np.unique(flat, return_index=True)
+    keep = values != 0
+    values, first = values[keep], first[keep]
+    order = values[np.argsort(first, kind="stable")]
+    out = np.zeros(lab.shape, dtype=np.int32)
+    if order.size:
+        lut_values = np.arange(1, order.size + 1, dtype=np.int32)
+        sorter = np.argsort(order)
+        nz = flat != 0
+        idx = np.searchsorted(order, flat[nz], sorter=sorter)
+        out.ravel()[nz] = lut_values[sorter[idx]]
+    return out
+
+
+def remove_small_objects(labels: ArrayLike, min_area: int) -> NDArray[np.int32]:
+    """Set labels with fewer than ``min_area`` pixels to 0 (other labels keep their numbers).
+
+    Examples
+    --------
+    >>> remove_small_objects([[1, 1, 0, 2]], 2).tolist()
+    [[1, 1, 0, 0]]
+    """
+    lab = np.asarray(labels).astype(np.int32, copy=True)
+    if min_area <= 1 or lab.max() == 0:
+        return lab
+    area = np.bincount(lab.ravel())
+    small = area < min_area
+    small[0] = False
+    lab[small[lab]] = 0
+    return lab
+
+
+def border_labels(labels: ArrayLike) -> NDArray[np.int32]:
+    """Labels with a pixel in the first or last row or column (incomplete particles).
+
+    Examples
+    --------
+    >>> border_labels([[1, 0, 0], [0, 2, 0], [0, 0, 0]]).tolist()
+    [1]
+    """
+    lab = np.asarray(labels)
+    edge = np.concatenate([lab[0], lab[-1], lab[:, 0], lab[:, -1]])
+    found = np.unique(edge)
+    return found[found != 0].astype(np.int32)
+
+
+# --------------------------------------------------------------------------------------------
+# splitting touching particles
+# --------------------------------------------------------------------------------------------
+def split_touching(
+    mask: ArrayLike, *, h: float = 1.0, min_area: int = 0, smooth: float = 0.0
+) -> NDArray[np.int32]:
+    """Label a binary mask, splitting touching particles by a distance-transform watershed.
+
+    Each connected component is processed in its bounding box: the Euclidean distance to the
+    background is computed, its h-maxima (regional maxima at least ``h`` px above every saddle
+    that joins them to a higher maximum) are the markers, and a watershed of the negated distance
+    from those markers inside the component gives one label per particle.  Two touching discs of
+    radius r whose neck has half-width w are split when ``r - w > h``.
+
+    Parameters
+    ----------
+    mask : array_like of bool, shape (H, W)
+        Foreground.
+    h : float
+        Dynamic (px of distance) a maximum needs to seed its own particle; larger values split
+        less (rough or elliptical particles are not cut), smaller values split more.
+    min_area : int
+        Labels smaller than this (px) are removed.
+    smooth : float
+        Gaussian sigma (px) applied to the distance map before finding maxima (0: none).
+
+    Returns
+    -------
+    ndarray of int32
+        Labels 1..n (row-major order of first pixel), 0 background.
+
+    Examples
+    --------
+    >>> yy, xx = np.mgrid[0:40, 0:60]
+    >>> two = ((yy - 20) ** 2 + (xx - 18) ** 2 <= 100) | ((yy - 20) ** 2 + (xx - 37) ** 2 <= 100)
+    >>> int(split_touching(two).max())
+    2
+    """
+    from skimage.morphology import h_maxima
+    from skimage.segmentation import watershed
+
+    m = np.asarray(mask, dtype=bool)
+    comp, n = ndimage.label(m)
+    out = np.zeros(m.shape, dtype=np.int32)
+    next_label = 1
+    for k, sl in enumerate(ndimage.find_objects(comp), start=1):
+        if sl is None:
+            continue
+        sl = _grow(sl, 1, m.shape)
+        cm = comp[sl] == k
+        area = int(cm.sum())
+        if area < max(min_area, 1):
+            continue
+        dist = ndimage.distance_transform_edt(cm).astype(np.float32)
+        if smooth > 0:
+            dist = ndimage.gaussian_filter(dist, smooth) * cm
+        markers, nm = ndimage.label(h_maxima(dist, h) & cm)
+        view = out[sl]
+        if nm <= 1:
+            view[cm] = next_label
+            next_label += 1
+            continue
+        ws = watershed(-dist, markers, mask=cm)
+        view[cm] = ws[cm] + (next_label - 1)
+        next_label += nm
+    if min_area > 1:
+        out = remove_small_objects(out, min_area)
+    return relabel_sequential(out)
+
+
+def _grow(sl: tuple[slice, slice], pad: int, shape: tuple[int, ...]) -> tuple[slice, slice]:
+    return tuple(  # type: ignore[return-value]
+        slice(max(s.start - pad, 0), min(s.stop + pad, n)) for s, n in zip(sl, shape, strict=True)
+    )
+
+
+def label_particles(
+    foreground: ArrayLike,
+    boundary: ArrayLike | None = None,
+    *,
+    threshold: float = 0.5,
+    boundary_threshold: float = 0.5,
+    min_area: int = 8,
+    split: Literal["auto", "boundary", "distance", "none"] = "auto",
+    h: float = 1.0,
+) -> NDArray[np.int32]:
+    """Turn probability maps into particle instances with touching particles split.
+
+    ``mask = foreground >= threshold``.  With a boundary map (``split="boundary"``, the default
+    when one is given) the *markers* are the connected parts of the mask where the boundary
+    probability is below ``boundary_threshold`` (the particles' interiors: the network marks the
+    inner rim of every particle, so touching particles have separate interiors), and a watershed
+    of the boundary probability from those markers fills the mask; mask components without a
+    marker (particles too small to have an interior) keep one label each.  Without one
+    (``split="distance"``), :func:`split_touching` splits the mask by a distance-transform
+    watershed with h-maxima markers.  Objects smaller than ``min_area`` px are removed.
+
+    Parameters
+    ----------
+    foreground : array_like, shape (H, W)
+        Foreground probability in [0, 1].
+    boundary : array_like, shape (H, W), optional
+        Boundary probability in [0, 1].
+    threshold : float
+        Foreground threshold.
+    boundary_threshold : float
+        Pixels of the mask whose boundary probability is below this are interior.
+    min_area : int
+        Smallest particle kept (px).
+    split : {"auto", "boundary", "distance", "none"}
+        How touching particles are split (``"auto"``: boundary when given, else distance).
+    h : float
+        Dynamic of the distance maxima for ``split="distance"`` (px).
+
+    Returns
+    -------
+    ndarray of int32, shape (H, W)
+        Labels 1..n (row-major order of first pixel), 0 background.
+
+    Examples
+    --------
+    >>> yy, xx = np.mgrid[0:40, 0:60]
+    >>> fg = (((yy - 20) ** 2 + (xx - 18) ** 2 <= 100) | ((yy - 20) ** 2 + (xx - 37) ** 2 <= 100))
+    >>> int(label_particles(fg.astype(float), split="distance").max())
+    2
+    """
+    fg = np.asarray(foreground, dtype=np.float32)
+    if fg.ndim != 2:
+        raise ValueError(f"foreground must be a 2D map, got shape {fg.shape}")
+    mask = fg >= threshold
+    if split == "auto":
+        split = "boundary" if boundary is not None else "distance"
+    if split == "none":
+        labels, _ = ndimage.label(mask)
+        return relabel_sequential(remove_small_objects(labels, min_area))
+    if split == "distance":
+        return split_touching(mask, h=h, min_area=min_area)
+    if split != "boundary":
+        raise ValueError(f"unknown split method {split!r}")
+    if boundary is None:
+        raise ValueError("split='boundary' needs a boundary probability map")
+    from skimage.segmentation import watershed
+
+    bnd = np.asarray(boundary, dtype=np.float32)
+    if bnd.shape != fg.shape:
+        raise ValueError(f"boundary shape {bnd.shape} differs from foreground {fg.shape}")
+    markers, n = ndimage.label(mask & (bnd < boundary_threshold))
+    labels = watershed(bnd, markers, mask=mask) if n else np.zeros(fg.shape, np.int32)
+    # mask components that received no marker (too small to have an interior)
+    rest, n_rest = ndimage.label(mask & (labels == 0))
+    if n_rest:
+        labels = np.where(rest > 0, rest + labels.max(), labels)
+    return relabel_sequential(remove_small_objects(labels, min_area))
+
+
+def otsu_watershed(
+    image: ArrayLike,
+    polarity: Literal["dark", "bright"] = "dark",
+    *,
+    classes: int = 2,
+    smooth: float = 1.0,
+    h: float = 1.0,
+    min_area: int = 8,
+) -> NDArray[np.int32]:
+    """Classical baseline: Otsu threshold, then a distance-transform watershed split.
+
+    The image is smoothed by a Gaussian of ``smooth`` px, thresholded by Otsu's method (with
+    ``classes > 2``, multi-Otsu, keeping the darkest / brightest class: the metal cores of
+    core-shell particles), holes are filled, and touching particles are split by
+    :func:`split_touching`.
+
+    Parameters
+    ----------
+    image : array_like, shape (H, W)
+        Grey image.
+    polarity : {"dark", "bright"}
+        Whether particles are darker (bright-field TEM) or brighter (HAADF) than the support.
+    classes : int
+        Intensity classes of the threshold (2: Otsu; 3: multi-Otsu).
+    smooth : float
+        Gaussian sigma (px) before thresholding.
+    h : float
+        Dynamic of the distance maxima (px), see :func:`split_touching`.
+    min_area : int
+        Smallest particle kept (px).
+
+    Returns
+    -------
+    ndarray of int32
+        Instance labels.
+
+    Examples
+    --------
+    >>> yy, xx = np.mgrid[0:64, 0:64]
+    >>> img = 100.0 - 50.0 * ((yy - 30) ** 2 + (xx - 30) ** 2 <= 100)
+    >>> int(otsu_watershed(img, "dark").max())
+    1
+    """
+    from skimage.filters import threshold_multiotsu, threshold_otsu
+
+    img = np.asarray(image, dtype=np.float32)
+    if polarity not in ("dark", "bright"):
+        raise ValueError(f"polarity must be 'dark' or 'bright', got {polarity!r}")
+    if smooth > 0:
+        img = ndimage.gaussian_filter(img, smooth)
+    if classes <= 2:
+        t = threshold_otsu(img)
+        mask = img < t if polarity == "dark" else img > t
+    else:
+        ts = threshold_multiotsu(img, classes=classes)
+        mask = img < ts[0] if polarity == "dark" else img > ts[-1]
+    mask = ndimage.binary_fill_holes(mask)
+    return split_touching(mask, h=h, min_area=min_area)
+
+
+# --------------------------------------------------------------------------------------------
+# measurements
+# --------------------------------------------------------------------------------------------
+def particle_table(labels: ArrayLike, pixel_size_nm: float | None = None) -> pd.DataFrame:
+    """Measure every particle of a label image.
+
+    Parameters
+    ----------
+    labels : array_like of int, shape (H, W)
+        Instance labels (0 background).
+    pixel_size_nm : float, optional
+        Pixel size; adds ``y_nm``, ``x_nm``, ``area_nm2``, ``equivalent_diameter_nm`` and
+        ``perimeter_nm``.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per label, sorted by label: ``label``, ``y``, ``x`` (centroid, px, row/col,
+        pixel-centre convention), ``area_px`` (pixel count S), ``equivalent_diameter_px``
+        (``2 sqrt(S / pi)``, seed 001 Eq. 7), ``perimeter_px`` (Crofton estimate, 4
+        directions), ``circularity`` (``4 pi S / P**2``; 1 for a disc, smaller for elongated or
+        ragged outlines), ``touches_border`` (a pixel in the first or last row or column).
+
+    Examples
+    --------
+    >>> yy, xx = np.mgrid[0:64, 0:64]
+    >>> disc = ((yy - 30) ** 2 + (xx - 40) ** 2 <= 15**2).astype(int)
+    >>> t = particle_table(disc, pixel_size_nm=0.5)
+    >>> int(t.area_px[0]), round(float(t.equivalent_diameter_px[0]), 2), round(float(t.y[0]), 1)
+    (709, 30.05, 30.0)
+    """
+    from skimage.measure import regionprops_table
+
+    lab = np.asarray(labels)
+    if lab.ndim != 2:
+        raise ValueError(f"labels must be a 2D label image, got shape {lab.shape}")
+    if not np.issubdtype(lab.dtype, np.integer):
+        if not np.all(np.mod(lab, 1) == 0):
+            raise ValueError("labels must be integers")
+        lab = lab.astype(np.int64)
+    if lab.size and lab.min() < 0:
+        raise ValueError("labels must be non-negative")
+    if pixel_size_nm is not None and not (np.isfinite(pixel_size_nm) and pixel_size_nm > 0):
+        raise ValueError(f"pixel_size_nm must be a positive number, got {pixel_size_nm}")
+    if lab.max(initial=0) == 0:
+        table = pd.DataFrame({c: pd.Series(dtype=float) for c in _TABLE_COLUMNS})
+        table = table.astype({"label": np.int32, "area_px": np.int64, "touches_border": bool})
+    else:
+        props = regionprops_table(
+            lab, properties=("label", "centroid", "area", "perimeter_crofton")
+        )
+        area = props["area"].astype(np.int64)
+        perim = props["perimeter_crofton"].astype(np.float64)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            circ = np.where(perim > 0, 4.0 * np.pi * area / perim**2, np.nan)
+        table = pd.DataFrame(
+            {
+                "label": props["label"].astype(np.int32),
+                "y": props["centroid-0"].astype(np.float64),
+                "x": props["centroid-1"].astype(np.float64),
+                "area_px": area,
+                "equivalent_diameter_px": 2.0 * np.sqrt(area / np.pi),
+                "perimeter_px": perim,
+                "circularity": circ,
+                "touches_border": np.isin(props["label"], border_labels(lab)),
+            }
+        )
+    if pixel_size_nm is not None:
+        p = float(pixel_size_nm)
+        table["y_nm"] = table["y"] * p
+        table["x_nm"] = table["x"] * p
+        table["area_nm2"] = table["area_px"] * p * p
+        table["equivalent_diameter_nm"] = table["equivalent_diameter_px"] * p
+        table["perimeter_nm"] = table["perimeter_px"] * p
+    return table.reset_index(drop=True)
+
+
+def size_statistics(table: pd.DataFrame, *, include_border: bool = False) -> pd.DataFrame:
+    """Summary statistics of the particle measurements (border particles left out, seed 001).
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        From :func:`particle_table` (or edited: any of the measured columns may be present).
+    include_border : bool
+        Also count particles that touch the image border.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Index: the measured columns present (``equivalent_diameter_px``, ``area_px``,
+        ``perimeter_px``, ``circularity`` and their ``_nm`` / ``_nm2`` versions); columns
+        ``n``, ``mean``, ``std`` (sample standard deviation, ddof=1; NaN for n < 2),
+        ``median``, ``min``, ``max``, ``p05``, ``p95``.  ``attrs["n_border"]`` holds the number
+        of border particles left out.
+
+    Examples
+    --------
+    >>> t = pd.DataFrame({"equivalent_diameter_px": [10.0, 12.0, 50.0],
+    ...                   "touches_border": [False, False, True]})
+    >>> s = size_statistics(t)
+    >>> float(s.loc["equivalent_diameter_px", "mean"]), int(s.attrs["n_border"])
+    (11.0, 1)
+    """
+    border = (
+        table["touches_border"].to_numpy(bool)
+        if "touches_border" in table
+        else np.zeros(len(table), bool)
+    )
+    use = table if include_border else table[~border]
+    columns = []
+    for q in QUANTITIES:
+        for suffix in ("_px", "", "_nm", "_nm2"):
+            name = q + suffix
+            if name in table.columns and name not in columns:
+                columns.append(name)
+    rows = {}
+    for name in columns:
+        v = pd.to_numeric(use[name], errors="coerce").to_numpy(float)
+        v = v[np.isfinite(v)]
+        n = v.size
+        rows[name] = {
+            "n": n,
+            "mean": float(v.mean()) if n else np.nan,
+            "std": float(v.std(ddof=1)) if n > 1 else np.nan,
+            "median": float(np.median(v)) if n else np.nan,
+            "min": float(v.min()) if n else np.nan,
+            "max": float(v.max()) if n else np.nan,
+            "p05": float(np.percentile(v, 5)) if n else np.nan,
+            "p95": float(np.percentile(v, 95)) if n else np.nan,
+        }
+    stats = pd.DataFrame.from_dict(
+        rows, orient="index", columns=["n", "mean", "std", "median", "min", "max", "p05", "p95"]
+    )
+    stats["n"] = stats["n"].astype(int)
+    stats.attrs["n_border"] = int(border.sum()) if not include_border else 0
+    return stats
+
+
+# --------------------------------------------------------------------------------------------
+# accuracy against ground truth
+# --------------------------------------------------------------------------------------------
+def match_instances(pred: ArrayLike, truth: ArrayLike, *, min_iou: float = 0.5) -> pd.DataFrame:
+    """Match predicted to true instances one-to-one by IoU.
+
+    With ``min_iou >= 0.5`` every object can overlap at most one partner by more than half, so
+    the matching is unique (no assignment problem).
+
+    Parameters
+    ----------
+    pred, truth : array_like of int, shape (H, W)
+        Instance label images.
+    min_iou : float
+        Smallest IoU of a match (at least 0.5).
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per matched pair: ``pred``, ``truth`` (labels), ``iou``, ``pred_area``,
+        ``truth_area``.
+
+    Examples
+    --------
+    >>> m = match_instances([[1, 1, 0, 2]], [[3, 3, 3, 0]])
+    >>> m[["pred", "truth"]].values.tolist(), round(float(m.iou[0]), 3)
+    ([[1, 3]], 0.667)
+    """
+    if min_iou < 0.5:
+        raise ValueError("min_iou must be at least 0.5 (unique matching)")
+    p = np.asarray(pred).ravel().astype(np.int64)
+    t = np.asarray(truth).ravel().astype(np.int64)
+    if p.size != t.size:
+        raise ValueError("pred and truth must have the same shape")
+    pa = np.bincount(p)
+    ta = np.bincount(t)
+    both = (p > 0) & (t > 0)
+    key = p[both] * (t.max() + 1) + t[both]
+    pairs, inter = np.unique(key, return_counts=True)
+    pl, tl = pairs // (t.max() + 1), pairs % (t.max() + 1)
+    union = pa[pl] + ta[tl] - inter
+    iou = inter / union
+    ok = iou > min_iou if min_iou == 0.5 else iou >= min_iou
+    return pd.DataFrame(
+        {
+            "pred": pl[ok].astype(np.int64),
+            "truth": tl[ok].astype(np.int64),
+            "iou": iou[ok].astype(np.float64),
+            "pred_area": pa[pl[ok]].astype(np.int64),
+            "truth_area": ta[tl[ok]].astype(np.int64),
+        }
+    )
+
+
+def segmentation_scores(
+    pred: ArrayLike,
+    truth: ArrayLike,
+    touching_pairs: ArrayLike | None = None,
+    *,
+    min_iou: float = 0.5,
+) -> dict[str, Any]:
+    """Semantic and instance accuracy of a particle segmentation against the truth.
+
+    Parameters
+    ----------
+    pred, truth : array_like of int, shape (H, W)
+        Instance label images (0 background).
+    touching_pairs : array_like, shape (K, 2), optional
+        Labels of true particles that touch each other (the simulators' ``touching_pairs``).
+    min_iou : float
+        Smallest IoU of a matched particle.
+
+    Returns
+    -------
+    dict
+        ``dice``, ``mean_iou`` (mean of foreground and background IoU, seed 001),
+        ``pixel_accuracy``; ``n_truth``, ``n_pred``, ``n_matched`` (IoU > ``min_iou``),
+        ``precision``, ``recall``; ``pairs``, ``pairs_split`` (touching pairs whose two
+        particles are both matched, hence separated); ``d_rel_errors``: array of
+        ``|D_pred - D_true| / D_true`` of the matched particles that do not touch the border,
+        and its ``median_d_rel_error``.
+
+    Examples
+    --------
+    >>> s = segmentation_scores([[1, 1, 0, 2]], [[1, 1, 0, 2]], [[1, 2]])
+    >>> s["dice"], s["pairs_split"], s["median_d_rel_error"]
+    (1.0, 1, 0.0)
+    """
+    from .metrics import dice, mean_iou, pixel_accuracy
+
+    p = np.asarray(pred)
+    t = np.asarray(truth)
+    m = match_instances(p, t, min_iou=min_iou)
+    n_truth = int(np.unique(t[t > 0]).size)
+    n_pred = int(np.unique(p[p > 0]).size)
+    matched = set(m["truth"].tolist())
+    pairs = np.asarray(touching_pairs if touching_pairs is not None else [], dtype=np.int64)
+    pairs = pairs.reshape(-1, 2)
+    present = np.isin(pairs, np.unique(t)).all(axis=1) if len(pairs) else np.zeros(0, bool)
+    pairs = pairs[present]
+    split = sum(int(a in matched and b in matched) for a, b in pairs)
+    edge = set(border_labels(t).tolist())
+    inner = ~m["truth"].isin(edge).to_numpy()
+    d_pred = 2.0 * np.sqrt(m["pred_area"].to_numpy(float)[inner] / np.pi)
+    d_true = 2.0 * np.sqrt(m["truth_area"].to_numpy(float)[inner] / np.pi)
+    rel = np.abs(d_pred - d_true) / d_true
+    return {
+        "dice": dice(p, t),
+        "mean_iou": mean_iou(p, t),
+        "pixel_accuracy": pixel_accuracy(p, t),
+        "n_truth": n_truth,
+        "n_pred": n_pred,
+        "n_matched": len(m),
+        "precision": len(m) / n_pred if n_pred else float(n_truth == 0),
+        "recall": len(m) / n_truth if n_truth else 1.0,
+        "pairs": len(pairs),
+        "pairs_split": split,
+        "d_rel_errors": rel,
+        "median_d_rel_error": float(np.median(rel)) if rel.size else float("nan"),
+    }
