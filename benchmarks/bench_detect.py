@@ -12,9 +12,7 @@ from __future__ import annotations
 import itertools
 import time
 
-import numpy as np
 from _common import HELD_OUT_SEED, markdown_table, nn_spacing
-
 from napari_atomnet import synth
 from napari_atomnet.core.detect import detect_peaks_classical
 from napari_atomnet.core.metrics import detection_scores

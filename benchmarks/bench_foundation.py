@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
-from _common import HELD_OUT_SEED, best_time, markdown_table
 
+from _common import HELD_OUT_SEED, best_time, markdown_table
 from napari_atomnet import synth
 from napari_atomnet.core.metrics import detection_scores, localization_error, match_points
 

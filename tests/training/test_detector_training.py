@@ -124,7 +124,7 @@ def test_receptive_field_matches_architecture():
 def test_targets_put_blob_maxima_on_the_truth(kind):
     rng = np.random.default_rng({"lattice": 5, "perovskite": 6, "graphene": 7}[kind])
     ex = data.make_example(kind, rng, shape=(96, 96), pad=0, augment=False)
-    heat, log_size, mask, weight = data.render_targets(ex.image.shape, ex.atoms)
+    heat, log_size, mask, _ = data.render_targets(ex.image.shape, ex.atoms)
     assert heat.shape == (2, 96, 96) and heat.max() <= 1.0
     peaks = decode_heatmap(heat, threshold=0.5, min_distance=0.0)
     found = peaks[["y", "x"]].to_numpy()

@@ -36,7 +36,7 @@ def points_layers(viewer: napari.Viewer) -> list[tuple[str, Any]]:
 
 
 def atoms_from_layer(layer: napari.layers.Points) -> pd.DataFrame:
-    """The atoms table of a Points layer: its features, with positions from the layer's data.
+    """Return the atoms table of a Points layer: features, with positions from its data.
 
     Positions come from ``layer.data`` so points the user moved or added by hand count.
     """

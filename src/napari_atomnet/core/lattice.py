@@ -557,3 +557,136 @@ def _median_reference(cells: pd.DataFrame, a: NDArray, b: NDArray) -> NDArray[np
             [cells["b_y"].median(), cells["b_x"].median()],
         ]
     )
+
+
+def suggest_missing_sites(
+    image: ArrayLike,
+    atoms: pd.DataFrame,
+    *,
+    basis: tuple[ArrayLike, ArrayLike] | None = None,
+    tolerance: float = 0.3,
+    min_relative_amplitude: float = 0.3,
+    margin: float = 3.0,
+) -> pd.DataFrame:
+    """Predict lattice sites that have no atom but show image contrast (missed peaks).
+
+    Every atom predicts its neighbours one lattice vector away (±a, ±b, within its own
+    sublattice, so weak B columns predict B sites).  Predictions with no atom within ``tolerance``
+    × the shorter lattice vector are merged, fitted by a local 2D Gaussian, and kept when the fit
+    succeeds near the prediction with an amplitude of at least ``min_relative_amplitude`` × the
+    median amplitude of that sublattice: a real column there that the model missed (vacancies and
+    vacuum have no such peak and are not suggested).
+
+    Parameters
+    ----------
+    image : array_like, shape (H, W)
+        The image.
+    atoms : pandas.DataFrame
+        Current atoms (``y, x``; ``class`` and ``amplitude`` help).
+    basis : tuple, optional
+        Lattice vectors (a, b); found from the A sublattice when omitted.
+    tolerance : float
+        Fraction of the shorter lattice vector within which a site counts as occupied.
+    min_relative_amplitude : float
+        Contrast needed for a suggestion, relative to the sublattice's median amplitude.
+    margin : float
+        Sites closer than this (px) to the image border are not suggested.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``y, x`` (snapped to the peak), ``y_pred, x_pred``, ``class``, ``amplitude``,
+        ``relative_amplitude``, sorted by decreasing relative amplitude.
+    """
+    from .detect import atom_polarity
+    from .refine import fit_gaussians
+
+    img = np.asarray(image, dtype=np.float64)
+    atoms = atoms.reset_index(drop=True)
+    columns = ["y", "x", "y_pred", "x_pred", "class", "amplitude", "relative_amplitude"]
+    empty = pd.DataFrame({c: pd.Series(dtype=float) for c in columns})
+    if len(atoms) < 4:
+        return empty
+    is_a = split_sublattices(atoms)
+    if basis is None:
+        a, b = find_basis(atoms.loc[is_a, ["y", "x"]].to_numpy(float))
+    else:
+        a, b = orient_basis(*basis)
+    radius = tolerance * min(np.hypot(*a), np.hypot(*b))
+    pts = atoms[["y", "x"]].to_numpy(float)
+    tree = cKDTree(pts)
+    h, w = img.shape
+    groups = [is_a, ~is_a] if (~is_a).any() else [is_a]
+    polarity = atom_polarity(img, pts)
+    signal = img if polarity == "bright" else -img
+    found = []
+    for g, mask in enumerate(groups):
+        own = pts[mask]
+        if len(own) == 0:
+            continue
+        pred = np.concatenate([own + v for v in (a, -a, b, -b)])
+        inside = (
+            (pred[:, 0] >= margin)
+            & (pred[:, 0] <= h - 1 - margin)
+            & (pred[:, 1] >= margin)
+            & (pred[:, 1] <= w - 1 - margin)
+        )
+        pred = pred[inside]
+        free = np.isinf(tree.query(pred, distance_upper_bound=radius)[0])
+        pred = pred[free]
+        if len(pred) == 0:
+            continue
+        pred = _merge_points(pred, radius)
+        fit = fit_gaussians(
+            signal, pred, window=max(2.0, radius), isotropic=True, drop_merged=False
+        )
+        group_amp = atoms.loc[mask, "amplitude"].abs() if "amplitude" in atoms else None
+        ref = (
+            float(np.nanmedian(group_amp))
+            if group_amp is not None and len(group_amp)
+            else (float(np.nanmedian(fit["amplitude"])) if len(fit) else 1.0)
+        )
+        moved = np.hypot(fit["y"].to_numpy() - pred[:, 0], fit["x"].to_numpy() - pred[:, 1])
+        rel = fit["amplitude"].to_numpy(float) / max(ref, 1e-12)
+        keep = fit["fit_ok"].to_numpy(bool) & (moved <= radius) & (rel >= min_relative_amplitude)
+        cls = int(atoms.loc[mask, "class"].mode().iloc[0]) if "class" in atoms else g
+        found.append(
+            pd.DataFrame(
+                {
+                    "y": fit["y"].to_numpy()[keep],
+                    "x": fit["x"].to_numpy()[keep],
+                    "y_pred": pred[keep, 0],
+                    "x_pred": pred[keep, 1],
+                    "class": cls,
+                    "amplitude": (
+                        fit["amplitude"].to_numpy()[keep] * (1 if polarity == "bright" else -1)
+                    ),
+                    "relative_amplitude": rel[keep],
+                }
+            )
+        )
+    if not found:
+        return empty
+    out = pd.concat(found, ignore_index=True)
+    # a site predicted from both sublattices or twice: keep one
+    out = out.sort_values("relative_amplitude", ascending=False, kind="stable")
+    keep = np.ones(len(out), bool)
+    pos = out[["y", "x"]].to_numpy()
+    for i, j in sorted(cKDTree(pos).query_pairs(radius)):
+        if keep[i] and keep[j]:
+            keep[j] = False
+    return out[keep].reset_index(drop=True)
+
+
+def _merge_points(points: NDArray, radius: float) -> NDArray:
+    """Replace clusters of points closer than ``radius`` by their means."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    pairs = cKDTree(points).query_pairs(radius, output_type="ndarray")
+    n = len(points)
+    graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(n, n))
+    _, label = connected_components(graph, directed=False)
+    sums = np.zeros((label.max() + 1, 2))
+    np.add.at(sums, label, points)
+    return sums / np.bincount(label)[:, None]

@@ -2,10 +2,11 @@
 
 Every peak is fitted by its own 2D Gaussian plus a constant background inside a square window
 around it, and all the fits run together as one batched (vectorized) Levenberg–Marquardt in numpy:
-the windows are gathered into an ``(n, k, k)`` stack, the parameters into an ``(n, P)`` array, and
-each iteration evaluates every model, forms every peak's damped normal equations and solves all of
-them at once.  Damping, step acceptance and convergence are decided per peak; converged peaks drop
-out of the working set.  There is no Python loop over peaks.
+the windows are gathered into an ``(n, k²)`` stack (one stack per window size), the parameters
+into an ``(n, P)`` array, and each iteration evaluates every model, forms every peak's damped
+normal equations and solves all of them at once.  Damping, step acceptance and convergence are
+decided per peak; converged peaks drop out of the working set.  There is no Python loop over
+peaks.
 
 Model
 -----
@@ -17,27 +18,43 @@ Gaussian times a polynomial, and there is no degenerate angle when the peak is r
 undefined for ``sigma_y == sigma_x``, which makes the angle parametrisation singular exactly where
 most atom columns are).  Steps that leave the positive-definite cone (or give a width outside
 ``[0.1, 10 h]`` px) are rejected and the damping raised.  ``sigma_y, sigma_x, theta`` are computed
-from ``(a, b, c)`` at the end, with the same convention as :func:`napari_atomnet.synth.
-render_gaussians` (``theta`` rotates the Gaussian's y axis towards +x) and ``theta`` in
-``[-pi/4, pi/4)`` so that ``sigma_y`` is the width along the axis closest to the image rows.  The
-isotropic model fits ``Q = a (dy² + dx²)``.
+from ``(a, b, c)`` at the end, with the same convention as
+:func:`napari_atomnet.synth.render_gaussians` (``theta`` rotates the Gaussian's y axis towards
++x) and ``theta`` in ``[-pi/4, pi/4)`` so that ``sigma_y`` is the width along the axis closest to
+the image rows.  The isotropic model fits ``Q = a (dy² + dx²)``.
+
+Neighbours
+----------
+Pass 1 fits every peak alone.  Later passes subtract the other peaks' fitted Gaussians from each
+window and refit (a block-Jacobi iteration towards the joint fit of all peaks), and fit groups of
+peaks closer than 3.5 sigma (up to 4, e.g. dumbbells) jointly as a sum of Gaussians on one
+background: for such close pairs the subtraction iteration converges too slowly, while the joint
+fit reaches the Cramér–Rao bound of the two-peak model.  A group whose joint fit fails (usually a
+spurious detection next to a real column, which then shares its peak) loses its failing member
+and is refitted.
 
 Speed
 -----
-All pieces of the normal equations are Gaussian-weighted polynomial moments of the window.  They
-are computed as raw moments about the window centre by two dense matrix products (BLAS) and
-shifted to the current centre analytically, so the per-pixel work per iteration is about fifteen
-float32 array operations; the small systems (P <= 7) are solved by a batched Cholesky
-factorisation written out over the batch axis.  Windows are float32 (plenty for 1e-4 px), the
-parameters, moments and solves float64.
+All pieces of the normal equations are Gaussian-weighted polynomial moments of the window:
+``J^T W J = C K C^T`` with per-peak polynomial coefficients ``C`` and moments ``K`` of ``w g²``
+up to degree 4.  The moments are one matrix product of the window stack with the window's 15
+monomials (BLAS), and the model is one product of per-peak quadratic coefficients with 6
+monomials plus one ``exp``, so an iteration costs about fifteen float32 array operations per
+pixel; the small systems are solved by a batched Cholesky factorisation written out over the
+batch axis.  Windows are float32 (the positions come out to ~1e-5 px on noise-free data), the
+parameters, moments and solves float64.  Buffers are preallocated per block (fresh temporaries
+cost more in page faults than in arithmetic) and the matrix products are split into blocks small
+enough that OpenBLAS stays single-threaded (its threads made them up to 40x slower on a shared
+2-core machine).
 
 Weights
 -------
 ``weights="poisson"`` (the default) is iteratively re-weighted least squares with weights
 ``1 / max(model, 1)``: at convergence this solves the Poisson maximum-likelihood equations, which
-reach the Cramér–Rao bound at low dose where plain least squares does not.  On images that are not
-in counts (normalised floats, values below 1) the weights are all 1 and it is plain least squares.
-``weights="uniform"`` is ordinary least squares.
+reach the Cramér–Rao bound at low dose where plain least squares does not (measured: RMSE / CRLB
+1.0–1.03 at 20, 50 and 500 counts per peak, against 1.05–1.35 for uniform weights).  On images
+that are not in counts (normalised floats, values below 1) the weights are all 1 and it is plain
+least squares.  ``weights="uniform"`` is ordinary least squares.
 """
 
 from __future__ import annotations
@@ -629,9 +646,6 @@ def _render_sum(
     return acc.reshape(shape).astype(np.float32)
 
 
-# --------------------------------------------------------------------------------------------
-# public API
-# --------------------------------------------------------------------------------------------
 def _shape_params(p: NDArray, cfg: _Cfg) -> tuple[NDArray, NDArray, NDArray]:
     """(sigma_y, sigma_x, theta) from the precision parameters; theta in [-pi/4, pi/4)."""
     if cfg.isotropic:
@@ -699,6 +713,9 @@ def _half_widths(
     return np.clip(h, 3, 12).astype(np.int64)
 
 
+# --------------------------------------------------------------------------------------------
+# public API
+# --------------------------------------------------------------------------------------------
 def fit_gaussians(
     image: ArrayLike,
     coords: ArrayLike | pd.DataFrame,
@@ -780,8 +797,8 @@ def fit_gaussians(
         Fits whose amplitude is not ``min_snr`` standard errors above 0 fail with
         ``"low_amplitude"``.
     drop_merged : bool
-        Duplicates: when fitted peaks are closer than ``merge_distance`` the one with the
-        smallest ``residual_rms`` is kept (ties: the earlier row).  With True (default) the
+        Duplicates: when fitted peaks are closer than ``merge_distance`` the one whose start
+        was closest to the fitted peak is kept (ties: the earlier row).  With True (default) the
         others are dropped from the result; with False they are kept with ``fit_ok`` False,
         ``fit_status`` "merged" and ``merged_into`` the index label of the kept row.
     tol : float
@@ -930,9 +947,9 @@ def fit_gaussians(
                     work, sel, int(hval), new_centres, st, ok_prev, model_img is not None, cfg, lim
                 )
         centres = new_centres
-        if progress is not None and todo.size == 0:
+        if progress is not None:
             progress((pss + 1) * n, total)
-        _merge(st.params, st.status, merged_into, st.rms, merge_distance)
+        _merge(st, merged_into, merge_distance)
 
     return _frame(st, merged_into, index, cfg, drop_merged)
 
@@ -1189,6 +1206,8 @@ def _prune_clusters(
             keep = good | (st.status[mem] == _MAX_ITER)
             if keep.all():
                 keep[np.argmin(st.snr[mem])] = False
+            elif not keep.any():  # all failed: the strongest gets a chance on its own
+                keep[np.argmax(np.nan_to_num(st.params[mem, 0], nan=-np.inf))] = True
         rest = mem[keep]
         if rest.size >= 2:
             again.append(rest)
@@ -1240,23 +1259,27 @@ def _classify(
     return out
 
 
-def _merge(
-    params: NDArray, status: NDArray, merged_into: NDArray, rms: NDArray, dist: float
-) -> None:
-    """Merge fitted peaks closer than ``dist``: keep the smallest residual_rms (ties: first row)."""
-    ok = np.nonzero(status == _OK)[0]
+def _merge(st: _State, merged_into: NDArray, dist: float) -> None:
+    """Merge fitted peaks closer than ``dist`` (duplicates that converged on one peak).
+
+    The kept peak is the one whose start was closest to its fitted position (the more accurate
+    detection; the fits of the duplicates agree), ties to the earlier row; the others get the
+    status "merged" and ``merged_into`` the kept peak.
+    """
+    ok = np.nonzero(st.status == _OK)[0]
     if ok.size < 2:
         return
-    pos = params[ok, 1:3]
+    pos = st.params[ok, 1:3]
     pairs = cKDTree(pos).query_pairs(dist, output_type="ndarray")
     if pairs.size == 0:
         return
-    order = np.lexsort((ok, rms[ok]))  # best first
-    # greedy: visit peaks best-first; a peak merges into the first kept peak within dist
+    moved = np.hypot(*(pos - st.init[ok]).T)
+    order = np.lexsort((ok, moved))  # best first
     nbrs: dict[int, list[int]] = {}
     for i, j in pairs:
         nbrs.setdefault(int(i), []).append(int(j))
         nbrs.setdefault(int(j), []).append(int(i))
+    # greedy, best first: a peak is kept unless a kept peak within dist took it already
     kept = np.zeros(ok.size, dtype=bool)
     gone = np.zeros(ok.size, dtype=bool)
     for i in order[np.isin(order, list(nbrs))]:
@@ -1267,7 +1290,7 @@ def _merge(
             if not kept[j] and not gone[j]:
                 gone[j] = True
                 merged_into[ok[j]] = ok[i]
-                status[ok[j]] = _MERGED
+                st.status[ok[j]] = _MERGED
 
 
 def _empty_frame(index: pd.Index) -> pd.DataFrame:
@@ -1275,7 +1298,7 @@ def _empty_frame(index: pd.Index) -> pd.DataFrame:
     df["fit_ok"] = df["fit_ok"].astype(bool)
     df["fit_status"] = df["fit_status"].astype(object)
     df["n_iter"] = df["n_iter"].astype(np.int64)
-    df["merged_into"] = df["merged_into"].astype(object)
+    df["merged_into"] = df["merged_into"].astype(np.int64)
     return df
 
 

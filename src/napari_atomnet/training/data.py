@@ -164,7 +164,8 @@ def label_atoms(
         ``y, x, class, amplitude, sigma`` (and ``domain`` when there is an interface).
     clean : ndarray, optional
         The noise-free expected image (counts); with it, columns whose matched-filter SNR
-        ``|amplitude| sqrt(pi) sigma / sqrt(expected counts)`` is below :data:`MIN_SNR` get class -1.
+        ``|amplitude| sqrt(pi) sigma / sqrt(expected counts)`` is below :data:`MIN_SNR` get
+        class -1.
     all_strong : bool
         Every column is "strong" (e.g. graphene).
 

@@ -1,8 +1,9 @@
-"""Train the built-in atom-column detector on simulated images and export it to ONNX.
+r"""Train the built-in atom-column detector on simulated images and export it to ONNX.
 
-Run::
+Run (from the repository root)::
 
-    python -m napari_atomnet.training.train_detector --out src/napari_atomnet/models/builtin --seed 0
+    python -m napari_atomnet.training.train_detector \
+        --out src/napari_atomnet/models/builtin --seed 0
 
 Everything is seeded (numpy, torch, the simulated pool), uses two CPU threads, and runs a fixed
 number of steps (not a time budget), so a run is reproducible.  The script
@@ -85,7 +86,7 @@ class TrainConfig:
             setattr(self, key, value)
 
     def as_dict(self) -> dict[str, Any]:
-        """The configuration as a plain dict."""
+        """Return the configuration as a plain dict."""
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(self).items()}
 
 
@@ -159,7 +160,7 @@ def _spacing(truth: np.ndarray) -> float:
 def scores_by_threshold(
     peaks: Any, truth: np.ndarray, thresholds: tuple[float, ...] = THRESHOLDS
 ) -> dict[float, dict[str, float]]:
-    """Detection scores at several confidence thresholds (radius 0.25 x nn spacing).
+    """Score peaks at several confidence thresholds (radius 0.25 x nn spacing).
 
     Parameters
     ----------
@@ -194,8 +195,11 @@ def scores_by_threshold(
 
 
 def torch_peaks(model: Any, image: np.ndarray, normalization: dict, margin: int = 96) -> Any:
-    """Run the torch model on a whole image as inference does and decode its peaks (threshold
-    0.05): normalise, reflection-pad by ``margin`` (and to a multiple of the stride), decode."""
+    """Run the torch model on a whole image as inference does and decode its peaks.
+
+    The image is normalised, reflection-padded by ``margin`` (and to a multiple of the stride),
+    and the heatmap decoded at threshold 0.05.
+    """
     import torch
 
     from ..core.detect import decode_heatmap
@@ -268,7 +272,7 @@ def _finish(acc: dict[str, float]) -> dict[str, float]:
 
 
 def best_threshold(result: dict[str, dict[float, dict[str, float]]]) -> float:
-    """The threshold with the highest mean F1 over the cases (the lower one on ties)."""
+    """Return the threshold with the highest mean F1 over the cases (the lower one on ties)."""
     thresholds = sorted(next(iter(result.values())))
     mean_f1 = [np.mean([result[c][t]["f1"] for c in result]) for t in thresholds]
     return float(thresholds[int(np.argmax(mean_f1))])

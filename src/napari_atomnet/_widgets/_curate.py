@@ -1,0 +1,406 @@
+"""The "Curate atoms" dock widget: fix what the model missed, fast.
+
+- Points added to the Atoms layer by hand snap to the nearby intensity peak by a local Gaussian
+  fit (toggle), and are marked ``source = "manual"``; moved points are re-snapped too.
+- Undo (button, or Control-Z) restores the layer before the last add / move / delete.
+- The Boxes layer follows the atoms.
+- "Suggest missing atoms" predicts lattice sites without an atom that show contrast and lists them
+  in a ``Suggestions (<image>)`` layer; **K** keeps (accepts) the current suggestion and **J**
+  junks (rejects) it, each moving on to the next; both keys are bound with overwrite while the
+  widget is open and unbound when it closes.
+- Counts of hand edits (added / deleted / moved / accepted) go into the layer's provenance, and so
+  into every export.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+from magicgui.widgets import CheckBox, ComboBox, Container, Label, PushButton
+from psygnal import Signal
+
+from .._provenance import METADATA_KEY
+from ..core.image import InvalidImageError, as_analysis_image
+from . import _layers
+from ._common import current_frame, image_layers, notify_error, notify_info
+from ._lattice import points_layers
+
+if TYPE_CHECKING:
+    import napari
+
+ACCEPT_KEY = "K"
+REJECT_KEY = "J"
+UNDO_KEY = "Control-Z"
+HISTORY = 50
+FIT_COLUMNS = ("amplitude", "sigma_y", "sigma_x", "theta", "background", "fit_ok", "fit_status")
+
+
+class CurateAtomsWidget(Container):
+    """Hand curation of an Atoms layer, with snapping, undo and suggested missing atoms."""
+
+    #: Emitted after every curation edit has been applied (for tests and other widgets).
+    edited = Signal()
+
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
+        super().__init__(labels=True)
+        self._viewer = viewer
+        self._layer: Any = None
+        self._history: list[tuple[np.ndarray, pd.DataFrame]] = []
+        self._last: tuple[np.ndarray, pd.DataFrame] | None = None
+        self._busy = False
+        self._current = 0
+        self._image = ComboBox(label="Image", choices=lambda _w: image_layers(viewer))
+        self._atoms = ComboBox(label="Atoms", choices=lambda _w: points_layers(viewer))
+        self._snap = CheckBox(text="Snap added / moved atoms to the peak", value=True)
+        self._undo = PushButton(text=f"Undo ({UNDO_KEY})")
+        self._suggest = PushButton(text="Suggest missing atoms")
+        self._accept_all = PushButton(text="Accept all")
+        self._reject_all = PushButton(text="Reject all")
+        self._status = Label(value="")
+        self._status.native.setWordWrap(True)
+        help_text = Label(
+            value=f"Suggestions: {ACCEPT_KEY} keep, {REJECT_KEY} junk (each moves on to the next)."
+        )
+        help_text.native.setWordWrap(True)
+        self.extend(
+            [
+                self._image,
+                self._atoms,
+                self._snap,
+                Container(widgets=[self._undo, self._suggest], layout="horizontal", labels=False),
+                Container(
+                    widgets=[self._accept_all, self._reject_all], layout="horizontal", labels=False
+                ),
+                help_text,
+                self._status,
+            ]
+        )
+        self._undo.changed.connect(self.undo)
+        self._suggest.changed.connect(self.suggest)
+        self._accept_all.changed.connect(lambda *_: self._resolve_all(accept=True))
+        self._reject_all.changed.connect(lambda *_: self._resolve_all(accept=False))
+        self._atoms.changed.connect(self._attach)
+        self._image.changed.connect(self._select_atoms_for_image)
+        for event in (viewer.layers.events.inserted, viewer.layers.events.removed):
+            event.connect(self._image.reset_choices)
+            event.connect(self._atoms.reset_choices)
+        viewer.bind_key(ACCEPT_KEY, lambda _v: self.resolve_current(accept=True), overwrite=True)
+        viewer.bind_key(REJECT_KEY, lambda _v: self.resolve_current(accept=False), overwrite=True)
+        viewer.bind_key(UNDO_KEY, lambda _v: self.undo(), overwrite=True)
+        self._select_atoms_for_image()
+        self._attach()
+
+    # -- life cycle ---------------------------------------------------------------------------
+    def close(self) -> None:
+        """Unbind the keys and disconnect from the layer."""
+        for key in (ACCEPT_KEY, REJECT_KEY, UNDO_KEY):
+            self._viewer.bind_key(key, None, overwrite=True)
+        self._detach()
+        super().close()
+
+    def _select_atoms_for_image(self, *_: Any) -> None:
+        image = self._image.value
+        if image is None:
+            return
+        name = _layers.layer_name("Atoms", image.name)
+        if name in self._viewer.layers:
+            self._atoms.value = self._viewer.layers[name]
+
+    def _attach(self, *_: Any) -> None:
+        layer = self._atoms.value
+        if layer is self._layer:
+            return
+        self._detach()
+        self._layer = layer
+        self._history.clear()
+        if layer is not None:
+            self._last = _snapshot(layer)
+            layer.events.data.connect(self._on_data)
+
+    def _detach(self) -> None:
+        if self._layer is not None:
+            self._layer.events.data.disconnect(self._on_data)
+        self._layer = None
+
+    # -- edits --------------------------------------------------------------------------------
+    def _on_data(self, event: Any) -> None:
+        if self._busy:
+            return
+        action = str(event.action)
+        if action not in ("added", "removed", "changed"):
+            return
+        layer = self._layer
+        if self._last is not None:
+            self._history.append(self._last)
+            del self._history[:-HISTORY]
+        indices = [int(i) if int(i) >= 0 else len(layer.data) - 1 for i in event.data_indices]
+        if action == "added":
+            self._count("added", len(indices))
+            self._mark_manual(indices)
+            if self._snap.value:
+                self._snap_points(indices)
+        elif action == "changed":
+            self._count("moved", len(indices))
+            self._mark_manual(indices)
+            if self._snap.value:
+                self._snap_points(indices)
+        else:
+            self._count("deleted", len(indices))
+        self._last = _snapshot(layer)
+        self._sync_boxes()
+        self.edited.emit()
+
+    def _mark_manual(self, indices: list[int]) -> None:
+        layer = self._layer
+        feats = layer.features.copy()
+        if "source" in feats:
+            feats.loc[indices, "source"] = "manual"
+        self._set(layer, layer.data, feats)
+
+    def _snap_points(self, indices: list[int]) -> None:
+        from ..core.detect import atom_polarity
+        from ..core.refine import fit_gaussian_at
+
+        image = self._analysis_image()
+        if image is None:
+            return
+        layer = self._layer
+        data = layer.data.copy()
+        feats = layer.features.copy()
+        signal = image if atom_polarity(image, data[:, -2:]) == "bright" else -image
+        spacing = _spacing(data[:, -2:])
+        window = max(2, round(0.5 * spacing)) if spacing else None
+        search = max(2.0, 0.35 * spacing) if spacing else 3.0
+        for i in indices:
+            y, x = data[i, -2], data[i, -1]
+            fit = fit_gaussian_at(signal, y, x, window=window, search_radius=search)
+            if bool(fit.get("fit_ok", False)):
+                data[i, -2], data[i, -1] = float(fit["y"]), float(fit["x"])
+            for column in FIT_COLUMNS:
+                if column in feats and column in fit:
+                    feats.loc[i, column] = fit[column]
+            for column, value in (
+                ("y", data[i, -2]),
+                ("x", data[i, -1]),
+                ("y_init", y),
+                ("x_init", x),
+            ):
+                if column in feats:
+                    feats.loc[i, column] = value
+        self._set(layer, data, feats)
+
+    def undo(self, *_: Any) -> None:
+        """Restore the Atoms layer as it was before the last edit."""
+        if not self._history or self._layer is None:
+            self._status.value = "Nothing to undo."
+            return
+        data, feats = self._history.pop()
+        self._set(self._layer, data, feats)
+        self._last = _snapshot(self._layer)
+        self._count("undone", 1)
+        self._sync_boxes()
+        self._status.value = f"Undone ({len(self._history)} more step(s) can be undone)."
+        self.edited.emit()
+
+    def _set(self, layer: Any, data: np.ndarray, feats: pd.DataFrame) -> None:
+        self._busy = True
+        try:
+            layer.data = data
+            layer.features = feats.reset_index(drop=True)
+            layer.face_color = _layers.atom_colours(layer.features)
+        finally:
+            self._busy = False
+
+    def _count(self, kind: str, n: int) -> None:
+        meta = dict(self._layer.metadata)
+        prov = dict(meta.get(METADATA_KEY, {}))
+        edits = dict(prov.get("edits", {}))
+        edits[kind] = edits.get(kind, 0) + n
+        prov["edits"] = edits
+        meta[METADATA_KEY] = prov
+        self._layer.metadata = meta
+
+    def _sync_boxes(self) -> None:
+        """Make the Boxes layer follow the atoms (same order, box size kept)."""
+        image = self._image.value
+        if image is None or self._layer is None:
+            return
+        name = _layers.layer_name("Boxes", image.name)
+        feats = self._layer.features
+        if name not in self._viewer.layers or not {"y0", "x0", "y1", "x1"} <= set(feats):
+            return
+        data = self._layer.data[:, -2:]
+        half_h = ((feats["y1"] - feats["y0"]) / 2).to_numpy(float)
+        half_w = ((feats["x1"] - feats["x0"]) / 2).to_numpy(float)
+        fallback = float(np.nanmedian(half_h)) if np.isfinite(half_h).any() else 4.0
+        half_h = np.where(np.isfinite(half_h), half_h, fallback)
+        half_w = np.where(np.isfinite(half_w), half_w, fallback)
+        feats = feats.assign(
+            y0=data[:, 0] - half_h,
+            y1=data[:, 0] + half_h,
+            x0=data[:, 1] - half_w,
+            x1=data[:, 1] + half_w,
+        )
+        self._busy = True
+        try:
+            self._layer.features = feats
+        finally:
+            self._busy = False
+        boxes = _layers.boxes_shapes(feats, image, self._layer.metadata.get(METADATA_KEY, {}))
+        if boxes is not None:
+            _layers.replace_layer(self._viewer, boxes)
+            self._viewer.layers.selection.active = self._layer
+
+    # -- suggestions --------------------------------------------------------------------------
+    def suggest(self, *_: Any) -> None:
+        """Put lattice sites that show contrast but have no atom into a Suggestions layer."""
+        from ..core.lattice import suggest_missing_sites
+
+        image = self._analysis_image()
+        if image is None or self._layer is None:
+            notify_error("Curate: choose an image and its Atoms layer first")
+            return
+        atoms = _atoms_table(self._layer)
+        try:
+            found = suggest_missing_sites(image, atoms)
+        except ValueError as err:
+            notify_error(f"Suggest missing atoms: {err}")
+            return
+        name = _layers.layer_name("Suggestions", self._image.value.name)
+        if len(found) == 0:
+            _layers.remove_layer(self._viewer, name)
+            self._status.value = "No missing atoms found."
+            return
+        from napari.layers import Points
+
+        layer = Points(
+            found[["y", "x"]].to_numpy(float),
+            name=name,
+            features=found,
+            symbol="diamond",
+            face_color="transparent",
+            border_color="yellow",
+            border_width=0.2,
+            size=float(np.median(self._layer.size)) * 1.6 if len(self._layer.size) else 8.0,
+            **_layers.geometry(self._image.value),
+        )
+        _layers.replace_layer(self._viewer, layer)
+        self._viewer.layers.selection.active = self._layer
+        self._current = 0
+        self._focus_current()
+
+    def _suggestions(self) -> Any:
+        image = self._image.value
+        if image is None:
+            return None
+        name = _layers.layer_name("Suggestions", image.name)
+        return self._viewer.layers[name] if name in self._viewer.layers else None
+
+    def resolve_current(self, *, accept: bool) -> None:
+        """Accept (add to the atoms) or reject the current suggestion, then show the next."""
+        sugg = self._suggestions()
+        if sugg is None or len(sugg.data) == 0 or self._layer is None:
+            self._status.value = "No suggestions left."
+            return
+        i = min(self._current, len(sugg.data) - 1)
+        if accept:
+            self._add_atoms(sugg.features.iloc[[i]])
+        sugg.selected_data = {i}
+        sugg.remove_selected()
+        self._focus_current()
+
+    def _resolve_all(self, *, accept: bool) -> None:
+        sugg = self._suggestions()
+        if sugg is None or len(sugg.data) == 0:
+            return
+        if accept:
+            self._add_atoms(sugg.features)
+        self._viewer.layers.remove(sugg)
+        self._status.value = "All suggestions " + ("accepted." if accept else "rejected.")
+
+    def _add_atoms(self, rows: pd.DataFrame) -> None:
+        layer = self._layer
+        if self._last is not None:
+            self._history.append(self._last)
+        feats = layer.features
+        new = pd.DataFrame(
+            {
+                c: [layer.feature_defaults[c].iloc[0]] * len(rows)
+                if c in layer.feature_defaults
+                else [np.nan] * len(rows)
+                for c in feats.columns
+            }
+        )
+        for column in ("y", "x", "class", "amplitude"):
+            if column in new and column in rows:
+                new[column] = rows[column].to_numpy()
+        if "source" in new:
+            new["source"] = "manual"
+        if "fit_ok" in new:
+            new["fit_ok"] = True
+        if "fit_status" in new:
+            new["fit_status"] = "suggested"
+        data = np.concatenate([layer.data, rows[["y", "x"]].to_numpy(float)])
+        self._set(
+            layer,
+            data,
+            pd.concat(
+                [feats, new.astype(feats.dtypes.to_dict(), errors="ignore")], ignore_index=True
+            ),
+        )
+        self._count("accepted", len(rows))
+        self._last = _snapshot(layer)
+        self._sync_boxes()
+        self.edited.emit()
+
+    def _focus_current(self) -> None:
+        sugg = self._suggestions()
+        if sugg is None or len(sugg.data) == 0:
+            if sugg is not None:
+                self._viewer.layers.remove(sugg)
+            self._status.value = "All suggestions resolved."
+            return
+        self._current = min(self._current, len(sugg.data) - 1)
+        i = self._current
+        sugg.selected_data = {i}
+        world = sugg.data_to_world(sugg.data[i])
+        self._viewer.camera.center = tuple(world)
+        rel = sugg.features["relative_amplitude"].iloc[i]
+        self._status.value = (
+            f"Suggestion {i + 1} of {len(sugg.data)} (contrast {rel:.2f} × "
+            f"median): {ACCEPT_KEY} keep, {REJECT_KEY} junk."
+        )
+
+    # -- helpers ------------------------------------------------------------------------------
+    def _analysis_image(self) -> np.ndarray | None:
+        layer = self._image.value
+        if layer is None:
+            return None
+        try:
+            frame, _ = current_frame(self._viewer, layer)
+            return as_analysis_image(frame, rgb=layer.rgb).astype(np.float64)
+        except InvalidImageError as err:
+            notify_info(f"Curate: cannot snap on {layer.name}: {err}")
+            return None
+
+
+def _snapshot(layer: Any) -> tuple[np.ndarray, pd.DataFrame]:
+    return layer.data.copy(), layer.features.copy()
+
+
+def _atoms_table(layer: Any) -> pd.DataFrame:
+    table = layer.features.copy().reset_index(drop=True)
+    table["y"] = layer.data[:, -2]
+    table["x"] = layer.data[:, -1]
+    return table
+
+
+def _spacing(points: np.ndarray) -> float | None:
+    """Median nearest-neighbour distance of the atoms (None with fewer than 2)."""
+    if len(points) < 2:
+        return None
+    from scipy.spatial import cKDTree
+
+    return float(np.median(cKDTree(points).query(points, k=2)[0][:, 1]))

@@ -1,0 +1,93 @@
+"""The "Curate atoms" dock widget in a real napari viewer (run under Xvfb)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.spatial import cKDTree
+
+from napari_atomnet import synth
+from napari_atomnet._widgets import _layers
+from napari_atomnet._widgets._curate import ACCEPT_KEY, REJECT_KEY, CurateAtomsWidget
+from napari_atomnet.pipeline import refine_atoms
+
+pytestmark = pytest.mark.gui
+
+
+@pytest.fixture
+def curated(make_napari_viewer):
+    """A perovskite with 12 atoms 'missed' by the model, in a viewer with Atoms + Boxes."""
+    sim = synth.perovskite_haadf((256, 256), spacing=24, dose=300, seed=12)
+    viewer = make_napari_viewer()
+    image = viewer.add_image(sim.image, name="img")
+    truth = sim.atoms[["y", "x", "class"]].copy()
+    truth["score"] = 0.9
+    for c, s in (("y0", -4), ("x0", -4), ("y1", 4), ("x1", 4)):
+        truth[c] = truth[c[0]] + s
+    atoms = refine_atoms(sim.image.astype(float), truth.reset_index(drop=True))
+    rng = np.random.default_rng(3)
+    missed = rng.choice(len(atoms), 12, replace=False)
+    shown = atoms.drop(index=missed).reset_index(drop=True)
+    layer = viewer.add_layer(_layers.atoms_points(shown, image, {"step": "test"}))
+    viewer.add_layer(_layers.boxes_shapes(shown, image, {}))
+    widget = CurateAtomsWidget(viewer)
+    return viewer, widget, layer, atoms.loc[missed], sim
+
+
+def test_added_point_snaps_to_the_peak_and_is_marked_manual(curated):
+    viewer, _, layer, missed, _ = curated
+    target = missed.iloc[0]
+    n = len(layer.data)
+    layer.add([[target["y"] + 1.7, target["x"] - 1.4]])  # one click, off the peak
+    assert len(layer.data) == n + 1
+    y, x = layer.data[-1]
+    assert np.hypot(y - target["y"], x - target["x"]) < 0.1
+    feats = layer.features.iloc[-1]
+    assert feats["source"] == "manual" and bool(feats["fit_ok"])
+    assert layer.metadata["napari_atomnet"]["edits"] == {"added": 1}
+    boxes = viewer.layers["Boxes (img)"]
+    assert len(boxes.data) == n + 1  # the boxes follow
+    np.testing.assert_allclose(boxes.data[-1].mean(axis=0), [y, x], atol=1e-6)
+
+
+def test_delete_move_and_undo(curated):
+    _, widget, layer, _, _ = curated
+    original = layer.data.copy()
+    layer.selected_data = {0, 1}
+    layer.remove_selected()
+    assert len(layer.data) == len(original) - 2
+    widget.undo()
+    np.testing.assert_allclose(layer.data, original)
+    layer._move({5}, layer.data[5] + [2.0, 0.0])  # drag off the peak: snaps back
+    assert np.hypot(*(layer.data[5] - original[5])) < 0.15
+    assert layer.metadata["napari_atomnet"]["edits"]["moved"] == 1
+    widget.undo()
+    np.testing.assert_allclose(layer.data, original)
+
+
+def test_suggestions_find_missed_atoms_and_keys_accept_or_reject(curated, qtbot):
+    viewer, widget, layer, missed, sim = curated
+    widget.suggest()
+    sugg = viewer.layers["Suggestions (img)"]
+    d, _ = cKDTree(missed[["y", "x"]].to_numpy()).query(sugg.data)
+    assert len(sugg.data) >= 10 and (d < 0.5).mean() > 0.9  # the missed columns, snapped
+    vac = sim.extras["vacancies"]
+    if len(vac):
+        dv, _ = cKDTree(vac[["y", "x"]].to_numpy()).query(sugg.data)
+        assert (dv > 3).all()  # vacancies are not suggested
+    n_atoms, n_sugg = len(layer.data), len(sugg.data)
+    from napari.utils.key_bindings import coerce_keybinding
+
+    bound = set(viewer.keymap)
+    assert {coerce_keybinding(ACCEPT_KEY), coerce_keybinding(REJECT_KEY)} <= bound
+    widget.resolve_current(accept=True)
+    widget.resolve_current(accept=False)
+    assert len(layer.data) == n_atoms + 1 and len(sugg.data) == n_sugg - 2
+    assert layer.features["source"].iloc[-1] == "manual"
+    widget._resolve_all(accept=True)
+    assert "Suggestions (img)" not in viewer.layers
+    assert len(layer.data) == n_atoms + n_sugg - 1
+    assert layer.metadata["napari_atomnet"]["edits"]["accepted"] == n_sugg - 1
+    widget.close()
+    assert coerce_keybinding(ACCEPT_KEY) not in set(viewer.keymap)
+    assert coerce_keybinding(REJECT_KEY) not in set(viewer.keymap)
