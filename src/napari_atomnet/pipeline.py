@@ -126,7 +126,7 @@ def find_atoms(
 
     atoms = peaks
     if refine and len(peaks):
-        atoms = refine_atoms(img, peaks)
+        atoms = refine_atoms(img, peaks).reset_index(drop=True)
         if progress:
             total = tiles_done["total"] + 1 if model_info else 2
             progress(total, total)
@@ -145,7 +145,7 @@ def refine_atoms(image: np.ndarray, peaks: pd.DataFrame) -> pd.DataFrame:
     """Refine detected peaks by 2D Gaussian fits and merge the fit into the detection table.
 
     Boxes keep their size and follow the refined centres.  Rows whose fits merged into another
-    (duplicates converging on one peak) are dropped.
+    (duplicates converging on one peak) are dropped; the kept rows keep their input index.
 
     Parameters
     ----------
@@ -166,7 +166,9 @@ def refine_atoms(image: np.ndarray, peaks: pd.DataFrame) -> pd.DataFrame:
     if signal is not image:  # report amplitudes and backgrounds in the image's own units
         fit["amplitude"] = -fit["amplitude"]
         fit["background"] = -fit["background"]
-    kept = peaks.loc[fit.index]
+    # fit rows are positions in ``coords``; carry the caller's index over
+    kept = peaks.iloc[fit.index.to_numpy()]
+    fit.index = kept.index
     atoms = kept.drop(columns=["y", "x"]).join(fit)
     if {"y0", "x0", "y1", "x1"} <= set(atoms.columns):
         dy = atoms["y"] - kept["y"]
@@ -176,7 +178,7 @@ def refine_atoms(image: np.ndarray, peaks: pd.DataFrame) -> pd.DataFrame:
         atoms["x0"] += dx
         atoms["x1"] += dx
     front = [c for c in ("y", "x", "score", "class", "class_name") if c in atoms]
-    return atoms[front + [c for c in atoms.columns if c not in front]].reset_index(drop=True)
+    return atoms[front + [c for c in atoms.columns if c not in front]]
 
 
 def _median_spacing(atoms: pd.DataFrame) -> float:

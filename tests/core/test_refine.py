@@ -343,3 +343,26 @@ def test_boxes_set_the_window_and_nan_pixels_are_ignored():
     df = fit_gaussians(img, np.round(truth), boxes=boxes)
     assert df["fit_ok"].all()
     assert np.hypot(df["y"] - truth[:, 0], df["x"] - truth[:, 1]).max() < 0.01
+
+
+def test_auto_weights_and_max_iter_status():
+    rng = np.random.default_rng(13)
+    truth = _grid(4, 20.0, rng)
+    img = rng.poisson(render_gaussians((80, 80), truth[:, 0], truth[:, 1], 60.0, 2.0) + 3.0)
+    img = img.astype(np.float64)
+    start = truth + 0.7
+    pd.testing.assert_frame_equal(
+        fit_gaussians(img, start), fit_gaussians(img, start, weights="poisson")
+    )
+    shifted = img - 50.0  # negative values: not counts, so least squares
+    auto = fit_gaussians(shifted, start)
+    pd.testing.assert_frame_equal(auto, fit_gaussians(shifted, start, weights="uniform"))
+    assert not np.allclose(auto["x"], fit_gaussians(shifted, start, weights="poisson")["x"])
+    # one iteration from 0.7 px off cannot converge: flagged, and the start is reported
+    short = fit_gaussians(img, start, max_iter=1, n_passes=1)
+    assert (short["fit_status"] == "max_iter").all() and not short["fit_ok"].any()
+    np.testing.assert_array_equal(short[["y", "x"]].to_numpy(), start)
+    # per-peak window half-widths (as the lattice code passes them)
+    per_peak = fit_gaussians(img, start, window=np.linspace(3, 8, len(start)))
+    assert per_peak["fit_ok"].all()
+    assert np.hypot(per_peak["y"] - truth[:, 0], per_peak["x"] - truth[:, 1]).max() < 0.3

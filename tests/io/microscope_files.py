@@ -122,7 +122,10 @@ class _DM:
             info, payload = [20, 4, arr.size], arr.tobytes()
         elif isinstance(value, np.ndarray):
             el = _DM_ARRAY_TYPES[value.dtype][1]
-            info, payload = [20, el, value.size], value.astype(value.dtype.newbyteorder("<")).tobytes()
+            info, payload = (
+                [20, el, value.size],
+                value.astype(value.dtype.newbyteorder("<")).tobytes(),
+            )
         elif isinstance(value, float):
             info, payload = [6], struct.pack("<f", value)
         elif isinstance(value, (int, np.integer)):
@@ -250,8 +253,10 @@ def write_velox(path, images, *, pixel_size_m):
     import h5py
 
     with h5py.File(path, "w") as f:
-        f.create_dataset("Version", data=np.array([json.dumps({"format": "Velox", "version": "11"}).encode()]))
-        for i, (detector, data) in enumerate(images):
+        f.create_dataset(
+            "Version", data=np.array([json.dumps({"format": "Velox", "version": "11"}).encode()])
+        )
+        for i, (_detector, data) in enumerate(images):
             vol = data if data.ndim == 3 else data[None]
             uuid = f"{i + 1:032x}"
             group = f.create_group(f"Data/Image/{uuid}")

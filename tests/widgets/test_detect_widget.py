@@ -106,3 +106,35 @@ def test_cancel_leaves_layers_unchanged(viewer_with_sample, qtbot, tmp_path):
         widget._on_cancel()
     assert "Atoms (perovskite_haadf)" not in viewer.layers
     assert "Cancel" in widget._status.value
+
+
+def test_refine_selected_points(viewer_with_sample, qtbot, tmp_path):
+    from conftest import make_log_detector
+
+    viewer = viewer_with_sample
+    widget = _widget(
+        viewer, make_log_detector(tmp_path / "tiny.onnx", card={"tile": 256, "margin": 16})
+    )
+    _run(qtbot, widget)
+    atoms = viewer.layers["Atoms (perovskite_haadf)"]
+    good = atoms.data.copy()
+    feats = atoms.features
+    centre_dist = np.hypot(feats["y"] - 256, feats["x"] - 256)
+    strong = int(
+        np.argmin(
+            np.where(
+                feats["fit_ok"] & (feats["amplitude"] > feats["amplitude"].median()),
+                centre_dist,
+                np.inf,
+            )
+        )
+    )
+    moved = good.copy()
+    moved[strong] += [1.2, -0.9]  # knocked off its peak, e.g. by a hand edit
+    moved[0] += [1.0, 1.0]  # not selected: stays where it is
+    atoms.data = moved
+    atoms.selected_data = {strong}
+    widget._on_refine_points()
+    np.testing.assert_allclose(atoms.data[strong], good[strong], atol=0.05)
+    np.testing.assert_allclose(atoms.data[0], moved[0])
+    assert "Refined 1 atom" in widget._status.value

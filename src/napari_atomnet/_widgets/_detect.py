@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from magicgui.widgets import (
     CheckBox,
     ComboBox,
@@ -25,6 +27,8 @@ if TYPE_CHECKING:
     import napari
 
 CUSTOM = "Custom .onnx…"
+# detection columns kept when re-refining (the fit columns are recomputed)
+_DETECTION_COLUMNS = ("y", "x", "score", "class", "class_name", "y0", "x0", "y1", "x1", "source")
 
 
 class DetectAtomsWidget(Container):
@@ -56,6 +60,11 @@ class DetectAtomsWidget(Container):
         self._refine = CheckBox(text="Refine each peak by a 2D Gaussian fit", value=True)
         self._run = PushButton(text="Detect")
         self._cancel = PushButton(text="Cancel", enabled=False)
+        self._refine_points = PushButton(
+            text="Refine selected atoms (all if none)",
+            tooltip="Gaussian-fit the selected points of the Atoms layer (or all of them), "
+            "e.g. after moving or adding points by hand",
+        )
         self._status = Label(value="")
         self._status.native.setWordWrap(True)
         buttons = Container(widgets=[self._run, self._cancel], layout="horizontal", labels=False)
@@ -73,6 +82,7 @@ class DetectAtomsWidget(Container):
         self._model.changed.connect(self._on_model_changed)
         self._run.changed.connect(self._on_run)
         self._cancel.changed.connect(self._on_cancel)
+        self._refine_points.changed.connect(self._on_refine_points)
         viewer.layers.events.inserted.connect(self._image.reset_choices)
         viewer.layers.events.removed.connect(self._image.reset_choices)
         self._on_model_changed()
@@ -151,6 +161,45 @@ class DetectAtomsWidget(Container):
             on_result=lambda out: self._show(layer, out),
             on_error=self._on_error,
             on_finished=self._on_finished,
+        )
+
+    def _on_refine_points(self, *_: Any) -> None:
+        """Refine the selected points (or all) of this image's Atoms layer by Gaussian fits."""
+        from ..pipeline import refine_atoms
+
+        layer = self._image.value
+        name = _layers.layer_name("Atoms", layer.name) if layer is not None else ""
+        if layer is None or name not in self._viewer.layers:
+            notify_error("Refine: detect atoms first (no Atoms layer for this image)")
+            return
+        atoms_layer = self._viewer.layers[name]
+        try:
+            frame, _ = current_frame(self._viewer, layer)
+            image = as_analysis_image(frame, rgb=layer.rgb).astype(float)
+        except InvalidImageError as err:
+            notify_error(f"Refine: {err}")
+            return
+        table = atoms_layer.features.copy().reset_index(drop=True)
+        table["y"], table["x"] = atoms_layer.data[:, -2], atoms_layer.data[:, -1]
+        chosen = sorted(atoms_layer.selected_data) or list(range(len(table)))
+        refined = refine_atoms(
+            image,
+            table.loc[chosen].drop(
+                columns=[c for c in table.columns if c not in _DETECTION_COLUMNS]
+            ),
+        )
+        for column in refined.columns:
+            if column not in table:
+                table[column] = np.nan
+            table.loc[refined.index, column] = refined[column].to_numpy()
+        data = atoms_layer.data.copy()
+        data[refined.index, -2] = refined["y"].to_numpy()
+        data[refined.index, -1] = refined["x"].to_numpy()
+        atoms_layer.data = data
+        atoms_layer.features = table
+        atoms_layer.face_color = _layers.atom_colours(table)
+        self._status.value = (
+            f"Refined {len(refined)} atom(s): {int(refined['fit_ok'].sum())} fits ok"
         )
 
     def _show(self, layer: napari.layers.Image, out: dict[str, Any]) -> None:

@@ -10,8 +10,17 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-#: File endings read by :func:`read_image`.
-IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".npy")
+#: Plain image file endings (read here, with tifffile / imageio / numpy).
+PLAIN_SUFFIXES = (".tif", ".tiff", ".png", ".npy")
+
+#: Microscope file endings (read through rosettasciio, see :mod:`napari_atomnet.io.microscopy`).
+MICROSCOPY_SUFFIXES = (".dm3", ".dm4", ".emd", ".ser", ".emi", ".mrc", ".hspy", ".hdf5")
+
+#: File endings read by :func:`read_image` and :func:`read_images`.
+IMAGE_SUFFIXES = PLAIN_SUFFIXES + MICROSCOPY_SUFFIXES
+
+#: TIFF stacks at least this large (bytes) are read lazily, frame by frame.
+LAZY_TIFF_BYTES = 64 * 2**20
 
 
 class ImageReadError(ValueError):
@@ -40,30 +49,44 @@ class ImageData:
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
-def read_image(path: str | os.PathLike) -> ImageData:
-    """Read a tif, png or npy image.
+def read_images(path: str | os.PathLike, *, lazy: bool = True) -> list[ImageData]:
+    """Read every 2D image and image stack in a file.
+
+    Plain files (tif, png, npy) hold one image; microscope files (dm3, dm4, emd, ser/emi, mrc,
+    hspy/hdf5; read through rosettasciio by :func:`napari_atomnet.io.microscopy.read_microscopy`)
+    may hold several, e.g. HAADF and other detectors in one EMD.  This is the one loader behind
+    the CLI, the batch tools and the napari reader.
 
     Parameters
     ----------
     path : path-like
         File to read.
+    lazy : bool
+        Keep stacks (T×Y×X) as dask arrays, read a frame at a time when used (microscope files,
+        and TIFF stacks of at least :data:`LAZY_TIFF_BYTES`); 2D images are always in memory.
 
     Returns
     -------
-    ImageData
+    list of ImageData
+        At least one.  The pixel size is in nm, or None when the file has no real-space
+        calibration (``metadata["calibration"]["status"]`` says why for microscope files).
 
     Raises
     ------
     ImageReadError
-        If the file is missing, of an unsupported type or unreadable.
+        If the file is missing, of an unsupported type, corrupt, or holds no image.
     """
     path = Path(path)
     if not path.is_file():
         raise ImageReadError(f"no such file: {path}")
     suffix = path.suffix.lower()
+    if suffix in MICROSCOPY_SUFFIXES:
+        from .microscopy import read_microscopy
+
+        return read_microscopy(path, lazy=lazy)
     try:
         if suffix in (".tif", ".tiff"):
-            data, pixel_size, meta = _read_tiff(path)
+            data, pixel_size, meta = _read_tiff(path, lazy=lazy)
         elif suffix == ".png":
             import imageio.v3 as iio
 
@@ -79,14 +102,55 @@ def read_image(path: str | os.PathLike) -> ImageData:
         raise
     except Exception as err:  # corrupt files raise many kinds of errors
         raise ImageReadError(f"{path.name}: cannot read ({type(err).__name__}: {err})") from err
-    return ImageData(data=data, pixel_size_nm=pixel_size, name=path.stem, metadata=meta)
+    return [ImageData(data=data, pixel_size_nm=pixel_size, name=path.stem, metadata=meta)]
 
 
-def _read_tiff(path: Path) -> tuple[NDArray, float | None, dict[str, Any]]:
+def read_image(path: str | os.PathLike, *, lazy: bool = True) -> ImageData:
+    """Read the image of a file (the first image signal of a multi-signal microscope file).
+
+    Parameters
+    ----------
+    path : path-like
+        A tif, png, npy, dm3, dm4, emd, ser/emi, mrc, hspy or hdf5 file.
+    lazy : bool
+        See :func:`read_images`.
+
+    Returns
+    -------
+    ImageData
+        When the file holds several images, the first; ``metadata["source"]["n_images"]`` says
+        how many there are and ``metadata["note"]`` says which was taken (use
+        :func:`read_images` for all of them).
+
+    Raises
+    ------
+    ImageReadError
+        If the file is missing, of an unsupported type, corrupt, or holds no image.
+    """
+    images = read_images(path, lazy=lazy)
+    first = images[0]
+    if len(images) > 1:
+        titles = ", ".join(
+            repr(im.metadata.get("source", {}).get("title", im.name)) for im in images
+        )
+        first.metadata["note"] = (
+            f"the file holds {len(images)} images ({titles}); this is the first "
+            "(read them all with napari_atomnet.io.read_images)"
+        )
+    return first
+
+
+def _read_tiff(path: Path, *, lazy: bool = False) -> tuple[Any, float | None, dict[str, Any]]:
     import tifffile
 
     with tifffile.TiffFile(path) as tif:
-        data = tif.asarray()
+        series = tif.series[0]
+        stack = len(series.shape) == 3 and series.shape[-1] not in (3, 4)
+        nbytes = int(np.prod(series.shape)) * np.dtype(series.dtype).itemsize
+        if lazy and stack and nbytes >= LAZY_TIFF_BYTES:
+            data = _TiffFrames(path, tuple(series.shape), np.dtype(series.dtype)).as_dask()
+        else:
+            data = tif.asarray()
         meta: dict[str, Any] = {}
         pixel_size = None
         if tif.imagej_metadata:
@@ -109,6 +173,35 @@ def _read_tiff(path: Path) -> tuple[NDArray, float | None, dict[str, Any]]:
                 if unit_key in scale and px_per_unit != 1.0:
                     pixel_size = scale[unit_key] / px_per_unit
     return data, pixel_size, meta
+
+
+class _TiffFrames:
+    """Array-like view of a TIFF stack that reads only the frames asked for (for dask)."""
+
+    def __init__(self, path: Path, shape: tuple[int, ...], dtype: np.dtype) -> None:
+        self.path = str(path)
+        self.shape = shape
+        self.dtype = dtype
+        self.ndim = len(shape)
+
+    def __getitem__(self, key: Any) -> NDArray:
+        import tifffile
+
+        if not isinstance(key, tuple):
+            key = (key,)
+        first, rest = key[0], key[1:]
+        frames = range(self.shape[0])[first] if isinstance(first, slice) else [int(first)]
+        with tifffile.TiffFile(self.path) as tif:
+            data = np.stack([tif.asarray(key=int(i), series=0) for i in frames])
+        out = data[(slice(None), *rest)]
+        return out if isinstance(first, slice) else out[0]
+
+    def as_dask(self) -> Any:
+        import dask.array as da
+
+        return da.from_array(
+            self, chunks=(1, *self.shape[1:]), meta=np.empty((0,) * self.ndim, self.dtype)
+        )
 
 
 def write_tiff(

@@ -1,0 +1,377 @@
+"""The "Segment particles" dock widget: particle instances, size table, histograms, CSV export."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+from magicgui.widgets import ComboBox, Container, FileEdit, FloatSpinBox, Label, PushButton
+from psygnal import Signal
+
+from .._provenance import METADATA_KEY, make_provenance
+from ..core.image import InvalidImageError, as_analysis_image
+from ..core.segment import particle_table, size_statistics
+from . import _layers
+from ._common import current_frame, image_layers, notify_error, notify_info
+from ._worker import progress_generator, start_job
+
+if TYPE_CHECKING:
+    import napari
+
+CUSTOM = "Custom .onnx…"
+KIND = "Particles"
+#: Histograms drawn in the dock: (column stem, title).
+HISTOGRAMS = (
+    ("equivalent_diameter", "Equivalent diameter D"),
+    ("perimeter", "Perimeter P"),
+    ("circularity", "Circularity 4πS/P²"),
+)
+#: Seconds of quiet after the last label edit before the table is recomputed.
+EDIT_DEBOUNCE_MS = 250
+
+
+def pixel_size_of(layer: Any) -> float | None:
+    """Pixel size (nm) of an image layer when its scale is a calibration, else None.
+
+    The scale counts as nm when the layer's units are nm or unset/pixel (the sample data and
+    the readers set nm scales without units), as Å when they are Å; a scale of 1 means
+    uncalibrated.
+    """
+    scale = float(np.asarray(layer.scale)[-1])
+    units = getattr(layer, "units", None)
+    unit = str(units[-1]) if units is not None and len(units) else ""
+    if scale == 1.0 or not np.isfinite(scale) or scale <= 0:
+        return None
+    if unit in ("nanometer", "nm", "pixel", "px", ""):
+        return scale
+    if unit in ("angstrom", "Å"):
+        return scale / 10.0
+    return None
+
+
+def _column(table: pd.DataFrame, stem: str, calibrated: bool) -> tuple[str, str]:
+    """Column name and unit of a measured quantity, in nm when available."""
+    if stem == "circularity":
+        return "circularity", ""
+    if calibrated and f"{stem}_nm" in table:
+        return f"{stem}_nm", "nm"
+    return f"{stem}_px", "px"
+
+
+class SegmentParticlesWidget(Container):
+    """Segment nanoparticles in the current image and measure them.
+
+    Results: a Labels layer ``Particles (<image>)`` whose features table holds one row per
+    particle (area, equivalent diameter, perimeter, circularity, centroid, ``touches_border``;
+    in nm when calibrated); histograms of diameter, perimeter and circularity with mean ± std
+    (border particles left out) in the dock; CSV export.  Editing the labels with napari's tools
+    (paint, fill, erase, undo) updates the table and the histograms.  Running again replaces the
+    layer.
+    """
+
+    #: Emitted on the GUI thread when a run ends (finished, failed or cancelled).
+    run_finished = Signal()
+    #: Emitted after the table and histograms were recomputed (after a run or a label edit).
+    table_updated = Signal()
+
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
+        super().__init__(labels=True)
+        self._viewer = viewer
+        self._worker: Any = None
+        self._watched: Any = None  # the Particles layer whose edits are followed
+        self._image = ComboBox(label="Image", choices=lambda _w: image_layers(viewer))
+        self._model = ComboBox(label="Model", choices=self._model_choices)
+        self._custom = FileEdit(label="Model file", filter="*.onnx", mode="r", visible=False)
+        self._pixel_size = FloatSpinBox(
+            label="Pixel size (nm)",
+            min=0.0,
+            max=1e6,
+            step=0.001,
+            value=0.0,
+            tooltip="Calibration for the nm columns; taken from the image layer's scale when it "
+            "is calibrated. 0: uncalibrated (pixels only).",
+        )
+        self._run = PushButton(text="Segment")
+        self._cancel = PushButton(text="Cancel", enabled=False)
+        self._status = Label(value="")
+        self._stats = Label(value="")
+        self._csv = FileEdit(label="CSV file", filter="*.csv", mode="w")
+        self._export = PushButton(text="Export CSV")
+        run_row = Container(widgets=[self._run, self._cancel], layout="horizontal", labels=False)
+        self.extend(
+            [
+                self._image,
+                self._model,
+                self._custom,
+                self._pixel_size,
+                run_row,
+                self._status,
+                self._stats,
+                self._csv,
+                self._export,
+            ]
+        )
+        self._build_canvas()
+        self._timer = self._make_timer()
+        self._model.changed.connect(self._on_model_changed)
+        self._image.changed.connect(self._on_image_changed)
+        self._run.changed.connect(self._on_run)
+        self._cancel.changed.connect(self._on_cancel)
+        self._export.changed.connect(self._on_export)
+        viewer.layers.events.inserted.connect(self._image.reset_choices)
+        viewer.layers.events.removed.connect(self._image.reset_choices)
+        self._on_model_changed()
+        self._on_image_changed()
+
+    # -- construction ---------------------------------------------------------------------------
+    def _build_canvas(self) -> None:
+        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+        from matplotlib.figure import Figure
+
+        self._figure = Figure(figsize=(4.0, 6.0), layout="constrained")
+        self._axes = self._figure.subplots(len(HISTOGRAMS), 1)
+        self._canvas = FigureCanvasQTAgg(self._figure)
+        self._canvas.setMinimumHeight(420)
+        self.native.layout().addWidget(self._canvas)
+        self._draw_histograms(None)
+
+    def _make_timer(self) -> Any:
+        from qtpy.QtCore import QTimer
+
+        timer = QTimer(self.native)
+        timer.setSingleShot(True)
+        timer.setInterval(EDIT_DEBOUNCE_MS)
+        timer.timeout.connect(self.refresh_table)
+        return timer
+
+    # -- pickers --------------------------------------------------------------------------------
+    def _model_choices(self, _widget: Any = None) -> list[tuple[str, Any]]:
+        from ..models.registry import list_models
+
+        return [(card.label, card) for card in list_models("segmentation")] + [(CUSTOM, CUSTOM)]
+
+    def _on_model_changed(self, *_: Any) -> None:
+        self._custom.visible = self._model.value == CUSTOM
+
+    def _on_image_changed(self, *_: Any) -> None:
+        layer = self._image.value
+        if layer is not None:
+            self._pixel_size.value = pixel_size_of(layer) or 0.0
+
+    def _selected_model(self) -> Any:
+        from ..models.registry import load_model
+
+        if self._model.value == CUSTOM:
+            path = self._custom.value
+            if not path or not str(path).lower().endswith(".onnx"):
+                raise ValueError("choose a .onnx model file")
+            return load_model(path, task="segmentation")
+        if self._model.value is None:
+            raise ValueError("no segmentation model is installed; choose a custom .onnx file")
+        return load_model(self._model.value.path, task="segmentation")
+
+    def _pixel_size_nm(self) -> float | None:
+        value = float(self._pixel_size.value)
+        return value if value > 0 else None
+
+    # -- running --------------------------------------------------------------------------------
+    def _on_run(self, *_: Any) -> None:
+        from ..models.segmenter import segment_particles
+
+        layer = self._image.value
+        if layer is None:
+            notify_error("Segment particles: add or choose an image layer first")
+            return
+        try:
+            frame, index = current_frame(self._viewer, layer)
+            image = as_analysis_image(frame, rgb=layer.rgb)
+            card = self._selected_model()
+        except (InvalidImageError, ValueError) as err:
+            notify_error(f"Segment particles: {err}")
+            return
+        pixel_size = self._pixel_size_nm()
+        source = layer.name + (f" frame {index}" if index else "")
+
+        def compute(progress: Any = None, cancelled: Any = None) -> dict[str, Any]:
+            result = segment_particles(
+                image,
+                card,
+                pixel_size_nm=pixel_size,
+                keep_probability=False,
+                progress=progress,
+                cancelled=cancelled,
+            )
+            provenance = make_provenance(
+                "segment",
+                result.params,
+                model=result.card.provenance(),
+                source=source,
+                extra={"device": result.device, "pixel_size_nm": pixel_size},
+            )
+            if index:
+                provenance["frame"] = list(index)
+            return {"labels": result.labels, "table": result.table, "provenance": provenance}
+
+        self._set_running(True)
+        self._status.value = f"Segmenting particles in {layer.name}…"
+        start_job(
+            self,
+            lambda: (yield from progress_generator(compute)),
+            description="Segment particles",
+            on_result=lambda out: self._show(layer, out),
+            on_error=self._on_error,
+            on_finished=self._on_finished,
+        )
+
+    def _show(self, image_layer: napari.layers.Image, out: dict[str, Any]) -> None:
+        from napari.layers import Labels
+
+        table = out["table"]
+        layer = Labels(
+            out["labels"],
+            name=_layers.layer_name(KIND, image_layer.name),
+            features=_features(table),
+            opacity=0.5,
+            metadata={METADATA_KEY: out["provenance"]},
+            **_layers.geometry(image_layer),
+        )
+        self._watch(_layers.replace_layer(self._viewer, layer))
+        seconds = out["provenance"]["params"].get("seconds", {}).get("total")
+        n_border = int(table["touches_border"].sum()) if len(table) else 0
+        self._status.value = f"{len(table)} particles ({n_border} at the border) in " + (
+            f"{image_layer.name} ({seconds:.2f} s on {out['provenance']['device'].upper()})"
+            if seconds
+            else image_layer.name
+        )
+        self._update_views(table)
+
+    def _on_error(self, err: BaseException) -> None:
+        if isinstance(err, InterruptedError):
+            self._status.value = "Cancelled; layers unchanged."
+            return
+        self._status.value = f"Failed: {err}"
+        notify_error(f"Segment particles failed: {err}")
+
+    def _on_cancel(self, *_: Any) -> None:
+        if self._worker is not None:
+            self._worker.quit()
+            self._status.value = "Cancelling…"
+
+    def _on_finished(self) -> None:
+        self._set_running(False)
+        self._worker = None
+        self.run_finished.emit()
+
+    def _set_running(self, running: bool) -> None:
+        self._run.enabled = not running
+        self._cancel.enabled = running
+
+    # -- following label edits ------------------------------------------------------------------
+    def _watch(self, layer: Any) -> None:
+        self._unwatch()
+        self._watched = layer
+        for name in ("paint", "data", "labels_update"):
+            getattr(layer.events, name).connect(self._schedule_refresh)
+
+    def _unwatch(self) -> None:
+        layer, self._watched = self._watched, None
+        if layer is None:
+            return
+        for name in ("paint", "data", "labels_update"):
+            getattr(layer.events, name).disconnect(self._schedule_refresh)
+
+    def _schedule_refresh(self, *_: Any) -> None:
+        self._timer.start()  # restarts: recompute once the edits stop
+
+    def refresh_table(self) -> None:
+        """Recompute the watched layer's features table and the histograms from its labels."""
+        layer = self._watched
+        if layer is None or layer not in self._viewer.layers:
+            return
+        meta = layer.metadata.get(METADATA_KEY, {})
+        table = particle_table(np.asarray(layer.data), pixel_size_nm=meta.get("pixel_size_nm"))
+        layer.features = _features(table)
+        meta["edited"] = True
+        self._update_views(table)
+
+    # -- views ----------------------------------------------------------------------------------
+    def _update_views(self, table: pd.DataFrame) -> None:
+        stats = size_statistics(table)
+        calibrated = "equivalent_diameter_nm" in table
+        col, unit = _column(table, "equivalent_diameter", calibrated)
+        n_border = stats.attrs.get("n_border", 0)
+        if col in stats.index and stats.loc[col, "n"] > 0:
+            d = stats.loc[col]
+            std = f" ± {d['std']:.3g}" if np.isfinite(d["std"]) else ""
+            self._stats.value = (
+                f"D = {d['mean']:.3g}{std} {unit} (n = {int(d['n'])}; "
+                f"{n_border} at the border left out)"
+            )
+        else:
+            self._stats.value = f"no complete particles ({n_border} at the border)"
+        self._draw_histograms(table)
+        self.table_updated.emit()
+
+    def _draw_histograms(self, table: pd.DataFrame | None) -> None:
+        inner = None
+        if table is not None and len(table):
+            inner = table[~table["touches_border"].to_numpy(bool)]
+        calibrated = table is not None and "equivalent_diameter_nm" in table
+        for ax, (stem, title) in zip(self._axes, HISTOGRAMS, strict=True):
+            ax.clear()
+            ax.tick_params(labelsize=7)
+            if inner is None or len(inner) == 0:
+                ax.set_title(f"{title}: no particles", fontsize=8)
+                continue
+            col, unit = _column(inner, stem, calibrated)
+            v = pd.to_numeric(inner[col], errors="coerce").to_numpy(float)
+            v = v[np.isfinite(v)]
+            if v.size == 0:
+                ax.set_title(f"{title}: no values", fontsize=8)
+                continue
+            mean = float(v.mean())
+            std = float(v.std(ddof=1)) if v.size > 1 else 0.0
+            ax.hist(v, bins=min(30, max(5, v.size // 3)), color="#4c9be8", edgecolor="white")
+            ax.axvspan(mean - std, mean + std, color="orange", alpha=0.2)
+            ax.axvline(mean, color="orange", lw=1.5)
+            suffix = f" {unit}" if unit else ""
+            ax.set_title(f"{title}: {mean:.3g} ± {std:.2g}{suffix} (n = {v.size})", fontsize=8)
+            ax.set_xlabel(f"{col}", fontsize=7)
+        self._canvas.draw_idle()
+
+    # -- export ---------------------------------------------------------------------------------
+    def _on_export(self, *_: Any) -> None:
+        from ..io import write_csv
+
+        layer = self._watched
+        if layer is None or layer not in self._viewer.layers:
+            notify_error("Export CSV: segment an image first")
+            return
+        path = self._csv.value
+        if not path or str(path) in ("", ".") or not str(path).lower().endswith(".csv"):
+            notify_error("Export CSV: choose a .csv file name")
+            return
+        if self._timer.isActive():  # pending edits: measure them first
+            self._timer.stop()
+            self.refresh_table()
+        table = layer.features.drop(columns=["index"], errors="ignore")
+        provenance = dict(layer.metadata.get(METADATA_KEY, {}))
+        provenance["layer"] = layer.name
+        provenance["coordinates"] = (
+            "pixels; y = row, x = column; a pixel's centre has integer coordinates"
+        )
+        try:
+            written = write_csv(table, path, provenance=provenance, overwrite=False)
+        except OSError as err:
+            notify_error(f"Export CSV: {err}")
+            return
+        self._status.value = f"Exported {len(table)} particles to {written}"
+        notify_info(f"Exported {len(table)} particles to {written}")
+
+
+def _features(table: pd.DataFrame) -> pd.DataFrame:
+    """Labels-layer features: the table with napari's ``index`` column (= label value)."""
+    features = table.copy()
+    features.insert(0, "index", table["label"].to_numpy())
+    return features.reset_index(drop=True)
