@@ -205,7 +205,7 @@ def find_cells(
     progress: ProgressCallback | None = None,
     cancelled: CancelledCallback | None = None,
 ) -> tuple[Any, dict[str, Any]]:
-    """Unit cells, B sites, displacements and strain, detecting atoms first if none are given.
+    """Find unit cells, B sites, displacements and strain (detecting atoms if none are given).
 
     Parameters
     ----------
