@@ -88,8 +88,6 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from .io.tables import provenance_path
 
     atoms_path = Path(args.atoms)
-    if not atoms_path.is_file():
-        raise ValueError(f"no such file: {atoms_path}")
     image = read_image(args.image)
     as_analysis_image(image.data)  # one 2D grey image, finite, with contrast
     atoms = _read_atoms(atoms_path)
@@ -120,22 +118,14 @@ def _cmd_export(args: argparse.Namespace) -> int:
     record = json.loads((folder / "provenance.json").read_text(encoding="utf-8"))
     n_tiles = len(record["tiles"]["tiles"]) if record.get("tiles") else 0
     tiles = f", {n_tiles} tiles" if n_tiles else ""
-    print(
-        f"{record['counts']['atoms']} atoms ({', '.join(record['formats'])}{tiles}) -> {folder}"
-    )
+    print(f"{record['counts']['atoms']} atoms ({', '.join(record['formats'])}{tiles}) -> {folder}")
     return 0
 
 
 def _read_atoms(path: Path):
-    import pandas as pd
+    from .io.labels import read_atoms_csv
 
-    try:
-        table = pd.read_csv(path, float_precision="round_trip")
-    except Exception as err:
-        raise ValueError(f"{path.name}: cannot read as CSV ({err})") from err
-    missing = [c for c in ("y", "x") if c not in table.columns]
-    if missing:
-        raise ValueError(f"{path.name}: missing column(s) {', '.join(missing)}")
+    table = read_atoms_csv(path)
     if len(table) == 0:
         raise ValueError(f"{path.name} has no atoms")
     return table

@@ -141,7 +141,9 @@ def find_atoms(
     return AtomsResult(atoms=atoms, provenance=provenance, spacing=spacing)
 
 
-def refine_atoms(image: np.ndarray, peaks: pd.DataFrame) -> pd.DataFrame:
+def refine_atoms(
+    image: np.ndarray, peaks: pd.DataFrame, *, model: str = "auto", min_fit_fraction: float = 0.5
+) -> pd.DataFrame:
     """Refine detected peaks by 2D Gaussian fits and merge the fit into the detection table.
 
     Boxes keep their size and follow the refined centres.  Rows whose fits merged into another
@@ -150,25 +152,42 @@ def refine_atoms(image: np.ndarray, peaks: pd.DataFrame) -> pd.DataFrame:
     Parameters
     ----------
     image : ndarray, shape (H, W)
-        The image (float).
+        The image (float); dark atoms are handled by fitting the inverted image.
     peaks : pandas.DataFrame
         Detections with ``y, x`` and optionally ``score, class, class_name, y0, x0, y1, x1``.
+    model : {"auto", "elliptical", "isotropic"}
+        Gaussian model.  "auto" fits the isotropic model unless the columns are measurably
+        elliptical (see :func:`napari_atomnet.core.refine.columns_are_elliptical`).
+    min_fit_fraction : float
+        If fewer peaks than this fraction fit a Gaussian, the image is not made of Gaussian-like
+        columns (e.g. HRTEM phase contrast, where peaks need not sit on the atoms): the detected
+        positions are kept, every row gets ``fit_ok = False`` and ``fit_status = "not_gaussian"``.
 
     Returns
     -------
     pandas.DataFrame
     """
-    from .core.refine import fit_gaussians
+    from .core.refine import columns_are_elliptical, fit_gaussians
 
     coords = peaks[["y", "x"]].to_numpy(float)
     signal = image if atom_polarity(image, coords) == "bright" else -image
-    fit = fit_gaussians(signal, coords)
+    if model == "auto":
+        isotropic = not columns_are_elliptical(signal, coords)
+    else:
+        isotropic = model == "isotropic"
+    fit = fit_gaussians(signal, coords, isotropic=isotropic)
     if signal is not image:  # report amplitudes and backgrounds in the image's own units
         fit["amplitude"] = -fit["amplitude"]
         fit["background"] = -fit["background"]
+    fit["model"] = "isotropic" if isotropic else "elliptical"
     # fit rows are positions in ``coords``; carry the caller's index over
     kept = peaks.iloc[fit.index.to_numpy()]
     fit.index = kept.index
+    if len(fit) and fit["fit_ok"].mean() < min_fit_fraction:
+        fit["y"] = kept["y"].to_numpy()
+        fit["x"] = kept["x"].to_numpy()
+        fit["fit_ok"] = False
+        fit["fit_status"] = "not_gaussian"
     atoms = kept.drop(columns=["y", "x"]).join(fit)
     if {"y0", "x0", "y1", "x1"} <= set(atoms.columns):
         dy = atoms["y"] - kept["y"]

@@ -51,21 +51,23 @@ def core_shell():
 # -- measurements ---------------------------------------------------------------------------------
 def test_table_of_known_discs_and_square():
     labels = np.zeros((100, 120), np.int32)
-    labels[_disc(labels.shape, 30, 40, 15)] = 1  # inside
-    labels[_disc(labels.shape, 70, 95, 6)] = 2  # inside
+    labels[_disc(labels.shape, 30.3, 40.6, 15)] = 1  # inside
+    labels[_disc(labels.shape, 70.2, 94.7, 6)] = 2  # inside
     labels[80:100, 10:30] = 5  # a 20 x 20 square on the bottom border
     t = particle_table(labels, pixel_size_nm=0.25)
     assert t["label"].tolist() == [1, 2, 5]
     area = [int((labels == k).sum()) for k in (1, 2, 5)]
     assert t["area_px"].tolist() == area and area[2] == 400
     np.testing.assert_allclose(t["equivalent_diameter_px"], 2 * np.sqrt(np.array(area) / np.pi))
-    np.testing.assert_allclose(t[["y", "x"]].to_numpy()[:2], [[30, 40], [70, 95]], atol=1e-9)
+    np.testing.assert_allclose(t[["y", "x"]].to_numpy()[:2], [[30.3, 40.6], [70.2, 94.7]], atol=0.1)
     np.testing.assert_allclose(t[["y", "x"]].to_numpy()[2], [89.5, 19.5])
-    # Crofton perimeter: within 3 % of 2 pi r for discs and of 4 a for the square
-    np.testing.assert_allclose(t["perimeter_px"][:2], 2 * np.pi * np.array([15, 6]), rtol=0.03)
-    assert t["perimeter_px"][2] == pytest.approx(80, rel=0.02)
+    # Crofton perimeter: within 3 % (r = 15) and 5 % (r = 6) of 2 pi r; an axis-aligned square
+    # is its worst case (4 directions: 74.7 px for 4 a = 80; 80.2 when rotated by 30 degrees)
+    np.testing.assert_allclose(t["perimeter_px"][0], 2 * np.pi * 15, rtol=0.03)
+    np.testing.assert_allclose(t["perimeter_px"][1], 2 * np.pi * 6, rtol=0.05)
+    assert t["perimeter_px"][2] == pytest.approx(80, rel=0.07)
     np.testing.assert_allclose(t["circularity"][:2], 1.0, atol=0.04)
-    assert t["circularity"][2] == pytest.approx(np.pi / 4, rel=0.04)
+    assert np.pi / 4 < t["circularity"][2] < 0.92
     assert t["touches_border"].tolist() == [False, False, True]
     # calibrated columns
     np.testing.assert_allclose(t["equivalent_diameter_nm"], t["equivalent_diameter_px"] * 0.25)
@@ -119,8 +121,12 @@ def test_border_flags_match_the_simulator(haadf):
 # -- label utilities ---------------------------------------------------------------------------
 def test_relabel_and_remove_small():
     lab = np.array([[0, 9, 9, 0], [4, 0, 0, 7], [4, 0, 0, 0]])
-    np.testing.assert_array_equal(relabel_sequential(lab), [[0, 1, 1, 0], [2, 0, 0, 3], [2, 0, 0, 0]])
-    np.testing.assert_array_equal(remove_small_objects(lab, 2), [[0, 9, 9, 0], [4, 0, 0, 0], [4, 0, 0, 0]])
+    np.testing.assert_array_equal(
+        relabel_sequential(lab), [[0, 1, 1, 0], [2, 0, 0, 3], [2, 0, 0, 0]]
+    )
+    np.testing.assert_array_equal(
+        remove_small_objects(lab, 2), [[0, 9, 9, 0], [4, 0, 0, 0], [4, 0, 0, 0]]
+    )
 
 
 def test_match_instances_by_iou():
@@ -146,8 +152,11 @@ def test_two_touching_discs_are_split_at_the_neck():
     t = particle_table(lab)
     # each half holds (almost) its own disc: the split line lies in the neck
     np.testing.assert_allclose(t["x"], [28, 56], atol=1.0)
-    np.testing.assert_allclose(t["area_px"], [_disc((60, 90), 30, 28, 15).sum(),
-                                              _disc((60, 90), 30, 56, 14).sum()], rtol=0.04)
+    np.testing.assert_allclose(
+        t["area_px"],
+        [_disc((60, 90), 30, 28, 15).sum(), _disc((60, 90), 30, 56, 14).sum()],
+        rtol=0.04,
+    )
     # no split where there is no neck: an ellipse of axis ratio 0.7 stays whole
     yy, xx = np.mgrid[0:60, 0:90]
     ellipse = ((yy - 30) / 14) ** 2 + ((xx - 45) / 20) ** 2 <= 1
@@ -173,8 +182,9 @@ def test_simulated_touching_pairs_are_split(which, request):
     s = segmentation_scores(exact, sim.labels, pairs)
     assert s["pairs_split"] == s["pairs"] and s["n_pred"] == s["n_truth"]
     # without splitting, touching particles merge
-    merged = segmentation_scores(label_particles(mask.astype(np.float32), split="none"),
-                                 sim.labels, pairs)
+    merged = segmentation_scores(
+        label_particles(mask.astype(np.float32), split="none"), sim.labels, pairs
+    )
     assert merged["pairs_split"] < 0.5 * merged["pairs"]
 
 

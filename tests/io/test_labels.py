@@ -22,6 +22,7 @@ from napari_atomnet.io.labels import (
     export_labels,
     import_labels,
     list_label_images,
+    read_atoms_csv,
     voc_to_boxes,
     yolo_to_boxes,
 )
@@ -75,9 +76,9 @@ def _expected_boxes(atoms):
     boxes = atoms[["y0", "x0", "y1", "x1"]].to_numpy(float).copy()
     missing = ~np.isfinite(boxes).all(axis=1)
     y, x = atoms["y"].to_numpy(), atoms["x"].to_numpy()
-    boxes[missing] = np.column_stack(
-        [y - BOX_H / 2, x - BOX_W / 2, y + BOX_H / 2, x + BOX_W / 2]
-    )[missing]
+    boxes[missing] = np.column_stack([y - BOX_H / 2, x - BOX_W / 2, y + BOX_H / 2, x + BOX_W / 2])[
+        missing
+    ]
     return boxes
 
 
@@ -97,8 +98,6 @@ def _inside(boxes, shape):
 
 
 def test_box_conversions_follow_the_corner_convention():
-    # a box around pixels 3..7 (centres) in x, 1..5 in y: corners 2.5..7.5? no: centres 3..7
-    # span corners 2.5 .. 7.5 → as a continuous box [x0, x1] = [2.5, 7.5] - 0.5 ... keep exact:
     boxes = np.array([[1.5, 3.5, 5.5, 7.5]])  # corners y 2..6, x 4..8
     np.testing.assert_allclose(boxes_to_yolo(boxes, (10, 20)), [[6 / 20, 4 / 10, 4 / 20, 4 / 10]])
     np.testing.assert_allclose(yolo_to_boxes(boxes_to_yolo(boxes, (10, 20)), (10, 20)), boxes)
@@ -106,7 +105,9 @@ def test_box_conversions_follow_the_corner_convention():
     np.testing.assert_array_equal(voc_to_boxes([[4, 2, 8, 6]]), boxes)
     # clipped at the image and labelImg's xmin, ymin >= 1
     assert boxes_to_voc([[-3.0, -3.0, 2.0, 2.0]], (10, 20)).tolist() == [[1, 1, 2, 2]]
-    np.testing.assert_allclose(boxes_to_yolo([[-3.0, 16.0, 2.0, 24.0]], (10, 20))[0, :2], [18.25 / 20, 1.25 / 10])
+    np.testing.assert_allclose(
+        boxes_to_yolo([[-3.0, 16.0, 2.0, 24.0]], (10, 20))[0, :2], [18.25 / 20, 1.25 / 10]
+    )
 
 
 def test_voc_rounding_keeps_the_centre_within_a_quarter_pixel():
@@ -346,6 +347,36 @@ def test_overlapping_tiles_label_every_atom_they_show(tmp_path, labelled):
     assert counts.min() >= 1 and counts.max() > 1
 
 
+def test_columns_cut_by_the_border_are_kept_with_clipped_boxes(tmp_path, labelled):
+    image, _, _ = labelled
+    atoms = pd.DataFrame(
+        {
+            "y": [-1.5, 50.0, 80.0, -30.0],  # half column above, inside, right of, far outside
+            "x": [100.0, 60.0, W + 0.2, 10.0],
+            "y0": [-5.5, 46.0, 76.0, -34.0],
+            "x0": [96.0, 56.0, W - 3.8, 6.0],
+            "y1": [2.5, 54.0, 84.0, -26.0],
+            "x1": [104.0, 64.0, W + 4.2, 14.0],
+        }
+    )
+    folder = export_labels(image, atoms, tmp_path, name="img", tiles=64)
+    record = json.loads((folder / "provenance.json").read_text())
+    assert record["counts"]["dropped_outside_image"] == 1
+    assert record["counts"]["centre_outside_image"] == 2
+    _, csv, _ = import_labels(folder)
+    np.testing.assert_array_equal(csv[["y", "x"]], atoms[["y", "x"]].iloc[:3])  # exact
+    lines = (folder / "img.txt").read_text().splitlines()
+    q = np.array([[float(v) for v in ln.split()[1:]] for ln in lines])
+    assert len(q) == 3 and ((q >= 0) & (q <= 1)).all()
+    # the half column above: box rows -5.5..2.5 clipped to corners 0..3
+    np.testing.assert_allclose(q[0], [100.5 / W, 1.5 / H, 8 / W, 3 / H], atol=5e-7)
+    # each of the three lands in exactly one tile (the edge tiles)
+    counts = [t["n_atoms"] for t in record["tiles"]["tiles"]]
+    assert sum(counts) == 3
+    top = next(t for t in record["tiles"]["tiles"] if t["row"] == 0 and t["col"] == 1)
+    assert top["n_atoms"] == 1  # x = 100 is in the second column of 64-px tiles
+
+
 # ---------------------------------------------------------------------------------------------
 # overwriting and failures
 
@@ -380,6 +411,9 @@ def test_a_writer_failing_midway_leaves_no_partial_folder(tmp_path, labelled, mo
     with pytest.raises(RuntimeError, match="disk full"):
         export_labels(image, atoms, tmp_path, name="img", tiles=64)
     assert list(tmp_path.iterdir()) == []
+    with pytest.raises(RuntimeError, match="disk full"):  # a folder made for it goes too
+        export_labels(image, atoms, tmp_path / "new" / "sub", name="img")
+    assert list(tmp_path.iterdir()) == [tmp_path / "new"]
     # with overwrite, a failed export keeps the previous one intact
     monkeypatch.undo()
     folder = export_labels(image, atoms, tmp_path, name="img")
@@ -388,7 +422,7 @@ def test_a_writer_failing_midway_leaves_no_partial_folder(tmp_path, labelled, mo
     with pytest.raises(RuntimeError):
         export_labels(image, atoms.iloc[:3], tmp_path, name="img", overwrite=True)
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
-    assert [p.name for p in tmp_path.iterdir()] == ["img"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["img", "new"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -432,7 +466,9 @@ def _labelimg_folder(folder, specs):
         body = "".join(
             LABELIMG_OBJECT.format(name=n, box=b, difficult=int(d)) for n, b, d in objects
         )
-        xml = LABELIMG_XML.format(folder=folder.name, filename=f"{stem}.png", w=w, h=h, objects=body)
+        xml = LABELIMG_XML.format(
+            folder=folder.name, filename=f"{stem}.png", w=w, h=h, objects=body
+        )
         (folder / f"{stem}.xml").write_text(xml)
 
 
@@ -452,8 +488,8 @@ def test_import_a_hand_made_labelimg_folder(tmp_path):
     assert image.shape == (60, 80) and any("RGB" in w for w in info["warnings"])
     assert info["image_path"] == str(folder / "a.png")
     # labelImg's numbers are corner coordinates: x = (xmin + xmax) / 2 - 0.5
-    np.testing.assert_array_equal(atoms["x"], [14.5, 43.0])
-    np.testing.assert_array_equal(atoms["y"], [17.5, 8.0])
+    np.testing.assert_array_equal(atoms["x"], [12.5, 43.0])
+    np.testing.assert_array_equal(atoms["y"], [23.5, 8.0])
     np.testing.assert_array_equal(atoms[["y0", "x0", "y1", "x1"]].iloc[0], [19.5, 9.5, 27.5, 15.5])
     assert atoms["class_name"].tolist() == ["Sr", "Ti"] and atoms["class"].tolist() == [0, 1]
     assert (atoms["source"] == "imported").all()
@@ -471,7 +507,9 @@ def test_import_a_hand_made_yolo_folder(tmp_path):
     h, w = 50, 100
     iio.imwrite(folder / "img.png", np.zeros((h, w), np.uint8))
     (folder / "classes.txt").write_text("Sr\nTi\n")
-    (folder / "img.txt").write_text("0 0.250000 0.500000 0.100000 0.200000\n\n1 0.5 0.1 0.04 0.08\n")
+    (folder / "img.txt").write_text(
+        "0 0.250000 0.500000 0.100000 0.200000\n\n1 0.5 0.1 0.04 0.08\n"
+    )
     image, atoms, info = import_labels(folder)  # one image: the folder is enough
     assert info["format"] == "yolo" and info["classes"] == ["Sr", "Ti"]
     assert image.shape == (h, w)
@@ -583,7 +621,7 @@ def test_cli_export_then_import(tmp_path, labelled, capsys):
 
     csv = tmp_path / "back.csv"
     assert _cli(["import", str(out / "img"), "--out", str(csv)]) == 0
-    back = pd.read_csv(csv, float_precision="round_trip")
+    back = read_atoms_csv(csv)
     np.testing.assert_array_equal(back[["y", "x"]], atoms[["y", "x"]])
     assert json.loads(csv.with_suffix(".json").read_text())["format"] == "csv"
     assert _cli(["import", str(out / "img"), "--out", str(csv)]) == 2

@@ -168,6 +168,7 @@ def test_pool_is_seeded_and_batches_have_the_right_shapes():
     assert np.isfinite(batch["image"]).all() and batch["heat"].max() <= 1.0
 
 
+@pytest.mark.slow
 def test_quick_training_run_end_to_end(tmp_path):
     from napari_atomnet.training.train_detector import main
 

@@ -100,7 +100,8 @@ _LAMBDA_MAX = 1e7
 _POISSON_FLOOR = 1.0
 _MAX_CLUSTER = 4  # largest group of close peaks fitted jointly
 _MAX_CLUSTER_HALF = 25  # largest half-width of a joint window
-_FADED = 0.02  # a group member below this fraction of the group's largest amplitude
+_CLUSTER_ITER_FACTOR = 2  # joint fits of close groups converge more slowly
+_FADED = 0.02  # a group member below this fraction of the largest amplitude is frozen
 
 
 @dataclass(frozen=True)
@@ -132,9 +133,6 @@ class _Cfg:
     def peak(self, p: NDArray, k: int) -> NDArray:
         """Parameters (A, y, x, shape...) of member ``k``: a view into ``p``."""
         return p[:, k * self.n_peak : (k + 1) * self.n_peak]
-
-    def single(self) -> _Cfg:
-        return replace(self, members=1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -783,7 +781,7 @@ def fit_gaussians(
     n_passes : int
         Number of fit passes (1 = a single fit, no neighbour subtraction).
     max_iter : int
-        Levenberg–Marquardt iterations per pass.
+        Levenberg–Marquardt iterations per pass (twice that for the joint fits of close groups).
     merge_distance : float, optional
         Fitted peaks closer than this are duplicates of one peak.  Default: a quarter of the
         median nearest-neighbour distance of ``coords`` (at least 1 px), or 1.5 px for fewer
@@ -955,7 +953,15 @@ def fit_gaussians(
                     if progress is not None:
                         done_in_pass += sel.size
                         progress(pss * n + min(done_in_pass, n_todo) * n // n_todo, total)
-            pending, alone = _prune_clusters(pending, st, merged_into, merge_distance)
+            pending, alone, dropped = _prune_clusters(
+                pending, st, ok_prev, merged_into, merge_distance
+            )
+            back = dropped[ok_prev[dropped]]
+            if model_img is not None and back.size:
+                # peaks judged spurious were subtracted from the windows: put them back
+                prel = st.start[back].copy()
+                prel[:, 1:3] -= new_centres[back]
+                work = work + _render_sum(img.shape, new_centres[back], prel, radius[back], cfg)
             for hval in np.unique(half[alone]):
                 sel = alone[half[alone] == hval]
                 _fit_singles(
@@ -1102,7 +1108,7 @@ def _fit_clusters(
 ) -> None:
     """Fit a block of clusters (c, m) jointly: m Gaussians and one background per window."""
     nc, mem = members.shape
-    ccfg = replace(cfg, members=mem)
+    ccfg = replace(cfg, members=mem, max_iter=_CLUSTER_ITER_FACTOR * cfg.max_iter)
     npk = cfg.n_peak
     data, mask = _gather(work, cen[:, 0], cen[:, 1], h)
     k = 2 * h + 1
@@ -1187,8 +1193,12 @@ def _fit_clusters(
 
 
 def _prune_clusters(
-    clusters: list[NDArray], st: _State, merged_into: NDArray, merge_distance: float
-) -> tuple[list[NDArray], NDArray]:
+    clusters: list[NDArray],
+    st: _State,
+    ok_prev: NDArray,
+    merged_into: NDArray,
+    merge_distance: float,
+) -> tuple[list[NDArray], NDArray, NDArray]:
     """Check joint fits; drop the members that make a group fail.
 
     A group is accepted when every member fitted well and no two members sit on one peak.
@@ -1196,11 +1206,12 @@ def _prune_clusters(
     group failed to converge, its least significant member; of two members that converged on
     one peak the weaker is merged into the stronger.  A spurious start next to a real column
     (a detector false positive) is the usual cause: fitted jointly, the two Gaussians share one
-    peak and neither fit is determined.  Returns the groups to refit jointly and the peaks left
-    alone, to refit as single peaks.
+    peak and neither fit is determined.  Returns the groups to refit jointly, the peaks left
+    alone (to refit as single peaks) and the dropped peaks.
     """
     again: list[NDArray] = []
     alone: list[int] = []
+    dropped: list[int] = []
     for mem in clusters:
         good = st.status[mem] == _OK
         pos = st.params[mem, 1:3]
@@ -1221,14 +1232,21 @@ def _prune_clusters(
             keep = good | (st.status[mem] == _MAX_ITER)
             if keep.all():
                 keep[np.argmin(st.snr[mem])] = False
-            elif not keep.any():  # all failed: the strongest gets a chance on its own
-                keep[np.argmax(np.nan_to_num(st.params[mem, 0], nan=-np.inf))] = True
+            elif not keep.any():
+                # all failed (often a spurious member took over the real one's peak): the
+                # member that was the strongest good fit before this pass, else the one with
+                # the strongest fit now, gets a chance on its own
+                before = np.where(ok_prev[mem], st.start[mem, 0], -np.inf)
+                now = np.nan_to_num(st.params[mem, 0], nan=-np.inf)
+                keep[np.argmax(before) if np.isfinite(before).any() else np.argmax(now)] = True
         rest = mem[keep]
+        dropped.extend(mem[~keep].tolist())
         if rest.size >= 2:
             again.append(rest)
         else:
             alone.extend(rest.tolist())
-    return again, np.asarray(alone, dtype=np.int64)
+    as_ids = functools.partial(np.asarray, dtype=np.int64)
+    return again, as_ids(alone), as_ids(dropped)
 
 
 def _low_percentile(data: NDArray, mask: NDArray, q: float = 0.2) -> NDArray:
@@ -1424,7 +1442,10 @@ def fit_gaussian_at(
         near = (rr == int(np.clip(round(y), y0, y1 - 1))) & (
             cc == int(np.clip(round(x), x0, x1 - 1))
         )
-    iy, ix = np.unravel_index(np.argmax(np.where(near, sm, -np.inf)), sm.shape)
+    vals = np.where(near, sm, -np.inf)
+    d2 = (rr - y) ** 2 + (cc - x) ** 2
+    # the brightest pixel; among equals (a flat region) the one nearest to the click
+    iy, ix = np.unravel_index(np.argmin(np.where(vals == vals.max(), d2, np.inf)), sm.shape)
     start = np.array([[rr[iy, ix], cc[iy, ix]]], dtype=np.float64)
     df = fit_gaussians(
         img,
@@ -1444,3 +1465,60 @@ def fit_gaussian_at(
         row["y"], row["x"] = float(y), float(x)
     row.name = None
     return row
+
+
+def columns_are_elliptical(
+    image: ArrayLike,
+    coords: ArrayLike,
+    *,
+    n_peaks: int = 400,
+    threshold: float = 0.1,
+    window: ArrayLike | None = None,
+) -> bool:
+    """Decide whether the columns of an image are measurably elliptical.
+
+    Elliptical fits of up to ``n_peaks`` peaks (the brightest) give each a shape tensor
+    ``e = (1 − (σ_minor/σ_major)²) · (cos 2θ, sin 2θ)``.  Noise makes round columns look
+    elliptical in random directions, which average out; a real ellipticity (scan drift, astigmatism)
+    has one direction and survives the average.  The columns are called elliptical when the mean
+    tensor's length exceeds ``threshold`` (0.1 ≈ a 5 % axis ratio).  Round columns are then fitted
+    with the isotropic model, whose fewer parameters keep low-dose fits closer to the Cramér–Rao
+    bound.
+
+    Parameters
+    ----------
+    image : array_like, shape (H, W)
+        Image with bright peaks.
+    coords : array_like, shape (N, 2)
+        Peak positions (y, x).
+    n_peaks : int
+        Peaks examined (the brightest at their start positions).
+    threshold : float
+        Length of the mean shape tensor above which the columns count as elliptical.
+    window : array_like, optional
+        Fit half-widths, as in :func:`fit_gaussians`.
+
+    Returns
+    -------
+    bool
+    """
+    img = np.asarray(image, dtype=np.float64)
+    pts = np.asarray(coords, dtype=np.float64).reshape(-1, 2)
+    if len(pts) < 8:
+        return False
+    iy = np.clip(np.round(pts[:, 0]).astype(int), 0, img.shape[0] - 1)
+    ix = np.clip(np.round(pts[:, 1]).astype(int), 0, img.shape[1] - 1)
+    order = np.argsort(-img[iy, ix])[:n_peaks]
+    win = None if window is None else np.broadcast_to(np.asarray(window, float), (len(pts),))[order]
+    fit = fit_gaussians(img, pts[order], window=win, drop_merged=False)
+    fit = fit[fit["fit_ok"]]
+    if len(fit) < 8:
+        return False
+    sy, sx, th = (fit[c].to_numpy(float) for c in ("sigma_y", "sigma_x", "theta"))
+    major = np.maximum(sy, sx)
+    minor = np.minimum(sy, sx)
+    # direction of the major axis: theta is the y-axis rotation; swap by 90° when x is major
+    angle = np.where(sy >= sx, th, th + np.pi / 2)
+    strength = 1.0 - (minor / major) ** 2
+    mean = np.array([np.mean(strength * np.cos(2 * angle)), np.mean(strength * np.sin(2 * angle))])
+    return bool(np.hypot(*mean) > threshold)

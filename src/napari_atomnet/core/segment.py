@@ -19,7 +19,7 @@ scipy and scikit-image:
 
 Perimeters use the Crofton estimator (``skimage.measure.perimeter_crofton``, 4 directions): on
 digital discs at random sub-pixel positions it is within 2 % of ``2 pi r`` for r >= 6 px (-4.5 to
-+3 % at r = 4, 0.2 % at r = 40), where skimage's default contour estimator (a line through the
++3 % at r = 4, 0.2 % at r = 40; +4.3 % for the symmetric disc of r = 6 centred on a pixel), where skimage's default contour estimator (a line through the
 centres of the 4-connected border pixels) is 3-10 % short at r = 4 and 4.4 % long at r = 40; so
 the circularity of a disc is 0.97-1.03 for r >= 6 px.
 """
@@ -36,6 +36,7 @@ from scipy import ndimage
 __all__ = [
     "QUANTITIES",
     "border_labels",
+    "crofton_perimeters",
     "label_particles",
     "match_instances",
     "otsu_watershed",
@@ -66,27 +67,23 @@ _TABLE_COLUMNS = [
 # label utilities
 # --------------------------------------------------------------------------------------------
 def relabel_sequential(labels: ArrayLike) -> NDArray[np.int32]:
-    """Renumber the labels 1..n in order of their first pixel (row-major); 0 stays 0.
+    """Renumber the labels present as 1..n, keeping their order; 0 stays 0.
 
     Examples
     --------
     >>> relabel_sequential([[0, 7, 7], [3, 0, 9]]).tolist()
-    [[0, 1, 1], [2, 0, 3]]
+    [[0, 2, 2], [1, 0, 3]]
     """
     lab = np.asarray(labels)
-    flat = lab.ravel()
-    values, first = np.unique(flat, return_index=True)
-    keep = values != 0
-    values, first = values[keep], first[keep]
-    order = values[np.argsort(first, kind="stable")]
-    out = np.zeros(lab.shape, dtype=np.int32)
-    if order.size:
-        lut_values = np.arange(1, order.size + 1, dtype=np.int32)
-        sorter = np.argsort(order)
-        nz = flat != 0
-        idx = np.searchsorted(order, flat[nz], sorter=sorter)
-        out.ravel()[nz] = lut_values[sorter[idx]]
-    return out
+    if lab.size == 0:
+        return np.zeros(lab.shape, np.int32)
+    if lab.min() < 0:
+        raise ValueError("labels must be non-negative")
+    present = np.bincount(lab.ravel()) > 0
+    present[0] = False
+    lut = np.cumsum(present).astype(np.int32)
+    lut[~present] = 0
+    return lut[lab]
 
 
 def remove_small_objects(labels: ArrayLike, min_area: int) -> NDArray[np.int32]:
@@ -150,7 +147,7 @@ def split_touching(
     Returns
     -------
     ndarray of int32
-        Labels 1..n (row-major order of first pixel), 0 background.
+        Labels 1..n, 0 background.
 
     Examples
     --------
@@ -212,9 +209,12 @@ def label_particles(
     ``mask = foreground >= threshold``.  With a boundary map (``split="boundary"``, the default
     when one is given) the *markers* are the connected parts of the mask where the boundary
     probability is below ``boundary_threshold`` (the particles' interiors: the network marks the
-    inner rim of every particle, so touching particles have separate interiors), and a watershed
-    of the boundary probability from those markers fills the mask; mask components without a
-    marker (particles too small to have an interior) keep one label each.  Without one
+    inner rim of every particle, so touching particles have separate interiors), eroded by one
+    pixel (a 3x3 square) so that a gap of one or two pixels in a contact line does not join two
+    interiors; a watershed of the boundary probability from those markers fills the mask, and
+    mask components without a marker (particles too small to have an interior) keep one label
+    each.  (Measured on validation images: the erosion raised the share of touching pairs split
+    from 0.60-0.91 to 0.78-0.93 and the instance precision from 0.75-0.93 to 0.95-1.0.)  Without one
     (``split="distance"``), :func:`split_touching` splits the mask by a distance-transform
     watershed with h-maxima markers.  Objects smaller than ``min_area`` px are removed.
 
@@ -238,7 +238,7 @@ def label_particles(
     Returns
     -------
     ndarray of int32, shape (H, W)
-        Labels 1..n (row-major order of first pixel), 0 background.
+        Labels 1..n, 0 background.
 
     Examples
     --------
@@ -267,7 +267,10 @@ def label_particles(
     bnd = np.asarray(boundary, dtype=np.float32)
     if bnd.shape != fg.shape:
         raise ValueError(f"boundary shape {bnd.shape} differs from foreground {fg.shape}")
-    markers, n = ndimage.label(mask & (bnd < boundary_threshold))
+    # interiors, eroded by one pixel (3x3) so that a one- or two-pixel leak through a gap in a
+    # contact line does not join two particles, and noise specks do not become markers
+    interior = ndimage.binary_erosion(mask & (bnd < boundary_threshold), np.ones((3, 3), bool))
+    markers, n = ndimage.label(interior)
     labels = watershed(bnd, markers, mask=mask) if n else np.zeros(fg.shape, np.int32)
     # mask components that received no marker (too small to have an interior)
     rest, n_rest = ndimage.label(mask & (labels == 0))
@@ -367,8 +370,6 @@ def particle_table(labels: ArrayLike, pixel_size_nm: float | None = None) -> pd.
     >>> int(t.area_px[0]), round(float(t.equivalent_diameter_px[0]), 2), round(float(t.y[0]), 1)
     (709, 30.05, 30.0)
     """
-    from skimage.measure import regionprops_table
-
     lab = np.asarray(labels)
     if lab.ndim != 2:
         raise ValueError(f"labels must be a 2D label image, got shape {lab.shape}")
@@ -384,23 +385,28 @@ def particle_table(labels: ArrayLike, pixel_size_nm: float | None = None) -> pd.
         table = pd.DataFrame({c: pd.Series(dtype=float) for c in _TABLE_COLUMNS})
         table = table.astype({"label": np.int32, "area_px": np.int64, "touches_border": bool})
     else:
-        props = regionprops_table(
-            lab, properties=("label", "centroid", "area", "perimeter_crofton")
-        )
-        area = props["area"].astype(np.int64)
-        perim = props["perimeter_crofton"].astype(np.float64)
+        flat = lab.ravel().astype(np.intp)
+        n = int(flat.max()) + 1
+        h, w = lab.shape
+        area_all = np.bincount(flat, minlength=n)
+        ids = np.nonzero(area_all)[0]
+        ids = ids[ids > 0]
+        area = area_all[ids].astype(np.int64)
+        rows = np.bincount(flat, weights=np.repeat(np.arange(h, dtype=np.float64), w), minlength=n)
+        cols = np.bincount(flat, weights=np.tile(np.arange(w, dtype=np.float64), h), minlength=n)
+        perim = crofton_perimeters(lab, n)[ids]
         with np.errstate(divide="ignore", invalid="ignore"):
             circ = np.where(perim > 0, 4.0 * np.pi * area / perim**2, np.nan)
         table = pd.DataFrame(
             {
-                "label": props["label"].astype(np.int32),
-                "y": props["centroid-0"].astype(np.float64),
-                "x": props["centroid-1"].astype(np.float64),
+                "label": ids.astype(np.int32),
+                "y": rows[ids] / area,
+                "x": cols[ids] / area,
                 "area_px": area,
                 "equivalent_diameter_px": 2.0 * np.sqrt(area / np.pi),
                 "perimeter_px": perim,
                 "circularity": circ,
-                "touches_border": np.isin(props["label"], border_labels(lab)),
+                "touches_border": np.isin(ids, border_labels(lab)),
             }
         )
     if pixel_size_nm is not None:
@@ -411,6 +417,77 @@ def particle_table(labels: ArrayLike, pixel_size_nm: float | None = None) -> pd.
         table["equivalent_diameter_nm"] = table["equivalent_diameter_px"] * p
         table["perimeter_nm"] = table["perimeter_px"] * p
     return table.reset_index(drop=True)
+
+
+#: Crofton weights (4 directions) of the 16 configurations of a 2x2 window, in the bit order of
+#: ``skimage.measure.perimeter_crofton`` (1: pixel, 4: its left neighbour, 2: the one above,
+#: 8: above-left).
+_CROFTON_4 = np.array(
+    [
+        0,
+        np.pi / 4 * (1 + 1 / np.sqrt(2)),
+        np.pi / (4 * np.sqrt(2)),
+        np.pi / (2 * np.sqrt(2)),
+        0,
+        np.pi / 4 * (1 + 1 / np.sqrt(2)),
+        0,
+        np.pi / (4 * np.sqrt(2)),
+        np.pi / 4,
+        np.pi / 2,
+        np.pi / (4 * np.sqrt(2)),
+        np.pi / (4 * np.sqrt(2)),
+        np.pi / 4,
+        np.pi / 2,
+        0,
+        0,
+    ]
+)
+
+
+def crofton_perimeters(labels: ArrayLike, n: int | None = None) -> NDArray[np.float64]:
+    """Crofton perimeter (4 directions) of every label at once.
+
+    The same estimate as ``skimage.measure.perimeter_crofton(labels == k, 4)`` for every label k
+    (and as ``regionprops(...).perimeter_crofton``), computed in one vectorised pass over the
+    2x2 windows that straddle an edge instead of one call per particle.
+
+    Parameters
+    ----------
+    labels : array_like of int, shape (H, W)
+        Instance labels (0 background).
+    n : int, optional
+        Length of the result (default ``labels.max() + 1``).
+
+    Returns
+    -------
+    ndarray of float64, shape (n,)
+        Perimeter of label k at index k (0 for the background and absent labels).
+
+    Examples
+    --------
+    >>> lab = np.zeros((6, 6), int)
+    >>> lab[1:5, 1:5] = 1
+    >>> round(float(crofton_perimeters(lab)[1]), 4)
+    13.1985
+    """
+    lab = np.asarray(labels)
+    n = int(lab.max(initial=0)) + 1 if n is None else int(n)
+    p = np.pad(lab.astype(np.intp, copy=False), 1)
+    a, b, c, d = p[1:, 1:], p[1:, :-1], p[:-1, 1:], p[:-1, :-1]
+    edge = (a != b) | (a != c) | (a != d)  # windows inside one label or background weigh 0
+    a, b, c, d = a[edge], b[edge], c[edge], d[edge]
+    out = np.zeros(n, np.float64)
+    # each distinct non-zero label of a window gets the weight of its own configuration
+    for cand, seen in ((a, ()), (b, (a,)), (c, (a, b)), (d, (a, b, c))):
+        keep = cand > 0
+        for other in seen:
+            keep &= cand != other
+        lv = cand[keep]
+        config = (
+            (a[keep] == lv) * 1 + (b[keep] == lv) * 4 + (c[keep] == lv) * 2 + (d[keep] == lv) * 8
+        )
+        out += np.bincount(lv, weights=_CROFTON_4[config], minlength=n)[:n]
+    return out
 
 
 def size_statistics(table: pd.DataFrame, *, include_border: bool = False) -> pd.DataFrame:

@@ -35,21 +35,29 @@ spans ``[x0 + 0.5, x1 + 0.5]`` in corner coordinates.
   ``voc_label.py`` assumes the 1-based VOC devkit convention and subtracts one pixel more; labelImg
   does not.)
 - **CSV** keeps the exact floats (written with Python's shortest round-trip repr and read back with
-  ``float_precision="round_trip"``); :func:`import_labels` prefers it whenever it is present.
+  ``float_precision="round_trip"`` where pandas < 3 needs it); :func:`import_labels` prefers it
+  whenever it is present.
 
 Boxes are written centred on the atom position with the table's box size: rows whose box is
 missing (hand-added atoms) or not centred get a centred box (the median box size of the others, or
-0.8 × the median nearest-neighbour distance).  The CSV holds the same boxes.
+0.8 × the median nearest-neighbour distance).  The CSV holds the same boxes.  Columns cut by the
+image border are kept, as seed 000 labelled half atoms at the border: their YOLO / VOC boxes are
+clipped to the image (so from YOLO / VOC alone their position is the clipped box's centre; the CSV
+keeps the exact one, which may lie just outside the image).  Only atoms whose box lies entirely
+outside the image are dropped (counted in ``provenance.json``).
 
 Tiles (optional) start at 0 with step ``tile - tile_overlap``; the last row / column of tiles is
 *padded* to the full tile size with the image median (not shifted), so with ``tile_overlap=0`` the
 tiles partition the image and every atom lies in exactly one tile.  An atom belongs to every tile
-whose pixels contain its centre (``r0 - 0.5 <= y < r0 + h - 0.5``); its box is clipped to the
-tile's image content for YOLO / VOC.  ``provenance.json`` lists each tile's origin and content size.
+whose pixels contain its centre (``r0 - 0.5 <= y < r0 + h - 0.5``; a centre just beyond the image
+border counts as on the border pixel); boxes whose centre is outside a tile are not in its labels,
+and the others are clipped to the tile's image content for YOLO / VOC.  ``provenance.json`` lists
+each tile's origin and content size.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -77,6 +85,7 @@ __all__ = [
     "export_labels",
     "import_labels",
     "list_label_images",
+    "read_atoms_csv",
     "voc_to_boxes",
     "write_atoms_csv",
     "yolo_to_boxes",
@@ -197,8 +206,8 @@ def boxes_to_voc(boxes: ArrayLike, shape: tuple[int, int]) -> NDArray[np.int64]:
 
     Examples
     --------
-    >>> boxes_to_voc([[10.0, 20.3, 16.0, 26.3]], (64, 64)).tolist()
-    [[18, 10, 24, 16]]
+    >>> boxes_to_voc([[10.0, 20.3, 16.0, 26.3]], (64, 64)).tolist()  # centre x 23.8 → 23.5
+    [[21, 11, 27, 16]]
     """
     b = np.asarray(boxes, dtype=float).reshape(-1, 4)
     h, w = shape
@@ -349,6 +358,7 @@ def export_labels(
     out_dir = Path(out_dir)
     target = out_dir / name
     _check_target(target, overwrite=overwrite)
+    created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
     final = target.resolve()
 
@@ -395,6 +405,7 @@ def export_labels(
             counts={
                 "atoms": len(table),
                 "dropped_outside_image": n_outside,
+                "centre_outside_image": fill["centre_outside"],
                 "boxes_filled": fill["filled"],
                 "boxes_recentred": fill["recentred"],
                 "by_class": {str(k): int(v) for k, v in table["class_name"].value_counts().items()},
@@ -422,6 +433,9 @@ def export_labels(
         _move_into_place(tmp, target, overwrite=overwrite)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        if created:
+            with contextlib.suppress(OSError):
+                out_dir.rmdir()  # only if still empty
         raise
     return target
 
@@ -473,8 +487,6 @@ def _check_edits(edits: Mapping[str, Any] | None) -> dict[str, Any] | None:
                 raise ValueError(f"edits[{key!r}] must be a non-negative integer, got {value!r}")
             value = int(value)
         record[str(key)] = value
-    for key in ("added", "deleted", "moved"):
-        record.setdefault(key, 0)
     return record
 
 
@@ -531,11 +543,6 @@ def _label_table(
     pos = table[["y", "x"]].apply(pd.to_numeric, errors="coerce").to_numpy(float)
     if not np.isfinite(pos).all():
         raise ValueError("y and x must be finite numbers in every row")
-    h, w = shape
-    inside = (pos[:, 0] >= -0.5) & (pos[:, 0] < h - 0.5) & (pos[:, 1] >= -0.5)
-    inside &= pos[:, 1] < w - 0.5
-    table = table.loc[inside].reset_index(drop=True)
-    pos = pos[inside]
 
     class_names, ids = _resolve_classes(table, classes)
     table["class"] = ids
@@ -561,19 +568,27 @@ def _label_table(
     centre_y = (boxes[:, 0] + boxes[:, 2]) / 2
     centre_x = (boxes[:, 1] + boxes[:, 3]) / 2
     tol = 1e-6
-    centred = has_box & (np.abs(centre_y - pos[:, 0]) <= tol) & (np.abs(centre_x - pos[:, 1]) <= tol)
+    centred = (
+        has_box & (np.abs(centre_y - pos[:, 0]) <= tol) & (np.abs(centre_x - pos[:, 1]) <= tol)
+    )
     fix = ~centred
     boxes[fix] = np.column_stack(
         [pos[:, 0] - bh / 2, pos[:, 1] - bw / 2, pos[:, 0] + bh / 2, pos[:, 1] + bw / 2]
     )[fix]
     for j, col in enumerate(BOX_COLUMNS):
         table[col] = boxes[:, j]
+    # keep atoms whose box shows in the image (half columns at the border, as seed 000 labelled)
+    h, w = shape
+    shows = (boxes[:, 2] > -0.5) & (boxes[:, 0] < h - 0.5) & (boxes[:, 3] > -0.5)
+    shows &= boxes[:, 1] < w - 0.5
+    table = table.loc[shows].reset_index(drop=True)
     front = [c for c in LABEL_COLUMNS if c in table]
     table = table[front + [c for c in table.columns if c not in front]]
     fill = {
-        "filled": int((~has_box).sum()),
-        "recentred": int((has_box & fix).sum()),
+        "filled": int((~has_box & shows).sum()),
+        "recentred": int((has_box & fix & shows).sum()),
         "box_size": [default_h, default_w],
+        "centre_outside": int((_outside(pos, shape) & shows).sum()),
     }
     return table, class_names, fill
 
@@ -634,7 +649,9 @@ def _resolve_classes(
         mapping[0] = DEFAULT_CLASS
     ids_seen = {int(c) for c in ids_in[np.isfinite(ids_in)]}
     n_classes = max([*mapping, *ids_seen], default=0) + 1
-    class_names = [mapping.get(k, DEFAULT_CLASS if k == 0 else f"class{k}") for k in range(n_classes)]
+    class_names = [
+        mapping.get(k, DEFAULT_CLASS if k == 0 else f"class{k}") for k in range(n_classes)
+    ]
     by_name = {v: k for k, v in mapping.items()}
     ids = []
     for cid, cname in zip(ids_in, names_in, strict=True):
@@ -645,6 +662,17 @@ def _resolve_classes(
         else:
             ids.append(0)
     return class_names, ids
+
+
+def _outside(pos: NDArray, shape: tuple[int, int]) -> NDArray[np.bool_]:
+    """Positions whose pixel is not in the image (centre outside [-0.5, H - 0.5) etc.)."""
+    h, w = shape
+    return (pos[:, 0] < -0.5) | (pos[:, 0] >= h - 0.5) | (pos[:, 1] < -0.5) | (pos[:, 1] >= w - 0.5)
+
+
+def _in_image(values: NDArray, length: int) -> NDArray[np.float64]:
+    """Clamp coordinates into the image's half-open range [-0.5, length - 0.5)."""
+    return np.clip(values, -0.5, np.nextafter(length - 0.5, -np.inf))
 
 
 def _median_nn(pos: NDArray) -> float:
@@ -787,8 +815,9 @@ def _write_tiles(
     if np.issubdtype(data.dtype, np.integer) or data.dtype == bool:
         data_pad = np.rint(data_pad)
     data_pad = np.asarray(data_pad).astype(data.dtype)
-    y = table["y"].to_numpy(float)
-    x = table["x"].to_numpy(float)
+    # atoms just beyond the border (their box still shows) belong to the edge tile
+    y = _in_image(table["y"].to_numpy(float), h)
+    x = _in_image(table["x"].to_numpy(float), w)
     records = []
     for row, r0 in enumerate(_tile_starts(h, tile, overlap)):
         for col, c0 in enumerate(_tile_starts(w, tile, overlap)):
@@ -849,8 +878,7 @@ def write_atoms_csv(
     """Write an atoms table as CSV with exact floats (and a provenance JSON beside it), atomically.
 
     Unlike :func:`napari_atomnet.io.write_csv` (4 decimals), floats are written with Python's
-    shortest round-trip representation, so reading back with ``float_precision="round_trip"``
-    gives the same numbers.
+    shortest round-trip representation, so :func:`read_atoms_csv` gives the same numbers back.
 
     Parameters
     ----------
@@ -1124,9 +1152,11 @@ def _import_file(
     if record and record.get("name") == stem and record.get("image", {}).get("shape"):
         shape = shape or tuple(int(v) for v in record["image"]["shape"][:2])  # type: ignore[assignment]
     classes = _read_classes(label)
+    if classes is None and record and record.get("name") == stem:
+        classes = record.get("classes")
 
     if kind == "csv":
-        atoms = _read_atoms_csv(label)
+        atoms = _read_atoms_csv(label, classes)
         precision = 0.0
     elif kind == "yolo":
         if shape is None:
@@ -1200,18 +1230,53 @@ def _read_classes(label: Path) -> list[str] | None:
     return None
 
 
-def _read_atoms_csv(path: Path) -> pd.DataFrame:
+def read_atoms_csv(path: str | os.PathLike) -> pd.DataFrame:
+    """Read an atoms CSV with its floats exactly as written (see :func:`write_atoms_csv`).
+
+    Parameters
+    ----------
+    path : path-like
+        CSV with at least the columns ``y, x``.
+
+    Returns
+    -------
+    pandas.DataFrame
+
+    Raises
+    ------
+    ValueError
+        If the file is missing, cannot be parsed, or lacks ``y`` or ``x``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"no such file: {path}")
+    # pandas >= 3 parses floats exactly by default (and deprecates the option)
+    exact = {} if int(pd.__version__.split(".")[0]) >= 3 else {"float_precision": "round_trip"}
     try:
-        table = pd.read_csv(path, float_precision="round_trip")
+        table = pd.read_csv(path, **exact)
     except Exception as err:
         raise ValueError(f"{path.name}: cannot read as CSV ({err})") from err
     missing = [c for c in ("y", "x") if c not in table.columns]
     if missing:
         raise ValueError(f"{path.name}: missing column(s) {', '.join(missing)}")
+    return table
+
+
+def _read_atoms_csv(path: Path, classes: list[str] | None) -> pd.DataFrame:
+    table = read_atoms_csv(path)
+    if "class" not in table and "class_name" in table:
+        names = [DEFAULT_CLASS if pd.isna(n) else str(n) for n in table["class_name"]]
+        order = list(classes or []) + sorted(set(names) - set(classes or []))
+        table["class_name"] = names
+        table["class"] = [order.index(n) for n in names]
     if "class" not in table:
         table["class"] = 0
     if "class_name" not in table:
-        table["class_name"] = DEFAULT_CLASS
+        ids = table["class"]
+        table["class_name"] = [
+            classes[int(i)] if classes and 0 <= int(i) < len(classes) else DEFAULT_CLASS
+            for i in ids
+        ]
     for col in BOX_COLUMNS:
         if col not in table:
             table[col] = np.nan

@@ -182,7 +182,8 @@ def calibration_from_axes(axes: list[dict[str, Any]]) -> dict[str, Any]:
         "scale": scales,
     }
     if all(k == "length" for k, _ in kinds):
-        sizes = [s * f for s, (_, f) in zip(scales, kinds, strict=True)]
+        # 12 significant digits: 40 pm is 0.04 nm, not 0.039999999999999994
+        sizes = [float(f"{s * f:.12g}") for s, (_, f) in zip(scales, kinds, strict=True)]
         out["pixel_size_yx_nm"] = sizes
         if all(s > 0 and math.isfinite(s) for s in sizes) and math.isclose(
             sizes[0], sizes[1], rel_tol=1e-4

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -61,9 +62,9 @@ class TrainConfig:
 
     def __init__(self, **kw: Any) -> None:
         self.seed: int = 0
-        self.steps: int = 12000
+        self.steps: int = 8000
         self.batch: int = 16
-        self.crop: int = 160
+        self.crop: int = 144
         self.pool: int = 2400
         self.sim_shape: int = 256
         self.pad: int = 32
@@ -80,6 +81,7 @@ class TrainConfig:
         self.workers: int = 2
         self.margin: int = 96
         self.tile: int = 1024
+        self.time_limit_min: float = 0.0  # safety stop of the training loop (0: none)
         for key, value in kw.items():
             if not hasattr(self, key):
                 raise TypeError(f"unknown option {key}")
@@ -198,22 +200,28 @@ def torch_peaks(model: Any, image: np.ndarray, normalization: dict, margin: int 
     """Run the torch model on a whole image as inference does and decode its peaks.
 
     The image is normalised, reflection-padded by ``margin`` (and to a multiple of the stride),
-    and the heatmap decoded at threshold 0.05.
+    the whole output decoded at threshold 0.05, and the peaks inside the image kept (as
+    :func:`~napari_atomnet.models.detector.detect_atoms` keeps the peaks in a tile's core).
     """
     import torch
 
     from ..core.detect import decode_heatmap
 
+    h, w = np.shape(image)
     norm = data.normalize_image(image, normalization, pad=margin)
     m = model.pad_multiple
-    h, w = norm.shape
-    norm = np.pad(norm, ((0, (-h) % m), (0, (-w) % m)), mode="reflect")
+    ph, pw = norm.shape
+    norm = np.pad(norm, ((0, (-ph) % m), (0, (-pw) % m)), mode="reflect")
     model.eval()
     with torch.no_grad():
         heat, size = model.inference(torch.from_numpy(norm)[None, None])
-    heat = heat[0].numpy()[:, margin : h - margin, margin : w - margin]
-    size = size[0].numpy()[:, margin : h - margin, margin : w - margin]
-    return decode_heatmap(heat, threshold=THRESHOLDS[0], size=size)
+    peaks = decode_heatmap(heat[0].numpy(), threshold=THRESHOLDS[0], size=size[0].numpy())
+    peaks["y"] -= margin
+    peaks["x"] -= margin
+    inside = peaks["y"].between(-0.5, h - 0.5, inclusive="left") & peaks["x"].between(
+        -0.5, w - 0.5, inclusive="left"
+    )
+    return peaks[inside].reset_index(drop=True)
 
 
 def evaluate_model(
@@ -346,7 +354,12 @@ def train(cfg: TrainConfig, pool: list[data.Example] | None = None) -> tuple[Any
     t1 = time.perf_counter()
     run = {"hm": 0.0, "sz": 0.0, "n": 0}
     model.train()
+    history["stopped_at"] = None
     for step in range(cfg.steps):
+        if cfg.time_limit_min and time.perf_counter() - t0 > 60.0 * cfg.time_limit_min:
+            history["stopped_at"] = step
+            _log(f"time limit of {cfg.time_limit_min} min reached: stopping at step {step}")
+            break
         batch = data.sample_batch(pool, rng, cfg.batch, cfg.crop, len(data.CLASSES))
         x = torch.from_numpy(batch["image"])
         heat = torch.from_numpy(batch["heat"])
@@ -479,7 +492,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--val-every", type=int, default=None)
     parser.add_argument("--test-images", type=int, default=None)
     parser.add_argument("--no-speed", action="store_true", help="skip the timing measurements")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default 2)")
+    parser.add_argument(
+        "--time-limit",
+        type=float,
+        default=None,
+        help="safety stop of the training loop after this many minutes (default: none)",
+    )
     args = parser.parse_args(argv)
+    # Idle OpenMP threads sleep instead of spinning: on a shared 2-core machine spinning threads
+    # made training steps 3-5x slower.  Must be set before torch starts its thread pool.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
     t_start = time.perf_counter()
     cfg = TrainConfig(seed=args.seed)
@@ -497,6 +520,10 @@ def main(argv: list[str] | None = None) -> int:
             test_images=1,
             workers=1,
         )
+    if args.threads:
+        cfg.threads = args.threads
+    if args.time_limit:
+        cfg.time_limit_min = args.time_limit
     for key in ("steps", "pool", "loss", "lr", "batch", "val_every", "test_images"):
         value = getattr(args, key)
         if value is not None:
@@ -582,6 +609,7 @@ def main(argv: list[str] | None = None) -> int:
             "config": cfg.as_dict(),
             "seed": cfg.seed,
             "steps": cfg.steps,
+            "stopped_at_step": history.get("stopped_at"),
             "pool_seconds": round(history["pool_s"], 1),
             "train_seconds": round(history["train_s"], 1),
             "wall_time_seconds": round(wall, 1),

@@ -1,0 +1,238 @@
+"""The "Sequence" dock widget: atoms in every frame of a movie, drift, site occupancy."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    FloatSpinBox,
+    Label,
+    PushButton,
+)
+from psygnal import Signal
+
+from .._provenance import METADATA_KEY
+from . import _layers
+from ._common import notify_error
+from ._worker import progress_generator, start_job
+
+if TYPE_CHECKING:
+    import napari
+
+CLASSICAL_LABEL = "Classical (Gaussian filter)"
+CUSTOM = "Custom .onnx…"
+DRIFT_CHOICES = [
+    ("From the atoms (median displacement)", "atoms"),
+    ("From the images (cross-correlation)", "image"),
+    ("None", None),
+]
+
+
+def stack_layers(viewer: napari.Viewer) -> list[tuple[str, Any]]:
+    """(name, layer) of every grey Image layer with a frame axis (T×Y×X)."""
+    from napari.layers import Image
+
+    return [
+        (layer.name, layer)
+        for layer in viewer.layers
+        if isinstance(layer, Image) and not layer.rgb and layer.data.ndim == 3
+    ]
+
+
+class SequenceWidget(Container):
+    """Detect and refine atoms in every frame of a T×Y×X stack, estimate drift, link sites.
+
+    Result: one Points layer ``Atoms (<image>)`` with (frame, y, x) coordinates on the stack and
+    features ``frame``, ``site``, ``occupancy``, ``events``, the drift-corrected ``y_corr``,
+    ``x_corr`` and the fit values; points are coloured by their site's occupancy.  Running again
+    replaces it.  The current frame alone is analysed by the Detect atoms widget.
+    """
+
+    #: Emitted on the GUI thread when a run ends (finished, failed or cancelled).
+    run_finished = Signal()
+
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
+        super().__init__(labels=True)
+        self._viewer = viewer
+        self._worker: Any = None
+        self._image = ComboBox(label="Movie", choices=lambda _w: stack_layers(viewer))
+        self._model = ComboBox(label="Model", choices=self._model_choices)
+        self._custom = FileEdit(label="Model file", filter="*.onnx", mode="r", visible=False)
+        self._threshold = FloatSpinBox(
+            label="Confidence ≥", min=0.01, max=0.99, step=0.01, value=0.3
+        )
+        self._refine = CheckBox(text="Refine each peak by a 2D Gaussian fit", value=True)
+        self._drift = ComboBox(label="Drift", choices=DRIFT_CHOICES, value="atoms")
+        self._radius = FloatSpinBox(
+            label="Site radius (px)",
+            min=0.0,
+            max=100.0,
+            step=0.5,
+            value=0.0,
+            tooltip="Atoms of different frames closer than this (after drift correction) are "
+            "one site. 0: 0.35 × the atom spacing.",
+        )
+        self._run = PushButton(text="Analyse all frames")
+        self._cancel = PushButton(text="Cancel", enabled=False)
+        self._status = Label(value="")
+        self._status.native.setWordWrap(True)
+        buttons = Container(widgets=[self._run, self._cancel], layout="horizontal", labels=False)
+        self.extend(
+            [
+                self._image,
+                self._model,
+                self._custom,
+                self._threshold,
+                self._refine,
+                self._drift,
+                self._radius,
+                buttons,
+                self._status,
+            ]
+        )
+        self._model.changed.connect(self._on_model_changed)
+        self._run.changed.connect(self._on_run)
+        self._cancel.changed.connect(self._on_cancel)
+        viewer.layers.events.inserted.connect(self._image.reset_choices)
+        viewer.layers.events.removed.connect(self._image.reset_choices)
+        self._on_model_changed()
+
+    # -- model picker -------------------------------------------------------------------------
+    def _model_choices(self, _widget: Any = None) -> list[tuple[str, Any]]:
+        from ..models.registry import list_models
+
+        models = [(card.label, card) for card in list_models("detection")]
+        return [*models, (CLASSICAL_LABEL, "classical"), (CUSTOM, CUSTOM)]
+
+    def _on_model_changed(self, *_: Any) -> None:
+        self._custom.visible = self._model.value == CUSTOM
+        card = self._model.value
+        self._threshold.enabled = card != "classical"
+        if card not in (None, CUSTOM, "classical"):
+            self._threshold.value = float(card.info.get("default_threshold", 0.3))
+
+    def _selected_detector(self) -> Any:
+        from ..models.registry import load_model
+
+        value = self._model.value
+        if value == "classical":
+            return "classical"
+        if value == CUSTOM:
+            path = self._custom.value
+            if not path or not str(path).lower().endswith(".onnx"):
+                raise ValueError("choose a .onnx model file")
+            return load_model(path, task="detection")
+        if value is None:
+            raise ValueError("no detection model is installed; choose one")
+        return load_model(value.path, task="detection")
+
+    # -- running ------------------------------------------------------------------------------
+    def _on_run(self, *_: Any) -> None:
+        from ..sequences import analyze_sequence
+
+        layer = self._image.value
+        if layer is None:
+            notify_error("Sequence: add or choose a T×Y×X image stack first")
+            return
+        try:
+            if layer.rgb or layer.data.ndim != 3:
+                raise ValueError(f"{layer.name} is not a T×Y×X stack")
+            detector = self._selected_detector()
+        except ValueError as err:
+            notify_error(f"Sequence: {err}")
+            return
+        stack = layer.data
+        params = {
+            "detector": detector,
+            "threshold": None if detector == "classical" else float(self._threshold.value),
+            "refine": bool(self._refine.value),
+            "drift": self._drift.value,
+            "radius": float(self._radius.value) or None,
+            "source": layer.name,
+        }
+
+        def compute(progress: Any = None, cancelled: Any = None) -> Any:
+            return analyze_sequence(stack, progress=progress, cancelled=cancelled, **params)
+
+        self._set_running(True)
+        self._status.value = f"Analysing {stack.shape[0]} frames of {layer.name}…"
+        start_job(
+            self,
+            lambda: (yield from progress_generator(compute)),
+            description="Sequence",
+            on_result=lambda result: self._show(layer, result),
+            on_error=self._on_error,
+            on_finished=self._on_finished,
+        )
+
+    def _show(self, layer: napari.layers.Image, result: Any) -> None:
+        points = sequence_points(result, layer)
+        _layers.replace_layer(self._viewer, points)
+        sites = result.sites
+        n_frames = len(result.frames)
+        drift = np.abs(result.drift).max() if len(result.drift) else 0.0
+        self._status.value = (
+            f"{len(result.atoms)} atoms in {n_frames} frames; {len(sites)} sites, mean "
+            f"occupancy {sites['occupancy'].mean():.2f}, {int(sites['events'].sum())} "
+            f"appear/disappear events; drift up to {drift:.1f} px"
+            if len(sites)
+            else f"no atoms found in {n_frames} frames"
+        )
+
+    def _on_error(self, err: BaseException) -> None:
+        if isinstance(err, InterruptedError):
+            self._status.value = "Cancelled; layers unchanged."
+            return
+        self._status.value = f"Failed: {err}"
+        notify_error(f"Sequence failed: {err}")
+
+    def _on_cancel(self, *_: Any) -> None:
+        if self._worker is not None:
+            self._worker.quit()
+            self._status.value = "Cancelling…"
+
+    def _on_finished(self) -> None:
+        self._set_running(False)
+        self._worker = None
+        self.run_finished.emit()
+
+    def _set_running(self, running: bool) -> None:
+        self._run.enabled = not running
+        self._cancel.enabled = running
+
+
+def sequence_points(result: Any, image_layer: napari.layers.Image) -> Any:
+    """Build the ``Atoms (<image>)`` Points layer of a sequence: (frame, y, x), by occupancy."""
+    from napari.layers import Points
+
+    atoms = result.atoms.reset_index(drop=True)
+    if "source" not in atoms:
+        atoms = atoms.assign(source="model")
+    coords = atoms[["frame", "y", "x"]].to_numpy(float)
+    spacing = np.nan
+    if len(atoms):
+        first = atoms[atoms["frame"] == atoms["frame"].min()]
+        spacing = _layers._marker_size(first, None) / 0.35
+    provenance = dict(result.provenance)
+    provenance["drift_px"] = np.asarray(result.drift).round(4).tolist()
+    kwargs: dict[str, Any] = {}
+    if len(atoms):
+        kwargs.update(face_color="occupancy", face_colormap="viridis", face_contrast_limits=(0, 1))
+    return Points(
+        coords if len(atoms) else np.empty((0, 3)),
+        ndim=3,
+        name=_layers.layer_name("Atoms", image_layer.name),
+        features=atoms,
+        border_color="black",
+        border_width=0.1,
+        size=max(2.0, 0.35 * spacing) if np.isfinite(spacing) else 4.0,
+        metadata={METADATA_KEY: provenance, "sites": result.sites.to_dict("list")},
+        scale=tuple(np.asarray(image_layer.scale)),
+        translate=tuple(np.asarray(image_layer.translate)),
+        **kwargs,
+    )

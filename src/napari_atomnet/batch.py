@@ -1,0 +1,600 @@
+"""Batch analysis of many files and of every frame of long movies, on dask.
+
+Work is cut into tasks of a few frames of one image (a 2D image is one task).  Each task runs in a
+worker process, which opens the file itself (lazily, once per process) and reads only its frames,
+so memory stays flat however long the movie; the results are CSV files written atomically by the
+worker, and only small summary rows travel back.  Finished outputs are skipped, so a killed run
+resumes where it stopped.  Nothing here imports napari or Qt.
+
+Outputs in ``out_dir``:
+
+- ``<image>_atoms.csv`` for a 2D image, ``<image>/frame_00000_atoms.csv`` ... for each frame of a
+  stack (``<image>`` is the file stem, plus the signal's title for multi-image files); with
+  ``task="cells"`` also ``..._cells.csv`` (unit cells, B sites, displacements, strain);
+- ``<image>_provenance.json`` / ``<image>/provenance.json``: what made them (plugin version,
+  model, parameters, source file, pixel size);
+- ``summary.csv`` (+ ``summary.json``): one row per frame or file: input, image, frame, status
+  (``ok``, ``skipped`` = done before, ``error``), atom / cell counts, seconds, outputs, error.
+
+Columns of the atoms CSVs: ``frame``, then those of :func:`napari_atomnet.pipeline.find_atoms`
+(``y, x`` in pixels, row/column, pixel-centre convention).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from ._provenance import make_provenance
+from .io import ImageReadError, write_csv, write_text_atomic
+from .io.images import IMAGE_SUFFIXES, read_images
+
+TASKS = ("atoms", "cells")
+
+SUMMARY_COLUMNS = [
+    "input",
+    "image",
+    "frame",
+    "status",
+    "n_atoms",
+    "n_cells",
+    "seconds",
+    "pixel_size_nm",
+    "outputs",
+    "error",
+]
+
+#: Environment for worker processes: one BLAS / OpenMP thread each, so N workers use N cores.
+SINGLE_THREAD_ENV = {
+    "OMP_NUM_THREADS": "1",
+    "OPENBLAS_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "NAPARI_ATOMNET_THREADS": "1",
+}
+
+ProgressCallback = Callable[[int, int], None]
+
+
+@dataclass
+class Job:
+    """A unit of work: some frames of one image of one file."""
+
+    path: str
+    image_index: int
+    image_name: str
+    frames: list[int | None]
+    outputs: list[dict[str, str]]  # per frame: {"atoms": path, ["cells": path]}
+    pixel_size_nm: float | None = None
+
+
+@dataclass
+class BatchPlan:
+    """Everything a batch run will do, and what it skips."""
+
+    jobs: list[Job] = field(default_factory=list)
+    skipped: list[dict[str, Any]] = field(default_factory=list)
+    failed: list[dict[str, Any]] = field(default_factory=list)
+    provenance_files: list[tuple[Path, dict[str, Any]]] = field(default_factory=list)
+
+    @property
+    def n_frames(self) -> int:
+        """Frames to compute (not counting skipped ones)."""
+        return sum(len(j.frames) for j in self.jobs)
+
+
+def expand_inputs(inputs: Sequence[str | os.PathLike]) -> list[Path]:
+    """Files to analyse: files as given, and the image files inside given folders (sorted).
+
+    Parameters
+    ----------
+    inputs : sequence of path-like
+        Files and folders.
+
+    Returns
+    -------
+    list of pathlib.Path
+
+    Raises
+    ------
+    ValueError
+        If an input does not exist.
+    """
+    files: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            files.extend(
+                sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+            )
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise ValueError(f"no such file or folder: {p}")
+    seen: set[Path] = set()
+    unique = []
+    for f in files:
+        key = f.resolve()
+        if key not in seen:
+            seen.add(key)
+            unique.append(f)
+    return unique
+
+
+def _safe(name: str) -> str:
+    keep = "".join(c if c.isalnum() or c in "-_.+" else "_" for c in name.strip())
+    return keep.strip("._") or "image"
+
+
+def plan_batch(
+    inputs: Sequence[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    *,
+    task: str = "atoms",
+    overwrite: bool = False,
+    frames_per_job: int | None = None,
+    n_workers: int = 1,
+    params: dict[str, Any] | None = None,
+) -> BatchPlan:
+    """Find the work: every image of every input, every frame of every stack.
+
+    Parameters
+    ----------
+    inputs : sequence of path-like
+        Files and folders (see :func:`expand_inputs`).
+    out_dir : path-like
+        Output folder.
+    task : {"atoms", "cells"}
+        What to compute per frame.
+    overwrite : bool
+        Recompute outputs that exist (otherwise they are skipped).
+    frames_per_job : int, optional
+        Frames per task; by default about a quarter of the frames per worker, between 1 and 16.
+    n_workers : int
+        Worker count (for the default ``frames_per_job``).
+    params : dict, optional
+        Analysis parameters, recorded in the provenance files.
+
+    Returns
+    -------
+    BatchPlan
+    """
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
+    out = Path(out_dir)
+    plan = BatchPlan()
+    files = expand_inputs(inputs)
+    stems: dict[str, int] = {}
+    kinds = ("atoms", "cells") if task == "cells" else ("atoms",)
+    for path in files:
+        try:
+            images = read_images(path, lazy=True)
+        except ImageReadError as err:
+            plan.failed.append(_row(path, "", None, "error", error=str(err)))
+            continue
+        for index, image in enumerate(images):
+            base = _safe(image.name)
+            stems[base] = stems.get(base, 0) + 1
+            if stems[base] > 1:
+                base = f"{base}_{stems[base]}"
+            data = image.data
+            is_stack = data.ndim == 3 and data.shape[-1] not in (3, 4)
+            frames: list[int | None] = list(range(data.shape[0])) if is_stack else [None]
+            if is_stack:
+                folder = out / base
+                outputs = [
+                    {k: str(folder / f"frame_{f:05d}_{k}.csv") for k in kinds} for f in frames
+                ]
+                prov_path = folder / "provenance.json"
+            else:
+                outputs = [{k: str(out / f"{base}_{k}.csv") for k in kinds}]
+                prov_path = out / f"{base}_provenance.json"
+            prov = make_provenance(
+                f"batch_{task}",
+                params,
+                source=str(path),
+                extra={
+                    "image": image.name,
+                    "image_index": index,
+                    "shape": list(data.shape),
+                    "pixel_size_nm": image.pixel_size_nm,
+                    "calibration": image.metadata.get("calibration"),
+                    "coordinates": "pixels; y = row, x = column; a pixel's centre has integer "
+                    "coordinates",
+                },
+            )
+            plan.provenance_files.append((prov_path, prov))
+            todo_frames, todo_outputs = [], []
+            for f, outs in zip(frames, outputs, strict=True):
+                if not overwrite and all(Path(p).exists() for p in outs.values()):
+                    plan.skipped.append(
+                        _row(
+                            path,
+                            image.name,
+                            f,
+                            "skipped",
+                            n_atoms=_count_rows(outs["atoms"]),
+                            n_cells=_count_rows(outs["cells"]) if "cells" in outs else None,
+                            pixel_size_nm=image.pixel_size_nm,
+                            outputs=outs,
+                        )
+                    )
+                else:
+                    todo_frames.append(f)
+                    todo_outputs.append(outs)
+            size = frames_per_job or max(
+                1, min(16, math.ceil(len(todo_frames) / (4 * max(1, n_workers))))
+            )
+            for start in range(0, len(todo_frames), size):
+                plan.jobs.append(
+                    Job(
+                        path=str(path),
+                        image_index=index,
+                        image_name=image.name,
+                        frames=todo_frames[start : start + size],
+                        outputs=todo_outputs[start : start + size],
+                        pixel_size_nm=image.pixel_size_nm,
+                    )
+                )
+    return plan
+
+
+def _count_rows(csv_path: str) -> int | None:
+    try:
+        with open(csv_path, "rb") as fh:
+            return max(
+                0, sum(chunk.count(b"\n") for chunk in iter(lambda: fh.read(1 << 20), b"")) - 1
+            )
+    except OSError:
+        return None
+
+
+def _row(path: Any, image: str, frame: int | None, status: str, **values: Any) -> dict[str, Any]:
+    row = dict.fromkeys(SUMMARY_COLUMNS)
+    row.update(input=str(path), image=image, frame=frame, status=status)
+    outputs = values.pop("outputs", None)
+    if outputs:
+        row["outputs"] = ";".join(outputs.values())
+    row.update(values)
+    return row
+
+
+# ------------------------------------------------------------------------------------------------
+# worker side
+# ------------------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=4)
+def _open_images(path: str, mtime: float) -> list[Any]:
+    """Open a file lazily, once per worker process (keyed by modification time)."""
+    return read_images(path, lazy=True)
+
+
+@functools.lru_cache(maxsize=4)
+def _detector(name: str | None) -> Any:
+    """Resolve a detector once per worker process (model cards check their sha256 on load)."""
+    from .pipeline import CLASSICAL
+
+    if name == CLASSICAL:
+        return CLASSICAL
+    from .models.detector import DEFAULT_DETECTOR
+    from .models.registry import load_model
+
+    return load_model(name or DEFAULT_DETECTOR, task="detection")
+
+
+def _limit_threads() -> None:
+    """One thread per worker for BLAS and onnxruntime (set before the session is made)."""
+    for key, value in SINGLE_THREAD_ENV.items():
+        os.environ.setdefault(key, value)
+
+
+def run_job(job: Job, task: str, params: dict[str, Any], overwrite: bool) -> list[dict[str, Any]]:
+    """Analyse the frames of one job and write their CSVs; return one summary row per frame.
+
+    Runs in a worker process (or in-process for ``n_workers=0``).  Errors of one frame are
+    reported in its row and do not stop the others.
+
+    Parameters
+    ----------
+    job : Job
+        The work.
+    task : {"atoms", "cells"}
+        What to compute.
+    params : dict
+        ``detector``, ``threshold``, ``refine``, ``device``, ``bsites``.
+    overwrite : bool
+        Replace existing outputs.
+
+    Returns
+    -------
+    list of dict
+    """
+    import dask
+
+    from .pipeline import find_atoms, find_cells
+
+    _limit_threads()
+    rows = []
+    try:
+        images = _open_images(job.path, os.path.getmtime(job.path))
+        data = images[job.image_index].data
+        detector = _detector(params.get("detector"))
+    except Exception as err:
+        return [
+            _row(job.path, job.image_name, f, "error", error=f"{type(err).__name__}: {err}")
+            for f in job.frames
+        ]
+    for frame, outs in zip(job.frames, job.outputs, strict=True):
+        t0 = time.perf_counter()
+        try:
+            with dask.config.set(scheduler="synchronous"):  # read this frame here, not via a client
+                image = data if frame is None else data[frame]
+                image = image.compute() if hasattr(image, "compute") else image
+            source = job.path + ("" if frame is None else f" frame {frame}")
+            result = find_atoms(
+                image,
+                detector=detector,
+                threshold=params.get("threshold"),
+                refine=params.get("refine", True),
+                device=params.get("device"),
+                source=source,
+            )
+            atoms = result.atoms
+            atoms.insert(0, "frame", -1 if frame is None else frame)
+            n_cells = None
+            if task == "cells":
+                lattice, _ = find_cells(
+                    image,
+                    result.atoms.drop(columns="frame"),
+                    bsites=params.get("bsites", True),
+                    pixel_size_nm=job.pixel_size_nm,
+                    source=source,
+                )
+                cells = lattice.cells.drop(columns=["i0", "i1", "i2", "i3"], errors="ignore")
+                cells.insert(0, "frame", -1 if frame is None else frame)
+                write_csv(cells, outs["cells"], overwrite=overwrite)
+                n_cells = len(cells)
+            # atoms last: a frame counts as done when all its outputs exist
+            write_csv(atoms, outs["atoms"], overwrite=overwrite)
+            rows.append(
+                _row(
+                    job.path,
+                    job.image_name,
+                    frame,
+                    "ok",
+                    n_atoms=len(atoms),
+                    n_cells=n_cells,
+                    seconds=round(time.perf_counter() - t0, 4),
+                    pixel_size_nm=job.pixel_size_nm,
+                    outputs=outs,
+                )
+            )
+        except Exception as err:  # one bad frame does not stop the batch
+            rows.append(
+                _row(
+                    job.path,
+                    job.image_name,
+                    frame,
+                    "error",
+                    seconds=round(time.perf_counter() - t0, 4),
+                    error=f"{type(err).__name__}: {err}",
+                )
+            )
+    return rows
+
+
+# ------------------------------------------------------------------------------------------------
+# driver
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class BatchResult:
+    """What a batch run did."""
+
+    summary: pd.DataFrame
+    summary_path: Path
+    seconds: float
+    n_computed: int
+    n_skipped: int
+    n_failed: int
+
+    @property
+    def frames_per_second(self) -> float:
+        """Frames computed per second of wall time."""
+        return self.n_computed / self.seconds if self.seconds > 0 else float("nan")
+
+
+def run_batch(
+    inputs: Sequence[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    *,
+    task: str = "atoms",
+    detector: str | None = None,
+    threshold: float | None = None,
+    refine: bool = True,
+    bsites: bool = True,
+    device: str | None = "cpu",
+    n_workers: int = 1,
+    scheduler: str | None = None,
+    overwrite: bool = False,
+    frames_per_job: int | None = None,
+    progress: ProgressCallback | None = None,
+) -> BatchResult:
+    """Detect → refine (→ cells) over many files and every frame of stacks, on dask.
+
+    Parameters
+    ----------
+    inputs : sequence of path-like
+        Files and folders.
+    out_dir : path-like
+        Output folder (created).
+    task : {"atoms", "cells"}
+        Atoms only, or atoms and unit cells.
+    detector : str, optional
+        Registry name or ``.onnx`` path (default: the built-in model); ``"classical"`` for the
+        Gaussian-filter baseline.
+    threshold, refine : optional
+        As in :func:`napari_atomnet.pipeline.find_atoms`.
+    bsites : bool
+        ``task="cells"``: locate B sites and displacements.
+    device : {"cpu", "cuda", "auto"}
+        Where the model runs (CPU by default: N CPU workers; a GPU is better used by one).
+    n_workers : int
+        Local worker processes (``dask.distributed.LocalCluster``, one thread each); 0 runs
+        everything in this process.
+    scheduler : str, optional
+        Address of a running dask.distributed scheduler (``tcp://host:8786``) to run on instead;
+        its workers must see the same input and output paths.
+    overwrite : bool
+        Recompute and replace existing outputs (otherwise they are skipped: resuming).
+    frames_per_job : int, optional
+        Frames per task (see :func:`plan_batch`).
+    progress : callable, optional
+        ``progress(done, total)`` in frames, as tasks finish.
+
+    Returns
+    -------
+    BatchResult
+        ``summary.csv`` in ``out_dir`` has one row per frame or file (also skipped and failed
+        ones).
+    """
+    t0 = time.perf_counter()
+    params = {
+        "detector": detector,
+        "threshold": threshold,
+        "refine": refine,
+        "bsites": bsites,
+        "device": device,
+        "task": task,
+    }
+    plan = plan_batch(
+        inputs,
+        out_dir,
+        task=task,
+        overwrite=overwrite,
+        frames_per_job=frames_per_job,
+        n_workers=n_workers,
+        params=params,
+    )
+    for prov_path, prov in plan.provenance_files:
+        import json
+
+        write_text_atomic(prov_path, json.dumps(prov, indent=2, default=str), overwrite=True)
+    total = plan.n_frames
+    rows: list[dict[str, Any]] = []
+    done = 0
+    if progress is not None:
+        progress(0, total)
+    try:
+        for job_rows in _execute(plan.jobs, task, params, overwrite, n_workers, scheduler):
+            rows.extend(job_rows)
+            done += len(job_rows)
+            if progress is not None:
+                progress(done, total)
+    finally:  # also when interrupted: what was finished is in the summary
+        seconds = time.perf_counter() - t0
+        summary = pd.DataFrame(plan.failed + plan.skipped + rows, columns=SUMMARY_COLUMNS)
+        if len(summary):
+            summary["frame"] = summary["frame"].astype("Int64")
+            summary["n_atoms"] = summary["n_atoms"].astype("Int64")
+            summary["n_cells"] = summary["n_cells"].astype("Int64")
+        summary = summary.sort_values(
+            ["input", "image", "frame"], kind="stable", na_position="first"
+        )
+        summary_path = Path(out_dir) / "summary.csv"
+        run_info = make_provenance(
+            f"batch_{task}",
+            params,
+            source=";".join(str(p) for p in inputs),
+            extra={
+                "n_workers": n_workers,
+                "scheduler": scheduler,
+                "seconds": round(seconds, 3),
+                "computed": len(rows),
+                "skipped": len(plan.skipped),
+                "failed": int((summary["status"] == "error").sum()) if len(summary) else 0,
+            },
+        )
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        write_csv(summary, summary_path, provenance=run_info, overwrite=True)
+    n_failed = int((summary["status"] == "error").sum())
+    return BatchResult(
+        summary=summary.reset_index(drop=True),
+        summary_path=summary_path,
+        seconds=seconds,
+        n_computed=sum(1 for r in rows if r["status"] == "ok"),
+        n_skipped=len(plan.skipped),
+        n_failed=n_failed,
+    )
+
+
+def _execute(
+    jobs: list[Job],
+    task: str,
+    params: dict[str, Any],
+    overwrite: bool,
+    n_workers: int,
+    scheduler: str | None,
+) -> Iterator[list[dict[str, Any]]]:
+    """Run the jobs and yield each one's rows as it finishes (bounded number in flight)."""
+    if not jobs:
+        return
+    if scheduler is None and n_workers <= 0:
+        for job in jobs:
+            yield run_job(job, task, params, overwrite)
+        return
+    from distributed import Client, LocalCluster, as_completed
+
+    cluster = None
+    if scheduler is None:
+        import dask
+
+        with dask.config.set({"distributed.nanny.pre-spawn-environ": dict(SINGLE_THREAD_ENV)}):
+            cluster = LocalCluster(
+                n_workers=n_workers,
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=None,
+                silence_logs=40,
+            )
+        client = Client(cluster)
+    else:
+        client = Client(scheduler)
+    try:
+        slots = max(2, 2 * len(client.scheduler_info().get("workers", {})) or 2 * n_workers)
+        pending = iter(jobs)
+        # pure=False: a re-run must recompute (the outputs may have been deleted meanwhile)
+        running = as_completed(
+            [
+                client.submit(run_job, job, task, params, overwrite, pure=False)
+                for job in _take(pending, slots)
+            ]
+        )
+        for future in running:
+            yield future.result()
+            future.release()
+            for job in _take(pending, 1):
+                running.add(client.submit(run_job, job, task, params, overwrite, pure=False))
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+def _take(it: Iterator[Job], n: int) -> list[Job]:
+    out = []
+    for _ in range(n):
+        try:
+            out.append(next(it))
+        except StopIteration:
+            break
+    return out

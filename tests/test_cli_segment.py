@@ -1,0 +1,78 @@
+"""``atomnet segment``: a real run with the built-in model, and bad input."""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import pytest
+
+from napari_atomnet import synth
+from napari_atomnet.cli_segment import register
+from napari_atomnet.io import read_csv, read_image, write_tiff
+
+
+def _run(argv):
+    """Parse and run like ``atomnet`` does (the lead hooks ``register`` into cli.py)."""
+    parser = argparse.ArgumentParser(prog="atomnet")
+    register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+@pytest.fixture(scope="module")
+def particle_file(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("seg")
+    sim = synth.haadf_particles((256, 256), seed=901_234, pixel_size_nm=0.2)
+    path = folder / "particles.tif"
+    write_tiff(path, np.round(sim.image).astype(np.uint16), pixel_size_nm=0.2)
+    return path, sim
+
+
+def test_segment_writes_table_labels_and_provenance(particle_file, tmp_path, capsys):
+    path, sim = particle_file
+    out, labels = tmp_path / "p.csv", tmp_path / "p_labels.tif"
+    assert _run(["segment", str(path), "--out", str(out), "--labels", str(labels)]) == 0
+    table = read_csv(out, required=("label", "area_px", "equivalent_diameter_px", "perimeter_px",
+                                    "circularity", "touches_border"))
+    # the pixel size comes from the file: nm columns are there and consistent
+    np.testing.assert_allclose(table["equivalent_diameter_nm"],
+                               table["equivalent_diameter_px"] * 0.2, rtol=1e-3)
+    assert out.with_suffix(".json").is_file()
+    lab = read_image(labels)
+    assert lab.data.shape == (256, 256) and lab.pixel_size_nm == pytest.approx(0.2)
+    assert sorted(np.unique(lab.data[lab.data > 0]).tolist()) == table["label"].tolist()
+    # most true particles are found
+    assert abs(len(table) - len(sim.particles)) <= 0.15 * len(sim.particles)
+    assert "particles" in capsys.readouterr().out
+    # an explicit pixel size wins over the file's
+    out2 = tmp_path / "q.csv"
+    _run(["segment", str(path), "--out", str(out2), "--pixel-size", "0.5"])
+    np.testing.assert_allclose(read_csv(out2)["area_nm2"], table["area_px"] * 0.25, rtol=1e-3)
+
+
+def test_uncalibrated_image_has_no_nm_columns(tmp_path):
+    img = synth.haadf_particles((128, 128), seed=905_001).image
+    np.save(tmp_path / "img.npy", img)
+    _run(["segment", str(tmp_path / "img.npy"), "--out", str(tmp_path / "t.csv")])
+    assert not any(c.endswith("_nm") for c in read_csv(tmp_path / "t.csv").columns)
+
+
+def test_bad_input(particle_file, tmp_path):
+    path, _ = particle_file
+    with pytest.raises(ValueError, match="no such file"):
+        _run(["segment", str(tmp_path / "missing.tif"), "--out", str(tmp_path / "a.csv")])
+    np.save(tmp_path / "rgb.npy", np.zeros((64, 64, 3)))
+    with pytest.raises(ValueError, match="RGB"):
+        _run(["segment", str(tmp_path / "rgb.npy"), "--out", str(tmp_path / "a.csv")])
+    with pytest.raises(ValueError, match=".csv"):
+        _run(["segment", str(path), "--out", str(tmp_path / "a.txt")])
+    with pytest.raises(ValueError, match="unknown model"):
+        _run(["segment", str(path), "--out", str(tmp_path / "a.csv"), "--model", "nope"])
+    (tmp_path / "exists.csv").write_text("x\n")
+    with pytest.raises(OSError, match="exists"):
+        _run(["segment", str(path), "--out", str(tmp_path / "exists.csv")])
+    assert (tmp_path / "exists.csv").read_text() == "x\n"
+    with pytest.raises(SystemExit):  # argparse rejects it (exit code 2)
+        _run(["segment", str(path), "--out", str(tmp_path / "a.csv"), "--pixel-size", "-1"])
+    assert not (tmp_path / "a.csv").exists()

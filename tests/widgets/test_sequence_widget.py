@@ -1,0 +1,134 @@
+"""The Sequence widget and the file reader in a real napari viewer (run under Xvfb)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parents[1]))
+sys.path.insert(0, str(Path(__file__).parents[1] / "io"))
+from microscope_files import write_dm, write_hspy, write_velox
+
+from napari_atomnet._provenance import METADATA_KEY
+from napari_atomnet._reader import get_reader
+from napari_atomnet._widgets._sequence import SequenceWidget
+from napari_atomnet.sequences import analyze_sequence
+from test_sequences import blinking_movie
+
+pytestmark = pytest.mark.gui
+
+
+def _errors():
+    from napari.utils.notifications import notification_manager
+
+    return [n.message for n in notification_manager.records if n.severity == "error"]
+
+
+@pytest.fixture(scope="module")
+def movie():
+    return blinking_movie(n_frames=8, shape=(96, 96))
+
+
+def _run(qtbot, widget):
+    with qtbot.waitSignal(widget.run_finished, timeout=60_000):
+        widget._on_run()
+
+
+def test_sequence_widget_points_on_the_stack(make_napari_viewer, qtbot, movie, tmp_path):
+    stack, _, present, _ = movie
+    viewer = make_napari_viewer()
+    image = viewer.add_image(stack, name="movie", scale=(1.0, 0.05, 0.05))
+    viewer.add_image(stack[0], name="single")  # 2D images are not offered
+    widget = SequenceWidget(viewer)
+    assert list(widget._image.choices) == [image]  # 2D images are not offered
+    widget._image.value = image
+    widget._model.value = "classical"
+    _run(qtbot, widget)
+    layer = viewer.layers["Atoms (movie)"]
+    assert layer.data.shape == (present.sum(), 3)
+    feats = layer.features
+    for column in ("frame", "site", "occupancy", "events", "y_corr", "x_corr", "fit_ok"):
+        assert column in feats.columns, column
+    np.testing.assert_allclose(layer.data, feats[["frame", "y", "x"]].to_numpy())
+    np.testing.assert_allclose(layer.scale, image.scale)
+    # the same numbers as the core function
+    ref = analyze_sequence(stack, detector="classical", drift="atoms")
+    np.testing.assert_allclose(np.sort(feats["occupancy"]), np.sort(ref.atoms["occupancy"]))
+    assert len(layer.metadata["sites"]["site"]) == len(ref.sites) == present.any(axis=1).sum()
+    # coloured by occupancy: full sites and half-occupied sites differ
+    colours = layer.face_color
+    full = feats["occupancy"].to_numpy() == 1.0
+    assert full.any() and (~full).any()
+    assert not np.allclose(colours[full][0], colours[~full][0])
+    prov = layer.metadata[METADATA_KEY]
+    assert prov["step"] == "analyze_sequence" and len(prov["drift_px"]) == len(stack)
+    assert "sites" in widget._status.value
+
+    # running again replaces the layer
+    widget._drift.value = "image"
+    _run(qtbot, widget)
+    assert [ly.name for ly in viewer.layers].count("Atoms (movie)") == 1
+
+    viewer.layers.remove("single")
+    viewer.reset_view()
+    viewer.dims.set_point(0, 3)
+    shot = viewer.screenshot(canvas_only=False, flash=False)
+    import imageio.v3 as iio
+
+    out = Path(__file__).parents[2] / "benchmarks" / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    iio.imwrite(out / "sequence_widget.png", shot)
+    assert shot.std() > 5
+
+
+def test_cancel_keeps_layers(make_napari_viewer, qtbot, movie):
+    stack, *_ = movie
+    viewer = make_napari_viewer()
+    viewer.add_image(np.concatenate([stack] * 4), name="long")
+    widget = SequenceWidget(viewer)
+    widget._model.value = "classical"
+    with qtbot.waitSignal(widget.run_finished, timeout=60_000):
+        widget._on_run()
+        widget._on_cancel()
+    assert "Atoms (long)" not in viewer.layers
+    assert "Cancel" in widget._status.value
+
+
+def test_no_stack_gives_a_message(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((32, 32)), name="flat")
+    widget = SequenceWidget(viewer)
+    widget._on_run()
+    assert any("T×Y×X" in m for m in _errors())
+    assert len(viewer.layers) == 1
+
+
+def test_reader_layers_in_viewer(make_napari_viewer, tmp_path, movie):
+    stack, *_ = movie
+    viewer = make_napari_viewer()
+    velox = write_velox(
+        tmp_path / "scan.emd", [("HAADF", stack[0]), ("DF4", stack)], pixel_size_m=4e-11
+    )
+    reader = get_reader(str(velox))
+    assert reader is not None and get_reader(str(tmp_path / "x.txt")) is None
+    layers = reader(str(velox))
+    assert [meta["name"] for _, meta, _ in layers] == ["scan HAADF", "scan DF4"]
+    for data, meta, kind in layers:
+        viewer.add_layer(__import__("napari").layers.Layer.create(data, meta, kind))
+    haadf, df4 = viewer.layers["scan HAADF"], viewer.layers["scan DF4"]
+    np.testing.assert_allclose(haadf.scale, [0.04, 0.04])
+    np.testing.assert_allclose(df4.scale, [1.0, 0.04, 0.04])
+    assert tuple(str(u) for u in df4.units)[-2:] == ("nanometer", "nanometer")
+    assert tuple(df4.axis_labels) == ("t", "y", "x")
+    assert df4.metadata["source"]["title"] == "DF4" and df4.metadata["pixel_size_nm"] == 0.04
+    assert df4.data.shape == stack.shape
+    np.testing.assert_array_equal(np.asarray(df4.data[5]), stack[5])
+    # a DM4 and an hspy file in one go
+    dm = write_dm(tmp_path / "a.dm4", [(stack[0], "BF", (0.1, 0.1), ("Å", "Å"))], version=4)
+    hs = write_hspy(tmp_path / "b.hspy", stack, scale=0.02, units="nm", chunks=(1, 96, 96))
+    both = get_reader([str(dm), str(hs)])([str(dm), str(hs)])
+    assert [m["name"] for _, m, _ in both] == ["a", "b"]
+    assert both[0][1]["scale"] == pytest.approx((0.01, 0.01), rel=1e-7)  # DM stores float32
