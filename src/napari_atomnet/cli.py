@@ -141,6 +141,12 @@ def _build_parser() -> argparse.ArgumentParser:
     cells.add_argument("--out", required=True, help="cells CSV path")
     cells.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     cells.set_defaults(func=_cmd_cells)
+
+    # subcommands that live in their own modules (imported lazily when they run)
+    from . import cli_batch, cli_export, cli_segment
+
+    for module in (cli_segment, cli_export, cli_batch):
+        module.register(sub)
     return parser
 
 

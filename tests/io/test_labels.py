@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import xml.etree.ElementTree as ET
 
@@ -13,7 +12,6 @@ import pytest
 import tifffile
 
 from napari_atomnet._provenance import make_provenance
-from napari_atomnet.cli_export import register
 from napari_atomnet.io import ExportExistsError
 from napari_atomnet.io import labels as labels_mod
 from napari_atomnet.io.labels import (
@@ -593,15 +591,10 @@ def test_bad_export_data_is_refused(tmp_path, labelled):
 
 
 def _cli(argv):
-    """The same dispatch as napari_atomnet.cli.main: bad input → one line on stderr, exit 2."""
-    parser = argparse.ArgumentParser(prog="atomnet")
-    register(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except (ValueError, OSError) as err:
-        print(f"atomnet {args.command}: error: {err}")
-        return 2
+    """Run the real ``atomnet`` entry point."""
+    from napari_atomnet.cli import main
+
+    return main(argv)
 
 
 def test_cli_export_then_import(tmp_path, labelled, capsys):
@@ -617,7 +610,7 @@ def test_cli_export_then_import(tmp_path, labelled, capsys):
     assert record["model"]["sha256"] == SHA and len(record["tiles"]["tiles"]) == 6
     # a second export is refused with one clear line
     assert _cli([*argv, "--out", str(out)]) == 2
-    assert "exists" in capsys.readouterr().out
+    assert "exists" in capsys.readouterr().err
 
     csv = tmp_path / "back.csv"
     assert _cli(["import", str(out / "img"), "--out", str(csv)]) == 0
@@ -626,4 +619,4 @@ def test_cli_export_then_import(tmp_path, labelled, capsys):
     assert json.loads(csv.with_suffix(".json").read_text())["format"] == "csv"
     assert _cli(["import", str(out / "img"), "--out", str(csv)]) == 2
     assert _cli(["import", str(tmp_path / "nothing"), "--out", str(tmp_path / "x.csv")]) == 2
-    assert "no such file" in capsys.readouterr().out
+    assert "no such file" in capsys.readouterr().err

@@ -472,10 +472,18 @@ def crofton_perimeters(labels: ArrayLike, n: int | None = None) -> NDArray[np.fl
     """
     lab = np.asarray(labels)
     n = int(lab.max(initial=0)) + 1 if n is None else int(n)
-    p = np.pad(lab.astype(np.intp, copy=False), 1)
-    a, b, c, d = p[1:, 1:], p[1:, :-1], p[:-1, 1:], p[:-1, :-1]
-    edge = (a != b) | (a != c) | (a != d)  # windows inside one label or background weigh 0
-    a, b, c, d = a[edge], b[edge], c[edge], d[edge]
+    p = np.pad(lab.astype(np.int32, copy=False), 1)
+    stride = p.shape[1]
+    horizontal = p[:, 1:] != p[:, :-1]
+    vertical = p[1:, :] != p[:-1, :]
+    # 2x2 windows (rows i, i+1 and cols j, j+1 of p) that hold more than one value; windows
+    # inside one label or in the background weigh 0
+    edge = horizontal[1:, :] | horizontal[:-1, :] | vertical[:, 1:] | vertical[:, :-1]
+    i, j = np.divmod(np.flatnonzero(edge), edge.shape[1])
+    top_left = i * stride + j
+    flat = p.ravel()
+    d, c = flat[top_left], flat[top_left + 1]  # above-left, above
+    b, a = flat[top_left + stride], flat[top_left + stride + 1]  # left, pixel
     out = np.zeros(n, np.float64)
     # each distinct non-zero label of a window gets the weight of its own configuration
     for cand, seen in ((a, ()), (b, (a,)), (c, (a, b)), (d, (a, b, c))):

@@ -2,6 +2,7 @@
 
 from ._atomic import ExportExistsError, atomic_path, write_text_atomic
 from .images import IMAGE_SUFFIXES, ImageData, ImageReadError, read_image, write_tiff
+from .labels import export_labels, import_labels, list_label_images
 from .tables import provenance_path, read_csv, write_csv
 
 __all__ = [
@@ -10,6 +11,9 @@ __all__ = [
     "ImageData",
     "ImageReadError",
     "atomic_path",
+    "export_labels",
+    "import_labels",
+    "list_label_images",
     "provenance_path",
     "read_csv",
     "read_image",
