@@ -103,6 +103,7 @@ class TreeMemory:
 
     @staticmethod
     def sample() -> int:
+        """Return the summed RSS (bytes) of this process and its descendants now."""
         try:
             import psutil
 
@@ -135,7 +136,7 @@ class TreeMemory:
 
 
 def detector_choice() -> tuple[str, str]:
-    """The built-in model if it is installed, else the classical baseline."""
+    """Return the built-in model if it is installed, else the classical baseline."""
     try:
         from napari_atomnet.models.detector import DEFAULT_DETECTOR
         from napari_atomnet.models.registry import load_model

@@ -166,3 +166,74 @@ def test_cli_exit_code_on_failures(inputs, tmp_path, capsys):
     )
     assert code == 1
     assert "broken.dm4" in capsys.readouterr().err
+
+
+def test_killed_run_resumes_to_the_same_result(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import time
+
+    stack = np.stack([lattice_frame(i, (0.1 * i, 0.05 * i)) for i in range(30)])
+    movie = write_hspy(tmp_path / "m.hspy", stack, scale=0.4, units="Å", chunks=(1, 96, 96))
+    out = tmp_path / "out"
+    code = (
+        "import sys; from napari_atomnet.batch import run_batch; "
+        f"run_batch([{str(movie)!r}], {str(out)!r}, detector='classical', n_workers=0, "
+        "frames_per_job=1)"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and len(list(out.glob("m/frame_*_atoms.csv"))) < 3:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    written = sorted(out.glob("m/frame_*_atoms.csv"))
+    assert 3 <= len(written) < 30, "the run should have been killed midway"
+    for csv in written:  # every CSV there is complete
+        assert len(pd.read_csv(csv)) == N_ATOMS
+    resumed = run_batch([movie], out, detector="classical", n_workers=0)
+    assert not list(out.rglob("*.part"))  # the killed frame's temporary file is gone
+    assert resumed.n_skipped == len(written) and resumed.n_computed == 30 - len(written)
+    ref = run_batch([movie], tmp_path / "ref", detector="classical", n_workers=0)
+    assert ref.n_computed == 30
+    for f in range(30):
+        name = f"m/frame_{f:05d}_atoms.csv"
+        pd.testing.assert_frame_equal(pd.read_csv(out / name), pd.read_csv(tmp_path / "ref" / name))
+
+
+def test_particles_task_with_the_builtin_segmenter(tmp_path):
+    from napari_atomnet.models.segmenter import segment_particles
+    from napari_atomnet.synth import haadf_particles
+
+    frames = [haadf_particles((128, 128), n_particles=6, seed=s).image for s in (1, 2)]
+    stack = np.stack(frames).astype(np.float32)
+    movie = write_hspy(tmp_path / "p.hspy", stack, scale=0.2, units="nm", chunks=(1, 128, 128))
+    res = run_batch([movie], tmp_path / "out", task="particles", n_workers=0)
+    s = res.summary.set_index("frame")
+    assert (s["status"] == "ok").all()
+    for f in (0, 1):
+        table = pd.read_csv(tmp_path / "out" / "p" / f"frame_{f:05d}_particles.csv")
+        ref = segment_particles(stack[f], pixel_size_nm=0.2).table
+        assert len(table) == len(ref) == s.loc[f, "n_particles"] > 0
+        assert (table["frame"] == f).all()
+        assert any(c.endswith("_nm") for c in table.columns)  # sizes in nm: calibrated
+    bad = run_batch([movie], tmp_path / "o2", task="particles", detector="classical", n_workers=0)
+    assert (bad.summary["status"] == "error").all()
+    assert "needs a segmentation model" in bad.summary["error"].iloc[0]
+
+
+def test_runs_on_a_given_scheduler(inputs, tmp_path):
+    from distributed import LocalCluster
+
+    folder, _ = inputs
+    with LocalCluster(
+        n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=40
+    ) as cluster:
+        res = run_batch(
+            [folder / "movie.hspy"],
+            tmp_path / "out",
+            detector="classical",
+            scheduler=cluster.scheduler_address,
+        )
+    assert res.n_computed == 5 and (res.summary["n_atoms"] == N_ATOMS).all()

@@ -33,11 +33,21 @@ def test_segment_writes_table_labels_and_provenance(particle_file, tmp_path, cap
     path, sim = particle_file
     out, labels = tmp_path / "p.csv", tmp_path / "p_labels.tif"
     assert _run(["segment", str(path), "--out", str(out), "--labels", str(labels)]) == 0
-    table = read_csv(out, required=("label", "area_px", "equivalent_diameter_px", "perimeter_px",
-                                    "circularity", "touches_border"))
+    table = read_csv(
+        out,
+        required=(
+            "label",
+            "area_px",
+            "equivalent_diameter_px",
+            "perimeter_px",
+            "circularity",
+            "touches_border",
+        ),
+    )
     # the pixel size comes from the file: nm columns are there and consistent
-    np.testing.assert_allclose(table["equivalent_diameter_nm"],
-                               table["equivalent_diameter_px"] * 0.2, rtol=1e-3)
+    np.testing.assert_allclose(
+        table["equivalent_diameter_nm"], table["equivalent_diameter_px"] * 0.2, rtol=1e-3
+    )
     assert out.with_suffix(".json").is_file()
     lab = read_image(labels)
     assert lab.data.shape == (256, 256) and lab.pixel_size_nm == pytest.approx(0.2)
@@ -65,7 +75,7 @@ def test_bad_input(particle_file, tmp_path):
     np.save(tmp_path / "rgb.npy", np.zeros((64, 64, 3)))
     with pytest.raises(ValueError, match="RGB"):
         _run(["segment", str(tmp_path / "rgb.npy"), "--out", str(tmp_path / "a.csv")])
-    with pytest.raises(ValueError, match=".csv"):
+    with pytest.raises(ValueError, match=r"\.csv"):
         _run(["segment", str(path), "--out", str(tmp_path / "a.txt")])
     with pytest.raises(ValueError, match="unknown model"):
         _run(["segment", str(path), "--out", str(tmp_path / "a.csv"), "--model", "nope"])

@@ -10,11 +10,14 @@ Outputs in ``out_dir``:
 
 - ``<image>_atoms.csv`` for a 2D image, ``<image>/frame_00000_atoms.csv`` ... for each frame of a
   stack (``<image>`` is the file stem, plus the signal's title for multi-image files); with
-  ``task="cells"`` also ``..._cells.csv`` (unit cells, B sites, displacements, strain);
+  ``task="cells"`` also ``..._cells.csv`` (unit cells, B sites, displacements, strain); with
+  ``task="particles"`` only ``..._particles.csv`` (one row per segmented nanoparticle, sizes in
+  nm when calibrated);
 - ``<image>_provenance.json`` / ``<image>/provenance.json``: what made them (plugin version,
   model, parameters, source file, pixel size);
 - ``summary.csv`` (+ ``summary.json``): one row per frame or file: input, image, frame, status
-  (``ok``, ``skipped`` = done before, ``error``), atom / cell counts, seconds, outputs, error.
+  (``ok``, ``skipped`` = done before, ``error``), atom / cell / particle counts, seconds,
+  outputs, error.
 
 Columns of the atoms CSVs: ``frame``, then those of :func:`napari_atomnet.pipeline.find_atoms`
 (``y, x`` in pixels, row/column, pixel-centre convention).
@@ -37,7 +40,7 @@ from ._provenance import make_provenance
 from .io import ImageReadError, write_csv, write_text_atomic
 from .io.images import IMAGE_SUFFIXES, read_images
 
-TASKS = ("atoms", "cells")
+TASKS = ("atoms", "cells", "particles")
 
 SUMMARY_COLUMNS = [
     "input",
@@ -46,6 +49,7 @@ SUMMARY_COLUMNS = [
     "status",
     "n_atoms",
     "n_cells",
+    "n_particles",
     "seconds",
     "pixel_size_nm",
     "outputs",
@@ -151,7 +155,7 @@ def plan_batch(
         Files and folders (see :func:`expand_inputs`).
     out_dir : path-like
         Output folder.
-    task : {"atoms", "cells"}
+    task : {"atoms", "cells", "particles"}
         What to compute per frame.
     overwrite : bool
         Recompute outputs that exist (otherwise they are skipped).
@@ -172,10 +176,10 @@ def plan_batch(
     plan = BatchPlan()
     files = expand_inputs(inputs)
     stems: dict[str, int] = {}
-    kinds = ("atoms", "cells") if task == "cells" else ("atoms",)
+    kinds = {"atoms": ("atoms",), "cells": ("atoms", "cells"), "particles": ("particles",)}[task]
     for path in files:
         try:
-            images = read_images(path, lazy=True)
+            images = _peek(path)
         except ImageReadError as err:
             plan.failed.append(_row(path, "", None, "error", error=str(err)))
             continue
@@ -214,21 +218,22 @@ def plan_batch(
             todo_frames, todo_outputs = [], []
             for f, outs in zip(frames, outputs, strict=True):
                 if not overwrite and all(Path(p).exists() for p in outs.values()):
+                    counts = {f"n_{k}": _count_rows(p) for k, p in outs.items()}
                     plan.skipped.append(
                         _row(
                             path,
                             image.name,
                             f,
                             "skipped",
-                            n_atoms=_count_rows(outs["atoms"]),
-                            n_cells=_count_rows(outs["cells"]) if "cells" in outs else None,
                             pixel_size_nm=image.pixel_size_nm,
                             outputs=outs,
+                            **counts,
                         )
                     )
                 else:
                     todo_frames.append(f)
                     todo_outputs.append(outs)
+            _remove_stale_parts(todo_outputs)
             size = frames_per_job or max(
                 1, min(16, math.ceil(len(todo_frames) / (4 * max(1, n_workers))))
             )
@@ -244,6 +249,30 @@ def plan_batch(
                     )
                 )
     return plan
+
+
+def _remove_stale_parts(outputs: list[dict[str, str]]) -> None:
+    """Delete temporary files a killed run left for outputs that are about to be computed."""
+    todo: dict[Path, set[str]] = {}
+    for outs in outputs:
+        for p in outs.values():
+            todo.setdefault(Path(p).parent, set()).add(Path(p).name)
+    for folder, names in todo.items():
+        if not folder.is_dir():
+            continue
+        for part in folder.glob(".*.part"):  # atomic_path's temp names: .<name>.<random>.part
+            if part.name[1:].rsplit(".", 2)[0] in names:
+                part.unlink(missing_ok=True)
+
+
+def _peek(path: Path) -> list[Any]:
+    """Open a file for planning: shapes and calibration, without reading any frame."""
+    from .io.images import MICROSCOPY_SUFFIXES
+    from .io.microscopy import read_microscopy
+
+    if path.suffix.lower() in MICROSCOPY_SUFFIXES:
+        return read_microscopy(path, lazy=True, materialize=False)
+    return read_images(path, lazy=True)
 
 
 def _count_rows(csv_path: str) -> int | None:
@@ -278,6 +307,17 @@ def _open_images(path: str, mtime: float) -> list[Any]:
 
 
 @functools.lru_cache(maxsize=4)
+def _segmenter(name: str | None) -> Any:
+    """Resolve a segmentation model once per worker process."""
+    from .models.registry import load_model
+    from .models.segmenter import DEFAULT_SEGMENTER
+
+    if name == "classical":
+        raise ValueError("--task particles needs a segmentation model, not 'classical'")
+    return load_model(name or DEFAULT_SEGMENTER, task="segmentation")
+
+
+@functools.lru_cache(maxsize=4)
 def _detector(name: str | None) -> Any:
     """Resolve a detector once per worker process (model cards check their sha256 on load)."""
     from .pipeline import CLASSICAL
@@ -306,7 +346,7 @@ def run_job(job: Job, task: str, params: dict[str, Any], overwrite: bool) -> lis
     ----------
     job : Job
         The work.
-    task : {"atoms", "cells"}
+    task : {"atoms", "cells", "particles"}
         What to compute.
     params : dict
         ``detector``, ``threshold``, ``refine``, ``device``, ``bsites``.
@@ -326,7 +366,10 @@ def run_job(job: Job, task: str, params: dict[str, Any], overwrite: bool) -> lis
     try:
         images = _open_images(job.path, os.path.getmtime(job.path))
         data = images[job.image_index].data
-        detector = _detector(params.get("detector"))
+        if task == "particles":
+            model = _segmenter(params.get("detector"))
+        else:
+            model = _detector(params.get("detector"))
     except Exception as err:
         return [
             _row(job.path, job.image_name, f, "error", error=f"{type(err).__name__}: {err}")
@@ -339,9 +382,12 @@ def run_job(job: Job, task: str, params: dict[str, Any], overwrite: bool) -> lis
                 image = data if frame is None else data[frame]
                 image = image.compute() if hasattr(image, "compute") else image
             source = job.path + ("" if frame is None else f" frame {frame}")
+            if task == "particles":
+                rows.append(_particles(image, model, job, frame, outs, params, overwrite, t0))
+                continue
             result = find_atoms(
                 image,
-                detector=detector,
+                detector=model,
                 threshold=params.get("threshold"),
                 refine=params.get("refine", True),
                 device=params.get("device"),
@@ -391,6 +437,42 @@ def run_job(job: Job, task: str, params: dict[str, Any], overwrite: bool) -> lis
     return rows
 
 
+def _particles(
+    image: Any,
+    model: Any,
+    job: Job,
+    frame: int | None,
+    outs: dict[str, str],
+    params: dict[str, Any],
+    overwrite: bool,
+    t0: float,
+) -> dict[str, Any]:
+    """Segment the particles of one frame and write their table."""
+    from .models.segmenter import segment_particles
+
+    seg = segment_particles(
+        image,
+        model,
+        pixel_size_nm=job.pixel_size_nm,
+        threshold=params.get("threshold"),
+        keep_probability=False,
+        device=params.get("device"),
+    )
+    table = seg.table.copy()
+    table.insert(0, "frame", -1 if frame is None else frame)
+    write_csv(table, outs["particles"], overwrite=overwrite)
+    return _row(
+        job.path,
+        job.image_name,
+        frame,
+        "ok",
+        n_particles=len(table),
+        seconds=round(time.perf_counter() - t0, 4),
+        pixel_size_nm=job.pixel_size_nm,
+        outputs=outs,
+    )
+
+
 # ------------------------------------------------------------------------------------------------
 # driver
 # ------------------------------------------------------------------------------------------------
@@ -437,11 +519,12 @@ def run_batch(
         Files and folders.
     out_dir : path-like
         Output folder (created).
-    task : {"atoms", "cells"}
-        Atoms only, or atoms and unit cells.
+    task : {"atoms", "cells", "particles"}
+        Atoms; atoms and unit cells; or nanoparticles (segmentation, one table per frame).
     detector : str, optional
-        Registry name or ``.onnx`` path (default: the built-in model); ``"classical"`` for the
-        Gaussian-filter baseline.
+        Registry name or ``.onnx`` path of the detection model (default: the built-in model;
+        ``"classical"`` for the Gaussian-filter baseline), or of the segmentation model for
+        ``task="particles"`` (default: the built-in ``atomnet-particles``).
     threshold, refine : optional
         As in :func:`napari_atomnet.pipeline.find_atoms`.
     bsites : bool
@@ -507,6 +590,7 @@ def run_batch(
             summary["frame"] = summary["frame"].astype("Int64")
             summary["n_atoms"] = summary["n_atoms"].astype("Int64")
             summary["n_cells"] = summary["n_cells"].astype("Int64")
+            summary["n_particles"] = summary["n_particles"].astype("Int64")
         summary = summary.sort_values(
             ["input", "image", "frame"], kind="stable", na_position="first"
         )

@@ -24,8 +24,9 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     batch = subparsers.add_parser(
         "batch",
         help="detect + refine (+ cells) in many files and every frame of movies, on dask",
-        description="Detect atom columns and refine them (and, with --task cells, build unit "
-        "cells) in every image of every input and every frame of every stack. Inputs are "
+        description="Detect atom columns and refine them (with --task cells, also build unit "
+        "cells; with --task particles, segment nanoparticles instead) in every image of every "
+        "input and every frame of every stack. Inputs are "
         "files (.tif .png .npy .dm3 .dm4 .emd .ser .emi .mrc .hspy .hdf5) or folders of them. "
         "Writes one atoms CSV per file or frame (y, x in pixels, row/col, pixel-centre "
         "convention), a provenance JSON per image and summary.csv (one row per file or frame: "
@@ -49,12 +50,19 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         help="run on a dask.distributed cluster (e.g. tcp://10.0.0.5:8786) instead of local "
         "processes; its workers must see the same input and output paths",
     )
-    batch.add_argument("--task", choices=("atoms", "cells"), default="atoms")
+    batch.add_argument(
+        "--task",
+        choices=("atoms", "cells", "particles"),
+        default="atoms",
+        help="atoms: detect + refine; cells: also unit cells, B sites, strain; particles: "
+        "segment nanoparticles (default: %(default)s)",
+    )
     batch.add_argument(
         "--model",
         default=None,
-        help="detection model: registry name or .onnx path (default: the built-in model); "
-        "'classical' for the Gaussian-filter baseline",
+        help="registry name or .onnx path of the detection model (default: the built-in one; "
+        "'classical' for the Gaussian-filter baseline), or of the segmentation model for "
+        "--task particles (default: atomnet-particles)",
     )
     batch.add_argument("--threshold", type=_probability, default=None)
     batch.add_argument("--no-refine", action="store_true", help="skip the Gaussian fits")

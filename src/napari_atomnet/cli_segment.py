@@ -112,7 +112,10 @@ def run_segment(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - t0
     params = dict(result.params, pixel_size_source="option" if args.pixel_size else "file")
     provenance = make_provenance(
-        "segment", params, model=result.card.provenance(), source=str(args.image),
+        "segment",
+        params,
+        model=result.card.provenance(),
+        source=str(args.image),
         extra={
             "device": result.device,
             "seconds": round(seconds, 3),
@@ -126,8 +129,9 @@ def run_segment(args: argparse.Namespace) -> int:
     if labels_path is not None:
         lab = result.labels
         lab = lab.astype(np.uint16) if lab.max(initial=0) < 65536 else lab.astype(np.int32)
-        write_tiff(labels_path, lab, pixel_size_nm=pixel_size, overwrite=args.overwrite,
-                   compress=True)
+        write_tiff(
+            labels_path, lab, pixel_size_nm=pixel_size, overwrite=args.overwrite, compress=True
+        )
     stats = result.statistics()
     n = len(result.table)
     n_in = n - int(result.table["touches_border"].sum())

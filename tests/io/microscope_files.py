@@ -281,3 +281,26 @@ def write_velox(path, images, *, pixel_size_m):
             }
             group.create_dataset("Metadata", data=_json_column(meta))
     return Path(path)
+
+
+def write_emi(path, frames, *, pixel_size_m, mode="STEM nP SA Zoom Image", camera=False):
+    """A TIA ``.emi`` (the XML ``<ObjectInfo>`` of one acquisition) with its ``<stem>_1.ser``.
+
+    rosettasciio takes the units from the acquisition mode: diffraction modes (or a camera in
+    STEM) are in 1/m, images in m.
+    """
+    path = Path(path)
+    write_ser(path.with_name(f"{path.stem}_1.ser"), frames, pixel_size_m=pixel_size_m)
+    acquire = (
+        "<CameraNamePath>BM-Ceta</CameraNamePath>" if camera else "<DwellTime>1e-6</DwellTime>"
+    )
+    xml = (
+        "<ObjectInfo><AcquireDate>Mon Nov 20 10:00:00 2023</AcquireDate>"
+        "<ExperimentalDescription><Root>"
+        f"<Data><Label>Mode</Label><Value>{mode}</Value><Unit></Unit></Data>"
+        "<Data><Label>High tension</Label><Value>300</Value><Unit>kV</Unit></Data>"
+        "</Root></ExperimentalDescription>"
+        f"<AcquireInfo>{acquire}</AcquireInfo></ObjectInfo>"
+    )
+    path.write_bytes(b"\x00\x01TIA binary header" + xml.encode("utf-8") + b"\x00" * 16)
+    return path

@@ -10,6 +10,7 @@ import pytest
 from microscope_files import (
     write_dm,
     write_emd_ncem,
+    write_emi,
     write_hspy,
     write_mrc,
     write_ser,
@@ -98,6 +99,22 @@ def test_ser_series(tmp_path):
     _check(image, STACK, 0.02, lazy_stack=False)  # rosettasciio reads a .ser whole
     single = read_image(write_ser(tmp_path / "t_1.ser", STACK[:1], pixel_size_m=1e-9))
     _check(single, STACK[0], 1.0)
+
+
+def test_emi_image_and_diffraction(tmp_path):
+    image = read_image(write_emi(tmp_path / "e.emi", STACK[:1], pixel_size_m=5e-11))
+    _check(image, STACK[0], 0.05)
+    assert image.name == "e"
+    assert image.metadata["original_metadata"]["ObjectInfo"]["AcquireDate"].startswith("Mon")
+    # a diffraction pattern: reciprocal units, so no real-space pixel size
+    diff = write_emi(
+        tmp_path / "d.emi", STACK[:1], pixel_size_m=1e8, mode="STEM Diffraction", camera=True
+    )
+    pattern = read_image(diff)
+    _check(pattern, STACK[0], None)
+    calibration = pattern.metadata["calibration"]
+    assert calibration["status"] == "reciprocal"
+    assert calibration["reciprocal_pixel_size_per_nm"] == pytest.approx([0.1, 0.1])
 
 
 def test_mrc_stack_and_image(tmp_path):

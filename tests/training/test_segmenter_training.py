@@ -99,13 +99,15 @@ def test_boundary_target_separates_touching_particles():
     for k in (1, 2):
         dist = ndimage.distance_transform_edt(lab == k)
         np.testing.assert_array_equal(rim[lab == k], dist[lab == k] <= 2.0)
-    interiors, n = ndimage.label((lab > 0) & ~rim)
+    _, n = ndimage.label((lab > 0) & ~rim)
     assert n == 2
 
 
 def test_batches_are_seeded_and_consistent():
-    pool = [seg_data.make_example(kind, 10 + i, shape=(96, 96), pad=16)
-            for i, kind in enumerate(seg_data.KINDS)]
+    pool = [
+        seg_data.make_example(kind, 10 + i, shape=(96, 96), pad=16)
+        for i, kind in enumerate(seg_data.KINDS)
+    ]
     again = seg_data.make_example("haadf", 11, shape=(96, 96), pad=16)
     np.testing.assert_array_equal(again.image, pool[1].image)
     assert pool[0].image.shape == (128, 128) and pool[0].labels.shape == (128, 128)
@@ -138,8 +140,16 @@ def test_quick_training_run_writes_model_and_card(tmp_path):
     card = load_model(path, task="segmentation")
     info = card.info
     assert info["sha256"] == file_sha256(path)
-    for key in ("classes", "pad_multiple", "margin", "tile", "threshold", "split", "validation",
-                "training"):
+    for key in (
+        "classes",
+        "pad_multiple",
+        "margin",
+        "tile",
+        "threshold",
+        "split",
+        "validation",
+        "training",
+    ):
         assert key in info, key
     assert info["training"]["steps"] == 3 and info["training"]["seed"] == 0
     assert info["training"]["train_seconds"] >= 0 and "recipe" in info["training"]

@@ -132,3 +132,47 @@ def test_reader_layers_in_viewer(make_napari_viewer, tmp_path, movie):
     both = get_reader([str(dm), str(hs)])([str(dm), str(hs)])
     assert [m["name"] for _, m, _ in both] == ["a", "b"]
     assert both[0][1]["scale"] == pytest.approx((0.01, 0.01), rel=1e-7)  # DM stores float32
+
+
+def test_sequence_on_a_lazy_stack_from_a_file(make_napari_viewer, qtbot, tmp_path, movie):
+    import dask.array as da
+
+    stack, _, present, _ = movie
+    path = write_hspy(tmp_path / "m.hspy", stack, scale=0.02, units="nm", chunks=(1, 96, 96))
+    viewer = make_napari_viewer()
+    ((data, meta, _),) = get_reader(str(path))(str(path))
+    layer = viewer.add_image(data, **meta)
+    assert isinstance(layer.data, da.Array)
+    widget = SequenceWidget(viewer)
+    widget._image.value = layer
+    widget._model.value = "classical"
+    widget._drift.value = None
+    with qtbot.waitSignal(widget.run_finished, timeout=60_000):
+        widget._on_run()
+    points = viewer.layers["Atoms (m)"]
+    assert len(points.data) == present.sum()
+    np.testing.assert_allclose(points.scale, [1.0, 0.02, 0.02])
+    assert (points.features[["dy", "dx"]].to_numpy() == 0).all()  # drift correction off
+
+
+def _manifest_has_reader():
+    import yaml
+
+    manifest = Path(__file__).parents[2] / "src" / "napari_atomnet" / "napari.yaml"
+    return "readers" in yaml.safe_load(manifest.read_text())["contributions"]
+
+
+@pytest.mark.skipif(not _manifest_has_reader(), reason="reader not in napari.yaml yet")
+def test_viewer_open_with_the_plugin(make_napari_viewer, tmp_path, movie):
+    stack, *_ = movie
+    viewer = make_napari_viewer()
+    path = write_velox(
+        tmp_path / "scan.emd", [("HAADF", stack[0]), ("DF4", stack)], pixel_size_m=4e-11
+    )
+    layers = viewer.open(str(path), plugin="napari-atomnet")
+    assert [ly.name for ly in layers] == ["scan HAADF", "scan DF4"]
+    np.testing.assert_allclose(viewer.layers["scan DF4"].scale, [1.0, 0.04, 0.04])
+    bad = tmp_path / "bad.dm4"
+    bad.write_bytes(b"junk")
+    with pytest.raises(Exception, match="cannot read as Gatan"):
+        viewer.open(str(bad), plugin="napari-atomnet")

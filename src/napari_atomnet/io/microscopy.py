@@ -280,7 +280,9 @@ def _signal_kind(signal: dict[str, Any]) -> tuple[bool, str]:
     return True, ("image stack " if data.ndim == 3 else "image ") + dims
 
 
-def read_microscopy(path: str | os.PathLike, *, lazy: bool = True) -> list[ImageData]:
+def read_microscopy(
+    path: str | os.PathLike, *, lazy: bool = True, materialize: bool = True
+) -> list[ImageData]:
     """Read every 2D image and T×Y×X image stack of a microscope file.
 
     Parameters
@@ -290,6 +292,9 @@ def read_microscopy(path: str | os.PathLike, *, lazy: bool = True) -> list[Image
         ``.hspy`` or ``.hdf5`` file.
     lazy : bool
         Keep stacks as dask arrays (read frame by frame when used); 2D images are always read.
+    materialize : bool
+        Read stacks that come as a single chunk into memory (see the module docstring); False
+        keeps them lazy too, for a quick look at shapes and calibration.
 
     Returns
     -------
@@ -332,7 +337,8 @@ def read_microscopy(path: str | os.PathLike, *, lazy: bool = True) -> list[Image
     titles = _unique_titles([_title(s) or f"signal {i}" for i, s, _ in kept])
     for (index, signal, what), title in zip(kept, titles, strict=True):
         data = signal["data"]
-        if data.ndim == 2 or not lazy or len(getattr(data, "chunks", ((0,),))[0]) == 1:
+        one_chunk = len(getattr(data, "chunks", ((0,),))[0]) == 1
+        if data.ndim == 2 or not lazy or (one_chunk and materialize):
             # a stack stored as one chunk would be read whole for every frame: read it once
             data = np.asarray(data)
         axes = signal.get("axes", [])

@@ -101,7 +101,9 @@ def _loguniform(rng: np.random.Generator, lo: float, hi: float) -> float:
     return float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
 
 
-def random_simulation(kind: str, rng: np.random.Generator, shape: tuple[int, int], seed: int) -> Any:
+def random_simulation(
+    kind: str, rng: np.random.Generator, shape: tuple[int, int], seed: int
+) -> Any:
     """Simulate one particle image at a random point of the parameter space.
 
     Parameters

@@ -81,7 +81,10 @@ def export_segmenter(
             buf,
             input_names=["image"],
             output_names=["probability"],
-            dynamic_axes={"image": {0: "N", 2: "H", 3: "W"}, "probability": {0: "N", 2: "H", 3: "W"}},
+            dynamic_axes={
+                "image": {0: "N", 2: "H", 3: "W"},
+                "probability": {0: "N", 2: "H", 3: "W"},
+            },
             opset_version=opset,
             do_constant_folding=True,
             dynamo=False,

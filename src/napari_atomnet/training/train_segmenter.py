@@ -2,7 +2,8 @@
 
 Run::
 
-    python -m napari_atomnet.training.train_segmenter --out src/napari_atomnet/models/builtin --seed 0
+    python -m napari_atomnet.training.train_segmenter \
+        --out src/napari_atomnet/models/builtin --seed 0
 
 Everything is seeded (numpy, torch, the simulated pool), runs on ``--threads`` CPU threads (2 by
 default) for a fixed number of steps (not a time budget), so a run is reproducible.  The script
@@ -56,10 +57,10 @@ class SegTrainConfig:
 
     def __init__(self, **kw: Any) -> None:
         self.seed: int = 0
-        self.steps: int = 4000
+        self.steps: int = 8000
         self.batch: int = 8
         self.crop: int = 192
-        self.pool: int = 600
+        self.pool: int = 800
         self.sim_shape: int = 320
         self.pad: int = 32
         self.lr: float = 3e-3
@@ -68,11 +69,11 @@ class SegTrainConfig:
         self.boundary_weight: float = 1.0
         self.channels: tuple[int, ...] = (16, 32, 48, 64, 96)
         self.stem: int = 2
-        self.val_every: int = 1000
+        self.val_every: int = 2000
         self.val_images: int = 2
         self.threads: int = 2
-        self.margin: int = 64
-        self.tile: int = 1024
+        self.margin: int = 0  # 0: half the measured receptive field, rounded up to 32 px
+        self.tile: int = 2048
         self.val_shape: int = 512
         for key, value in kw.items():
             if not hasattr(self, key):
@@ -80,7 +81,7 @@ class SegTrainConfig:
             setattr(self, key, value)
 
     def as_dict(self) -> dict[str, Any]:
-        """The configuration as a plain dict."""
+        """Return the configuration as a plain dict."""
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(self).items()}
 
 
@@ -165,7 +166,10 @@ def train(cfg: SegTrainConfig, pool: list | None = None) -> tuple[Any, dict]:
                 _log(f"  pool {done}/{total}")
 
         pool = seg_data.make_pool(
-            cfg.pool, cfg.seed, shape=(cfg.sim_shape, cfg.sim_shape), pad=cfg.pad,
+            cfg.pool,
+            cfg.seed,
+            shape=(cfg.sim_shape, cfg.sim_shape),
+            pad=cfg.pad,
             progress=progress,
         )
     history["pool_s"] = time.perf_counter() - t0
@@ -204,13 +208,18 @@ def train(cfg: SegTrainConfig, pool: list | None = None) -> tuple[Any, dict]:
         if (step + 1) % 50 == 0 or step + 1 == cfg.steps:
             el = time.perf_counter() - t1
             means = {k: round(v / n_run, 4) for k, v in run.items()}
-            _log(f"step {step + 1}/{cfg.steps} {means} lr {lr_at(step):.2e} "
-                 f"({el / (step + 1):.3f} s/step)")
+            _log(
+                f"step {step + 1}/{cfg.steps} {means} lr {lr_at(step):.2e} "
+                f"({el / (step + 1):.3f} s/step)"
+            )
             history["loss"].append((step + 1, means))
             run, n_run = {}, 0
         if cfg.val_every and (step + 1) % cfg.val_every == 0 and step + 1 < cfg.steps:
-            res = evaluate(lambda img: torch_probability(model, img, cfg.pad), cfg.val_images,
-                           shape=(cfg.val_shape, cfg.val_shape))
+            res = evaluate(
+                lambda img: torch_probability(model, img, cfg.pad),
+                cfg.val_images,
+                shape=(cfg.val_shape, cfg.val_shape),
+            )
             _log("validation " + json.dumps(_summary(res)))
             history["val"].append((step + 1, _summary(res)))
             model.train()
@@ -284,7 +293,9 @@ def evaluate(
             for split in splits:
                 for thr in thresholds:
                     labels = label_particles(
-                        prob[0], prob[1] if prob.shape[0] > 1 else None, threshold=thr,
+                        prob[0],
+                        prob[1] if prob.shape[0] > 1 else None,
+                        threshold=thr,
                         split=split,
                     )
                     s = segmentation_scores(labels, sim.labels, sim.extras["touching_pairs"])
@@ -395,11 +406,31 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.perf_counter()
     cfg = SegTrainConfig(seed=args.seed)
     if args.quick:
-        cfg = SegTrainConfig(seed=args.seed, steps=3, pool=4, batch=2, crop=64, sim_shape=96,
-                             pad=16, val_every=0, val_images=1, val_shape=128,
-                             channels=(4, 8, 8, 8, 8))
-    for key in ("steps", "pool", "lr", "batch", "crop", "threads", "val_every", "val_images",
-                "boundary_weight", "stem"):
+        cfg = SegTrainConfig(
+            seed=args.seed,
+            steps=3,
+            pool=4,
+            batch=2,
+            crop=64,
+            sim_shape=96,
+            pad=16,
+            val_every=0,
+            val_images=1,
+            val_shape=128,
+            channels=(4, 8, 8, 8, 8),
+        )
+    for key in (
+        "steps",
+        "pool",
+        "lr",
+        "batch",
+        "crop",
+        "threads",
+        "val_every",
+        "val_images",
+        "boundary_weight",
+        "stem",
+    ):
         value = getattr(args, key)
         if value is not None:
             setattr(cfg, key, value)
@@ -412,6 +443,10 @@ def main(argv: list[str] | None = None) -> int:
     _log(f"config {json.dumps(cfg.as_dict())}")
     model, history = train(cfg)
     rf = receptive_field(model, 256 if args.quick else 512)
+    if not cfg.margin:
+        # tiles that read half the receptive field around their core reproduce the whole-image
+        # output exactly (the cores are aligned to the pooling grid, models.segmenter)
+        cfg.margin = int(math.ceil(rf / 2 / 32) * 32)
     _log(f"receptive field {rf} px; margin {cfg.margin} px")
 
     out = Path(args.out)
@@ -431,8 +466,10 @@ def main(argv: list[str] | None = None) -> int:
         "split": "boundary",
         "min_area": 8,
         "h": 1.0,
-        "normalization": {"method": "global robust standardisation",
-                          "function": "napari_atomnet.models.segmenter.normalize_image"},
+        "normalization": {
+            "method": "global robust standardisation",
+            "function": "napari_atomnet.models.segmenter.normalize_image",
+        },
         "design": DESIGN,
         "architecture": {
             "class": "napari_atomnet.training.seg_nets.DSUNet",
@@ -453,8 +490,14 @@ def main(argv: list[str] | None = None) -> int:
     shape = (cfg.val_shape, cfg.val_shape)
     cases = ["core_shell", "haadf"] if args.quick else None
     _log("validating the exported model")
-    val = evaluate(predict, n_val, shape=shape, cases=cases, thresholds=THRESHOLDS,
-                   splits=("boundary", "distance"))
+    val = evaluate(
+        predict,
+        n_val,
+        shape=shape,
+        cases=cases,
+        thresholds=THRESHOLDS,
+        splits=("boundary", "distance"),
+    )
 
     def score(key: str) -> float:
         # mean over the cases of Dice + split share + instance F1 - 10 x median diameter error
@@ -462,8 +505,12 @@ def main(argv: list[str] | None = None) -> int:
         for r in val.values():
             m = r[key]
             f1 = 2 * m["precision"] * m["recall"] / max(m["precision"] + m["recall"], 1e-9)
-            vals.append(m["dice"] + np.nan_to_num(m["pairs_split_frac"], nan=1.0) + f1
-                        - 10 * np.nan_to_num(m["median_d_rel_error"], nan=1.0))
+            vals.append(
+                m["dice"]
+                + np.nan_to_num(m["pairs_split_frac"], nan=1.0)
+                + f1
+                - 10 * np.nan_to_num(m["median_d_rel_error"], nan=1.0)
+            )
         return float(np.mean(vals))
 
     best = max(val[next(iter(val))], key=score)
@@ -489,8 +536,10 @@ def main(argv: list[str] | None = None) -> int:
             "seeds": f"{seg_data.VAL_SEED} + i",
             "cases": {c: seg_data.VALIDATION_CASES[c][1] for c in val},
             "metrics": metrics,
-            "all": {c: {k: {kk: round(vv, 5) for kk, vv in v.items()} for k, v in r.items()}
-                    for c, r in val.items()},
+            "all": {
+                c: {k: {kk: round(vv, 5) for kk, vv in v.items()} for k, v in r.items()}
+                for c, r in val.items()
+            },
         },
         training={
             "recipe": _recipe(cfg),

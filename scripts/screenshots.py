@@ -1,0 +1,135 @@
+"""Regenerate the screenshots in docs/ with a real napari viewer and the real widgets.
+
+Usage (needs a screen, or Xvfb)::
+
+    xvfb-run -a -s "-screen 0 1600x1200x24" .venv/bin/python scripts/screenshots.py [NAMES...]
+
+Each screenshot runs the widget as a user would (sample data → Run → wait for the result).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import imageio.v3 as iio
+import napari
+from qtpy.QtWidgets import QApplication
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+
+
+def wait(until, timeout: float = 120.0) -> None:
+    app = QApplication.instance()
+    t0 = time.time()
+    while not until():
+        app.processEvents()
+        time.sleep(0.02)
+        if time.time() - t0 > timeout:
+            raise TimeoutError("the widget did not finish")
+    for _ in range(20):
+        app.processEvents()
+        time.sleep(0.02)
+
+
+def viewer_with(sample: str) -> napari.Viewer:
+    viewer = napari.Viewer(show=True)
+    viewer.window.resize(1500, 950)
+    viewer.open_sample("napari-atomnet", sample)
+    return viewer
+
+
+def zoom(viewer: napari.Viewer, factor: float, frac=(0.5, 0.5)) -> None:
+    viewer.reset_view()
+    layer = viewer.layers[0]
+    h, w = layer.data.shape[-2:]
+    centre = layer.data_to_world((h * frac[0], w * frac[1]))
+    viewer.camera.center = tuple(centre)
+    viewer.camera.zoom *= factor
+
+
+def save(viewer: napari.Viewer, name: str) -> None:
+    QApplication.instance().processEvents()
+    path = DOCS / f"{name}.png"
+    iio.imwrite(path, viewer.screenshot(canvas_only=False, flash=False))
+    print(f"wrote {path}")
+    viewer.close()
+
+
+def detect() -> None:
+    from napari_atomnet._widgets import DetectAtomsWidget
+
+    viewer = viewer_with("perovskite_haadf")
+    widget = DetectAtomsWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Detect atoms")
+    widget._image.value = viewer.layers["perovskite_haadf"]
+    widget._on_run()
+    wait(lambda: widget._worker is None and "Atoms (perovskite_haadf)" in viewer.layers)
+    zoom(viewer, 3.0, (0.3, 0.3))
+    save(viewer, "detect_widget")
+
+
+def lattice() -> None:
+    from napari_atomnet._widgets import DetectAtomsWidget, LatticeWidget
+
+    viewer = viewer_with("perovskite_haadf")
+    det = DetectAtomsWidget(viewer)
+    det._on_run()
+    wait(lambda: det._worker is None and "Atoms (perovskite_haadf)" in viewer.layers)
+    widget = LatticeWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Lattice")
+    widget._on_run()
+    wait(lambda: widget._worker is None and "Displacements (perovskite_haadf)" in viewer.layers)
+    for name in ("Atoms", "Boxes"):
+        viewer.layers[f"{name} (perovskite_haadf)"].visible = False
+    zoom(viewer, 2.2, (0.7, 0.65))
+    save(viewer, "lattice_widget")
+
+
+def strain() -> None:
+    from napari_atomnet._widgets import DetectAtomsWidget, LatticeWidget
+
+    viewer = viewer_with("perovskite_haadf")
+    det = DetectAtomsWidget(viewer)
+    det._on_run()
+    wait(lambda: det._worker is None and "Atoms (perovskite_haadf)" in viewer.layers)
+    widget = LatticeWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Lattice")
+    widget._strain.value = "rotation"
+    widget._on_run()
+    wait(lambda: widget._worker is None and "Strain (perovskite_haadf)" in viewer.layers)
+    for name in ("Atoms", "Boxes", "Unit cells", "B sites"):
+        viewer.layers[f"{name} (perovskite_haadf)"].visible = False
+    viewer.layers["Strain (perovskite_haadf)"].visible = True
+    viewer.reset_view()
+    save(viewer, "strain_map")
+
+
+def curate() -> None:
+    import numpy as np
+
+    from napari_atomnet._widgets import CurateAtomsWidget, DetectAtomsWidget
+
+    viewer = viewer_with("interface_abf")
+    det = DetectAtomsWidget(viewer)
+    det._on_run()
+    wait(lambda: det._worker is None and "Atoms (interface_abf)" in viewer.layers)
+    atoms = viewer.layers["Atoms (interface_abf)"]
+    # stand in for what a model misses: drop a handful of atoms
+    rng = np.random.default_rng(0)
+    atoms.selected_data = set(rng.choice(len(atoms.data), 12, replace=False).tolist())
+    atoms.remove_selected()
+    widget = CurateAtomsWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Curate atoms")
+    widget.suggest()
+    viewer.camera.zoom *= 3.0
+    save(viewer, "curate_widget")
+
+
+SHOTS = {"detect": detect, "lattice": lattice, "strain": strain, "curate": curate}
+
+if __name__ == "__main__":
+    DOCS.mkdir(exist_ok=True)
+    for name in sys.argv[1:] or list(SHOTS):
+        SHOTS[name]()
