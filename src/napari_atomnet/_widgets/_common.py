@@ -45,3 +45,40 @@ def notify_info(message: str) -> None:
     from napari.utils.notifications import show_info
 
     show_info(message)
+
+
+#: Model-picker entry that opens a file picker for any .onnx with a model card.
+CUSTOM_MODEL = "Custom .onnx…"
+
+
+def model_choices(task: str, *extra: tuple[str, Any]) -> list[tuple[str, Any]]:
+    """Return the model-picker choices: built-in and user models of ``task``, ``extra``, custom."""
+    from ..models.registry import list_models
+
+    return [(card.label, card) for card in list_models(task)] + [
+        *extra,
+        (CUSTOM_MODEL, CUSTOM_MODEL),
+    ]
+
+
+def selected_model(choice: Any, custom_path: Any, task: str) -> Any:
+    """Resolve a model-picker choice to a verified model card.
+
+    Strings other than the custom entry (e.g. ``"classical"``) are returned unchanged.
+
+    Raises
+    ------
+    ValueError
+        No model chosen, no file chosen for a custom model, or a model that fails its checks.
+    """
+    from ..models.registry import ModelCard, load_model
+
+    if choice == CUSTOM_MODEL:
+        if not custom_path or not str(custom_path).lower().endswith(".onnx"):
+            raise ValueError("choose a .onnx model file")
+        return load_model(custom_path, task=task)
+    if choice is None:
+        raise ValueError(f"no {task} model is installed; choose a custom .onnx file")
+    if isinstance(choice, ModelCard):
+        return load_model(choice.path, task=task)
+    return choice

@@ -5,47 +5,44 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from magicgui.widgets import (
-    CheckBox,
-    ComboBox,
-    Container,
-    FileEdit,
-    FloatSpinBox,
-    Label,
-    PushButton,
-)
-from psygnal import Signal
+from magicgui.widgets import CheckBox, ComboBox, FileEdit, FloatSpinBox, PushButton
 
 from .._provenance import METADATA_KEY
 from ..core.image import InvalidImageError, as_analysis_image
 from . import _layers
-from ._common import current_frame, image_layers, notify_error, notify_info
-from ._worker import progress_generator, start_job
+from ._common import (
+    CUSTOM_MODEL,
+    current_frame,
+    image_layers,
+    model_choices,
+    notify_error,
+    notify_info,
+    selected_model,
+)
+from ._job import JobWidget
 
 if TYPE_CHECKING:
     import napari
 
-CUSTOM = "Custom .onnx…"
+CUSTOM = CUSTOM_MODEL
 # detection columns kept when re-refining (the fit columns are recomputed)
 _DETECTION_COLUMNS = ("y", "x", "score", "class", "class_name", "y0", "x0", "y1", "x1", "source")
 
 
-class DetectAtomsWidget(Container):
+class DetectAtomsWidget(JobWidget):
     """Detect atom columns in the current image with an ONNX model, then refine each peak.
 
     Results: a Shapes layer ``Boxes (<image>)`` and a Points layer ``Atoms (<image>)`` whose
     features table holds one row per atom; running again replaces both.
     """
 
-    #: Emitted on the GUI thread when a run ends (finished, failed or cancelled).
-    run_finished = Signal()
+    job_name = "Detect atoms"
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__(labels=True)
         self._viewer = viewer
-        self._worker: Any = None
         self._image = ComboBox(label="Image", choices=lambda _w: image_layers(viewer))
-        self._model = ComboBox(label="Model", choices=self._model_choices)
+        self._model = ComboBox(label="Model", choices=lambda _w: model_choices("detection"))
         self._custom = FileEdit(label="Model file", filter="*.onnx", mode="r", visible=False)
         self._threshold = FloatSpinBox(
             label="Confidence ≥",
@@ -57,58 +54,25 @@ class DetectAtomsWidget(Container):
             "needed 0.1 or 0.05 on some images).",
         )
         self._refine = CheckBox(text="Refine each peak by a 2D Gaussian fit", value=True)
-        self._run = PushButton(text="Detect")
-        self._cancel = PushButton(text="Cancel", enabled=False)
         self._refine_points = PushButton(
             text="Refine selected atoms (all if none)",
             tooltip="Gaussian-fit the selected points of the Atoms layer (or all of them), "
             "e.g. after moving or adding points by hand",
         )
-        self._status = Label(value="")
-        self._status.native.setWordWrap(True)
-        buttons = Container(widgets=[self._run, self._cancel], layout="horizontal", labels=False)
-        self.extend(
-            [
-                self._image,
-                self._model,
-                self._custom,
-                self._threshold,
-                self._refine,
-                buttons,
-                self._status,
-            ]
-        )
-        self._model.changed.connect(self._on_model_changed)
-        self._run.changed.connect(self._on_run)
-        self._cancel.changed.connect(self._on_cancel)
+        self.extend([self._image, self._model, self._custom, self._threshold, self._refine])
+        self._add_job_controls("Detect", self._refine_points)
         self._refine_points.changed.connect(self._on_refine_points)
+        self._model.changed.connect(self._on_model_changed)
         viewer.layers.events.inserted.connect(self._image.reset_choices)
         viewer.layers.events.removed.connect(self._image.reset_choices)
         self._on_model_changed()
 
     # -- model picker -------------------------------------------------------------------------
-    def _model_choices(self, _widget: Any = None) -> list[tuple[str, Any]]:
-        from ..models.registry import list_models
-
-        return [(card.label, card) for card in list_models("detection")] + [(CUSTOM, CUSTOM)]
-
     def _on_model_changed(self, *_: Any) -> None:
         self._custom.visible = self._model.value == CUSTOM
         card = self._model.value
         if card not in (None, CUSTOM):
             self._threshold.value = float(card.info.get("default_threshold", 0.3))
-
-    def _selected_model(self) -> Any:
-        from ..models.registry import load_model
-
-        if self._model.value == CUSTOM:
-            path = self._custom.value
-            if not path or not str(path).lower().endswith(".onnx"):
-                raise ValueError("choose a .onnx model file")
-            return load_model(path, task="detection")
-        if self._model.value is None:
-            raise ValueError("no detection model is installed; choose a custom .onnx file")
-        return load_model(self._model.value.path, task="detection")
 
     # -- running ------------------------------------------------------------------------------
     def _on_run(self, *_: Any) -> None:
@@ -121,7 +85,7 @@ class DetectAtomsWidget(Container):
         try:
             frame, index = current_frame(self._viewer, layer)
             image = as_analysis_image(frame, rgb=layer.rgb)
-            card = self._selected_model()
+            card = selected_model(self._model.value, self._custom.value, "detection")
         except (InvalidImageError, ValueError) as err:
             notify_error(f"Detect atoms: {err}")
             return
@@ -151,15 +115,8 @@ class DetectAtomsWidget(Container):
                 "seconds": result.provenance.get("seconds"),
             }
 
-        self._set_running(True)
-        self._status.value = f"Detecting atoms in {layer.name}…"
-        start_job(
-            self,
-            lambda: (yield from progress_generator(compute)),
-            description="Detect atoms",
-            on_result=lambda out: self._show(layer, out),
-            on_error=self._on_error,
-            on_finished=self._on_finished,
+        self._start_job(
+            compute, lambda out: self._show(layer, out), status=f"Detecting atoms in {layer.name}…"
         )
 
     def _on_refine_points(self, *_: Any) -> None:
@@ -216,27 +173,6 @@ class DetectAtomsWidget(Container):
         self._status.value = f"{out['n']} atoms in {layer.name}" + (
             f" ({seconds:.2f} s on {out['device'].upper()})" if seconds else ""
         )
-
-    def _on_error(self, err: BaseException) -> None:
-        if isinstance(err, InterruptedError):
-            self._status.value = "Cancelled; layers unchanged."
-            return
-        self._status.value = f"Failed: {err}"
-        notify_error(f"Detect atoms failed: {err}")
-
-    def _on_cancel(self, *_: Any) -> None:
-        if self._worker is not None:
-            self._worker.quit()
-            self._status.value = "Cancelling…"
-
-    def _on_finished(self) -> None:
-        self._set_running(False)
-        self._worker = None
-        self.run_finished.emit()
-
-    def _set_running(self, running: bool) -> None:
-        self._run.enabled = not running
-        self._cancel.enabled = running
 
 
 def provenance_of(layer: Any) -> dict[str, Any]:

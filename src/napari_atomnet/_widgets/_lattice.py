@@ -6,21 +6,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-from magicgui.widgets import (
-    CheckBox,
-    ComboBox,
-    Container,
-    FloatSpinBox,
-    Label,
-    PushButton,
-)
-from psygnal import Signal
+from magicgui.widgets import CheckBox, ComboBox, FloatSpinBox
 
 from .._provenance import METADATA_KEY
 from ..core.image import InvalidImageError, as_analysis_image
 from . import _layers
 from ._common import current_frame, image_layers, notify_error
-from ._worker import progress_generator, start_job
+from ._job import JobWidget
 
 if TYPE_CHECKING:
     import napari
@@ -46,7 +38,7 @@ def atoms_from_layer(layer: napari.layers.Points) -> pd.DataFrame:
     return table
 
 
-class LatticeWidget(Container):
+class LatticeWidget(JobWidget):
     """Build unit cells from an Atoms layer; show cells, B sites, displacements and strain.
 
     Results: Vectors ``Unit cells (<image>)`` (the a and b edges of every cell, one colour per
@@ -56,13 +48,11 @@ class LatticeWidget(Container):
     running again replaces them.
     """
 
-    #: Emitted on the GUI thread when a run ends.
-    run_finished = Signal()
+    job_name = "Lattice"
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__(labels=True)
         self._viewer = viewer
-        self._worker: Any = None
         self._image = ComboBox(label="Image", choices=lambda _w: image_layers(viewer))
         self._atoms = ComboBox(
             label="Atoms",
@@ -87,25 +77,10 @@ class LatticeWidget(Container):
             tooltip="Displacement arrows are drawn this many times longer than they are",
         )
         self._strain = ComboBox(label="Strain map", choices=STRAIN_COMPONENTS, value="exx")
-        self._run = PushButton(text="Build cells")
-        self._cancel = PushButton(text="Cancel", enabled=False)
-        self._status = Label(value="")
-        self._status.native.setWordWrap(True)
-        buttons = Container(widgets=[self._run, self._cancel], layout="horizontal", labels=False)
         self.extend(
-            [
-                self._image,
-                self._atoms,
-                self._bsites,
-                self._tolerance,
-                self._scale,
-                self._strain,
-                buttons,
-                self._status,
-            ]
+            [self._image, self._atoms, self._bsites, self._tolerance, self._scale, self._strain]
         )
-        self._run.changed.connect(self._on_run)
-        self._cancel.changed.connect(self._on_cancel)
+        self._add_job_controls("Build cells")
         self._scale.changed.connect(self._rescale_arrows)
         self._strain.changed.connect(self._recolour_strain)
         for event in (viewer.layers.events.inserted, viewer.layers.events.removed):
@@ -164,15 +139,8 @@ class LatticeWidget(Container):
                 ),
             }
 
-        self._set_running(True)
-        self._status.value = f"Building cells for {layer.name}…"
-        start_job(
-            self,
-            lambda: (yield from progress_generator(compute)),
-            description="Lattice",
-            on_result=lambda out: self._show(layer, out),
-            on_error=self._on_error,
-            on_finished=self._on_finished,
+        self._start_job(
+            compute, lambda out: self._show(layer, out), status=f"Building cells for {layer.name}…"
         )
 
     def _show(self, layer: napari.layers.Image, out: dict[str, Any]) -> None:
@@ -213,27 +181,6 @@ class LatticeWidget(Container):
         name = _layers.layer_name("Strain", image.name)
         if name in self._viewer.layers:
             _colour_strain(self._viewer.layers[name], self._strain.value)
-
-    def _on_error(self, err: BaseException) -> None:
-        if isinstance(err, InterruptedError):
-            self._status.value = "Cancelled; layers unchanged."
-            return
-        self._status.value = f"Failed: {err}"
-        notify_error(f"Lattice failed: {err}")
-
-    def _on_cancel(self, *_: Any) -> None:
-        if self._worker is not None:
-            self._worker.quit()
-            self._status.value = "Cancelling…"
-
-    def _on_finished(self) -> None:
-        self._set_running(False)
-        self._worker = None
-        self.run_finished.emit()
-
-    def _set_running(self, running: bool) -> None:
-        self._run.enabled = not running
-        self._cancel.enabled = running
 
 
 def build_lattice_layers(

@@ -1,0 +1,85 @@
+"""A dock-widget base for one long job at a time: Run / Cancel, progress, status, errors."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from magicgui.widgets import Container, Label, PushButton
+from psygnal import Signal
+
+from ._common import notify_error
+from ._worker import progress_generator, start_job
+
+
+class JobWidget(Container):
+    """A form whose Run button starts one job off the GUI thread, with progress and Cancel.
+
+    Subclasses build their controls, call :meth:`_add_job_controls` to append the Run / Cancel
+    buttons and the status line, and start work with :meth:`_start_job`.  ``run_finished`` is
+    emitted on the GUI thread whenever a job ends (done, failed or cancelled).
+    """
+
+    #: Emitted on the GUI thread when a job ends.
+    run_finished = Signal()
+
+    #: Shown in notifications and the progress bar.
+    job_name = "Job"
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._worker: Any = None
+
+    def _add_job_controls(self, run_text: str, *extra: Any) -> None:
+        """Append Run / Cancel (and ``extra`` widgets after them) and the status line."""
+        self._run = PushButton(text=run_text)
+        self._cancel = PushButton(text="Cancel", enabled=False)
+        self._status = Label(value="")
+        self._status.native.setWordWrap(True)
+        buttons = Container(widgets=[self._run, self._cancel], layout="horizontal", labels=False)
+        self.extend([buttons, *extra, self._status])
+        self._run.changed.connect(self._on_run)
+        self._cancel.changed.connect(self._on_cancel)
+
+    def _on_run(self, *_: Any) -> None:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def _start_job(
+        self,
+        compute: Callable[..., Any],
+        on_result: Callable[[Any], None],
+        *,
+        status: str,
+    ) -> None:
+        """Run ``compute(progress=..., cancelled=...)`` in a worker; ``on_result`` on the GUI."""
+        self._set_running(True)
+        self._status.value = status
+        start_job(
+            self,
+            lambda: (yield from progress_generator(compute)),
+            description=self.job_name,
+            on_result=on_result,
+            on_error=self._on_error,
+            on_finished=self._on_finished,
+        )
+
+    def _on_error(self, err: BaseException) -> None:
+        if isinstance(err, InterruptedError):
+            self._status.value = "Cancelled; layers unchanged."
+            return
+        self._status.value = f"Failed: {err}"
+        notify_error(f"{self.job_name} failed: {err}")
+
+    def _on_cancel(self, *_: Any) -> None:
+        if self._worker is not None:
+            self._worker.quit()
+            self._status.value = "Cancelling…"
+
+    def _on_finished(self) -> None:
+        self._set_running(False)
+        self._worker = None
+        self.run_finished.emit()
+
+    def _set_running(self, running: bool) -> None:
+        self._run.enabled = not running
+        self._cancel.enabled = running
