@@ -86,3 +86,12 @@ def test_bad_input(particle_file, tmp_path):
     with pytest.raises(SystemExit):  # argparse rejects it (exit code 2)
         _run(["segment", str(path), "--out", str(tmp_path / "a.csv"), "--pixel-size", "-1"])
     assert not (tmp_path / "a.csv").exists()
+
+
+def test_main_cli_reports_bad_input_in_one_line(tmp_path, capsys):
+    from napari_atomnet.cli import EXIT_BAD_INPUT, main
+
+    code = main(["segment", str(tmp_path / "missing.tif"), "--out", str(tmp_path / "a.csv")])
+    err = capsys.readouterr().err.strip()
+    assert code == EXIT_BAD_INPUT and len(err.splitlines()) == 1
+    assert err.startswith("atomnet segment: error:") and "no such file" in err

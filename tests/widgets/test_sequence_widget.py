@@ -155,14 +155,6 @@ def test_sequence_on_a_lazy_stack_from_a_file(make_napari_viewer, qtbot, tmp_pat
     assert (points.features[["dy", "dx"]].to_numpy() == 0).all()  # drift correction off
 
 
-def _manifest_has_reader():
-    import yaml
-
-    manifest = Path(__file__).parents[2] / "src" / "napari_atomnet" / "napari.yaml"
-    return "readers" in yaml.safe_load(manifest.read_text())["contributions"]
-
-
-@pytest.mark.skipif(not _manifest_has_reader(), reason="reader not in napari.yaml yet")
 def test_viewer_open_with_the_plugin(make_napari_viewer, tmp_path, movie):
     stack, *_ = movie
     viewer = make_napari_viewer()

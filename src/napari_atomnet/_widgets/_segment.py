@@ -92,6 +92,7 @@ class SegmentParticlesWidget(Container):
             tooltip="Calibration for the nm columns; taken from the image layer's scale when it "
             "is calibrated. 0: uncalibrated (pixels only).",
         )
+        self._pixel_size.native.setDecimals(5)  # atomic-resolution images: 0.01 nm pixels
         self._run = PushButton(text="Segment")
         self._cancel = PushButton(text="Cancel", enabled=False)
         self._status = Label(value="")
