@@ -327,3 +327,15 @@ def test_dice_iou_empty_and_shapes():
     assert dice(one, z) == 0.0 and iou(one, z) == 0.0
     with pytest.raises(ValueError):
         dice(np.zeros((3, 3)), np.zeros((3, 4)))
+
+
+def test_border_band_leaves_edge_points_out_of_both_sets():
+    from napari_atomnet.core.metrics import detection_scores
+
+    truth = np.array([[5.0, 5.0], [50.0, 50.0]])
+    found = np.array([[5.2, 5.0], [50.0, 50.0], [0.2, 30.0]])  # an edge column truth lacks
+    full = detection_scores(found, truth, 1.0)
+    inner = detection_scores(found, truth, 1.0, shape=(60, 60), border=3.0)
+    assert full["fp"] == 1 and inner["fp"] == 0 and inner["tp"] == 2
+    with pytest.raises(ValueError, match="shape"):
+        detection_scores(found, truth, 1.0, border=3.0)

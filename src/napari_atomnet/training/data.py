@@ -57,7 +57,7 @@ WEAK_RATIO = 0.6
 #: Columns whose matched-filter SNR is below this are ignored (not learnt either way).
 MIN_SNR = 4.0
 #: Heatmap loss weight of the pixels within 3 px of an image border (see Example.prerender).
-BORDER_WEIGHT = 4.0
+BORDER_WEIGHT = 10.0
 #: Normalisation rule written into the model card (keywords of ``normalization_sigma``).
 DEFAULT_NORMALIZATION: dict[str, float] = {
     "factor": 3.0,
@@ -66,7 +66,7 @@ DEFAULT_NORMALIZATION: dict[str, float] = {
     "fallback": 48.0,
 }
 #: Share of each simulator in the training pool.
-DEFAULT_MIX: dict[str, float] = {"lattice": 0.5, "perovskite": 0.2, "graphene": 0.3}
+DEFAULT_MIX: dict[str, float] = {"lattice": 0.45, "perovskite": 0.2, "graphene": 0.35}
 
 # atom table columns (float32): y, x, class (-1 ignored), sigma_t, box side
 _Y, _X, _CLS, _SIG, _SIZE = range(5)
@@ -656,6 +656,44 @@ VALIDATION_CASES: dict[str, str] = {
 
 
 _ALIKE = ("square", "rectangular", "hexagonal", "honeycomb", "oblique")
+
+
+def validation_sample(
+    case: str, seed: int, shape: tuple[int, int] = (256, 256), border: int = 16
+) -> tuple[NDArray[np.float32], NDArray[np.float64], NDArray[np.float64]]:
+    """Simulate a validation image with its truth and the columns just outside it.
+
+    The image is cut from a simulation ``border`` px larger on every side, so the columns whose
+    centres lie just outside the image are known: half of such a column is visible at the edge,
+    and a detection of it is neither right nor wrong (a "don't care" column).
+
+    Parameters
+    ----------
+    case : str
+        A key of :data:`VALIDATION_CASES`.
+    seed : int
+        Seed of the parameter draw.
+    shape : tuple of int
+        Image size.
+    border : int
+        Extra simulated margin (px).
+
+    Returns
+    -------
+    image : ndarray of float32, shape ``shape``
+    truth : ndarray, shape (n, 2)
+        Columns with centres inside the image (y, x).
+    dont_care : ndarray, shape (m, 2)
+        Columns with centres outside the image, within ``border`` px.
+    """
+    h, w = int(shape[0]), int(shape[1])
+    sim = validation_image(case, seed, (h + 2 * border, w + 2 * border))
+    pos = sim.atoms[["y", "x"]].to_numpy(np.float64) - border
+    inside = (
+        (pos[:, 0] >= -0.5) & (pos[:, 0] < h - 0.5) & (pos[:, 1] >= -0.5) & (pos[:, 1] < w - 0.5)
+    )
+    image = np.ascontiguousarray(sim.image[border : border + h, border : border + w])
+    return image, pos[inside], pos[~inside]
 
 
 def validation_image(case: str, seed: int, shape: tuple[int, int] = (256, 256)) -> Any:
