@@ -7,9 +7,8 @@ STARTS are (y, x) rows; OUT gets the refined (y, x) rows; prints the refinement 
 import sys
 import time
 
-import numpy as np
-
 import atomap.api as am  # noqa: F401  (atomap wants its api imported first)
+import numpy as np
 from atomap.sublattice import Sublattice
 
 image = np.load(sys.argv[1])

@@ -1,7 +1,11 @@
 """Issue 3: atom detection with the built-in model vs a tuned classical baseline.
 
-Held-out simulated images (seeds never used in training) of every family.  Match radius:
-0.25 × the median nearest-neighbour distance of the true columns.  The classical baseline
+Held-out simulated images (seeds never used in training) of every family, 512².  Match radius:
+0.25 × the median nearest-neighbour distance of the true columns.  Scoring leaves out a band of
+half a spacing along the image edge (the truth lists only column centres inside the image, while
+a column centred just outside is partly visible and rightly detected); the full-image F1 is shown
+too.  HRTEM cases use an aligned microscope (two-fold astigmatism 5 Å; the other CTF parameters as
+given, focal spread and C5 drawn from seed 003's ranges).  The classical baseline
 (Gaussian filter + ``skimage.feature.peak_local_max``) is tuned *per case against the truth*
 (grid over smoothing, threshold and minimum distance, told the true contrast polarity), which
 is generous to it.
@@ -118,22 +122,22 @@ def cases(quick: bool) -> list[tuple[str, str, object]]:
         (
             "HRTEM graphene, bright atoms, 1e4 e/Å²",
             "hrtem",
-            lambda s: gr(S, defocus=-60, cs_um=-10, dose=1e4, seed=s),
+            lambda s: gr(S, defocus=-60, cs_um=-10, dose=1e4, astig_angstrom=5.0, seed=s),
         ),
         (
             "HRTEM graphene, dark atoms, 1e4 e/Å²",
             "hrtem",
-            lambda s: gr(S, defocus=60, cs_um=-10, dose=1e4, seed=s),
+            lambda s: gr(S, defocus=60, cs_um=-10, dose=1e4, astig_angstrom=5.0, seed=s),
         ),
         (
             "HRTEM graphene, bright atoms, 1e3 e/Å²",
             "hrtem",
-            lambda s: gr(S, defocus=-60, cs_um=-10, dose=1e3, seed=s),
+            lambda s: gr(S, defocus=-60, cs_um=-10, dose=1e3, astig_angstrom=5.0, seed=s),
         ),
         (
             "HRTEM graphene, dark atoms, 1e3 e/Å²",
             "hrtem",
-            lambda s: gr(S, defocus=60, cs_um=-10, dose=1e3, seed=s),
+            lambda s: gr(S, defocus=60, cs_um=-10, dose=1e3, astig_angstrom=5.0, seed=s),
         ),
         (
             "Crystalline nanoparticle on a support (vacuum around)",
@@ -171,6 +175,7 @@ def polarity_of(sim) -> str:
 
 
 def tuned_classical(image, truth, radius, polarity, spacing):
+    band = {"shape": image.shape, "border": 0.5 * spacing}
     best = None
     for sigma, thr, md in itertools.product(
         (0.5, 1.0, 1.5, 2.5), (0.02, 0.05, 0.1, 0.2, 0.35), (0.25, 0.4, 0.6)
@@ -182,7 +187,7 @@ def tuned_classical(image, truth, radius, polarity, spacing):
             min_distance=max(1, int(md * spacing)),
             polarity=polarity,
         )
-        score = detection_scores(found[["y", "x"]].to_numpy(), truth, radius)
+        score = detection_scores(found[["y", "x"]].to_numpy(), truth, radius, **band)
         if best is None or score["f1"] > best["f1"]:
             best = {**score, "params": f"σ={sigma}, thr={thr}, md={md}×"}
     return best
@@ -200,7 +205,9 @@ def run(quick: bool = False) -> dict:
         spacing = nn_spacing(truth)
         radius = 0.25 * spacing
         det = detect_atoms(sim.image, card)
-        model = detection_scores(det.table[["y", "x"]].to_numpy(), truth, radius)
+        found = det.table[["y", "x"]].to_numpy()
+        model = detection_scores(found, truth, radius, shape=sim.image.shape, border=0.5 * spacing)
+        full = detection_scores(found, truth, radius)
         base = tuned_classical(sim.image, truth, radius, polarity_of(sim), spacing)
         rows.append(
             {
@@ -210,6 +217,7 @@ def run(quick: bool = False) -> dict:
                 "model recall": model["recall"],
                 "model precision": model["precision"],
                 "model F1": model["f1"],
+                "model F1 (full image)": full["f1"],
                 "classical F1 (tuned)": base["f1"],
                 "classical params": base["params"],
             }
@@ -240,6 +248,7 @@ def run(quick: bool = False) -> dict:
                 "model recall",
                 "model precision",
                 "model F1",
+                "model F1 (full image)",
                 "classical F1 (tuned)",
                 "classical params",
             ],

@@ -1,11 +1,12 @@
-"""Issue 4: Gaussian refinement precision against the Cramér–Rao bound, Atomap side by side,
-and the time from a 1024² HAADF file to refined atoms.
+"""Issue 4: Gaussian refinement precision (Cramér–Rao), Atomap side by side, file to atoms.
+
+Also the time from a 1024² HAADF file to refined atoms.
 
 Precision: simulated perovskites (1024², 24 px cells, σ 2.9 px, background 10 % of the A peak) at
 20 / 50 / 500 counts per A peak; refinement starts from the true positions displaced uniformly by
 up to ±1 px (so detection does not enter), default settings.  RMSE is the 2D radial error; the bound
-is the Cramér–Rao bound of the image model (Poisson, point-sampled Gaussian with amplitude, width and
-background estimated) for that column class, as 2D (sqrt(σy² + σx²)).  HRTEM graphene and strongly
+is the Cramér–Rao bound of the image model (Poisson, point-sampled Gaussian with amplitude, width
+and background estimated) for that column class, as 2D (sqrt(σy² + σx²)).  HRTEM graphene and strongly
 overlapping columns have no isolated-column bound; their RMSE and bias are reported.
 
 Atomap (``Sublattice.refine_atom_positions_using_2d_gaussian``, in its own venv, same image, same
@@ -23,9 +24,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _common import HELD_OUT_SEED, markdown_table
 from scipy.spatial import cKDTree
 
+from _common import HELD_OUT_SEED, markdown_table
 from napari_atomnet import synth
 from napari_atomnet.core.metrics import gaussian_crlb
 from napari_atomnet.core.refine import fit_gaussians
