@@ -6,8 +6,8 @@ Precision: simulated perovskites (1024², 24 px cells, σ 2.9 px, background 10 
 20 / 50 / 500 counts per A peak; refinement starts from the true positions displaced uniformly by
 up to ±1 px (so detection does not enter), default settings.  RMSE is the 2D radial error; the bound
 is the Cramér–Rao bound of the image model (Poisson, point-sampled Gaussian with amplitude, width
-and background estimated) for that column class, as 2D (sqrt(σy² + σx²)).  HRTEM graphene and strongly
-overlapping columns have no isolated-column bound; their RMSE and bias are reported.
+and background estimated) for that column class, as 2D (sqrt(σy² + σx²)).  HRTEM graphene and
+strongly overlapping columns have no isolated-column bound; their RMSE and bias are reported.
 
 Atomap (``Sublattice.refine_atom_positions_using_2d_gaussian``, in its own venv, same image, same
 start positions) runs in the same benchmark run.  "auto" is the default model choice (isotropic
