@@ -152,7 +152,7 @@ def cases(quick: bool) -> list[tuple[str, str, object]]:
             ),
         ),
         (
-            "Interface: square | hexagonal lattice",
+            "Interface: square / hexagonal lattice",
             "haadf",
             lambda s: lat(
                 S,

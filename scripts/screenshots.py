@@ -111,11 +111,11 @@ def curate() -> None:
 
     from napari_atomnet._widgets import CurateAtomsWidget, DetectAtomsWidget
 
-    viewer = viewer_with("interface_abf")
+    viewer = viewer_with("perovskite_haadf")
     det = DetectAtomsWidget(viewer)
     det._on_run()
-    wait(lambda: det._worker is None and "Atoms (interface_abf)" in viewer.layers)
-    atoms = viewer.layers["Atoms (interface_abf)"]
+    wait(lambda: det._worker is None and "Atoms (perovskite_haadf)" in viewer.layers)
+    atoms = viewer.layers["Atoms (perovskite_haadf)"]
     # stand in for what a model misses: drop a handful of atoms
     rng = np.random.default_rng(0)
     atoms.selected_data = set(rng.choice(len(atoms.data), 12, replace=False).tolist())

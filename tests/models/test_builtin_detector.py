@@ -1,4 +1,11 @@
-"""The shipped built-in detector: intact, and accurate on held-out simulated images."""
+"""The shipped built-in detector: intact, and accurate on held-out simulated images.
+
+The images are cut from simulations 16 px larger on every side, so the columns whose centres lie
+just outside the image are known.  Half of such a column is visible at the image edge; a detection
+of it is counted neither as right nor as wrong ("don't care"), while every column inside the
+image must be found.  The seeds are never used in training (training seeds are drawn from
+``SeedSequence(0)``).
+"""
 
 from __future__ import annotations
 
@@ -9,18 +16,30 @@ import pytest
 from scipy.spatial import cKDTree
 
 from napari_atomnet import synth
-from napari_atomnet.core.metrics import detection_scores
+from napari_atomnet.core.metrics import detection_scores, match_points
 from napari_atomnet.models.detector import DEFAULT_DETECTOR, detect_atoms
 from napari_atomnet.models.registry import builtin_dir, file_sha256, load_model
 
+SIZE, BORDER = 256, 16
 
-def _f1(table, truth, shape) -> float:
-    # the evaluation protocol of the benchmark: match radius 0.25 × spacing, a band of half a
-    # spacing along the edge left out (truth lists only column centres inside the image)
-    truth = truth[["y", "x"]].to_numpy()
+
+def _crop(sim):
+    pos = sim.atoms[["y", "x"]].to_numpy() - BORDER
+    inside = ((pos >= -0.5) & (pos < SIZE - 0.5)).all(axis=1)
+    image = sim.image[BORDER : BORDER + SIZE, BORDER : BORDER + SIZE]
+    return image, pos[inside], pos[~inside], sim.atoms["class"].to_numpy()[inside]
+
+
+def _scores(found, truth, dont_care):
     spacing = np.median(cKDTree(truth).query(truth, k=2)[0][:, 1])
-    return detection_scores(table[["y", "x"]].to_numpy(), truth, 0.25 * spacing, shape=shape,
-                            border=0.5 * spacing)["f1"]
+    radius = 0.25 * spacing
+    pairs, unmatched_found, unmatched_cols = match_points(
+        found, np.vstack([truth, dont_care]), radius
+    )
+    fn = int((unmatched_cols < len(truth)).sum())
+    tp = int((pairs[:, 1] < len(truth)).sum())
+    f1 = 2 * tp / (2 * tp + len(unmatched_found) + fn)
+    return f1, detection_scores(found, truth, radius)["f1"]
 
 
 def test_builtin_card_matches_its_file():
@@ -37,20 +56,23 @@ def test_builtin_card_matches_its_file():
 
 
 def test_builtin_detects_perovskite_haadf():
-    # seed never used in training (training seeds come from SeedSequence(0) draws)
-    sim = synth.perovskite_haadf((256, 256), 24.0, dose=200.0, rotation_deg=8.0, seed=987_654)
-    result = detect_atoms(sim.image)
-    assert _f1(result.table, sim.atoms, sim.image.shape) >= 0.99
+    sim = synth.perovskite_haadf(
+        (SIZE + 2 * BORDER,) * 2, 24.0, dose=200.0, rotation_deg=8.0, seed=987_654
+    )
+    image, truth, dont_care, cls = _crop(sim)
+    table = detect_atoms(image).table
+    f1, f1_strict = _scores(table[["y", "x"]].to_numpy(), truth, dont_care)
+    assert f1 >= 0.99
+    assert f1_strict >= 0.97  # also counting the half-visible columns outside as errors
     # B columns (b_ratio 0.35) come out as the weak class, A columns as strong
-    truth = sim.atoms[["y", "x"]].to_numpy()
-    _, idx = cKDTree(truth).query(result.table[["y", "x"]].to_numpy())
-    agree = (result.table["class"].to_numpy() == sim.atoms["class"].to_numpy()[idx]).mean()
-    assert agree >= 0.95
+    dist, idx = cKDTree(truth).query(table[["y", "x"]].to_numpy())
+    near = dist < 3.0
+    assert (table["class"].to_numpy()[near] == cls[idx[near]]).mean() >= 0.95
 
 
 def test_builtin_detects_dark_columns():
     sim = synth.lattice_image(
-        (256, 256),
+        (SIZE + 2 * BORDER,) * 2,
         lattice="hexagonal",
         spacing=14.0,
         rotation_deg=17.0,
@@ -61,11 +83,13 @@ def test_builtin_detects_dark_columns():
         vacancy_fraction=0.02,
         seed=876_543,
     )
-    result = detect_atoms(sim.image)
-    assert _f1(result.table, sim.atoms, sim.image.shape) >= 0.99
+    image, truth, dont_care, _ = _crop(sim)
+    f1, f1_strict = _scores(detect_atoms(image).table[["y", "x"]].to_numpy(), truth, dont_care)
+    assert f1 >= 0.99
+    assert f1_strict >= 0.97
 
 
-@pytest.mark.parametrize("seed", [1])
-def test_builtin_finds_nothing_in_pure_noise(seed):
+@pytest.mark.parametrize("seed", [1, 2])
+def test_builtin_finds_little_in_pure_noise(seed):
     img = np.random.default_rng(seed).poisson(50.0, (128, 128)).astype(np.float32)
     assert len(detect_atoms(img).table) < 10

@@ -18,8 +18,9 @@ MAX_BOXES = 20_000
 CLASS_COLOURS = np.array(
     [[1.0, 0.25, 0.25, 1.0], [0.25, 0.8, 1.0, 1.0], [1.0, 0.8, 0.2, 1.0], [0.7, 0.4, 1.0, 1.0]]
 )
-FIT_OK_COLOUR = np.array([1.0, 0.2, 0.2, 1.0])  # seed 000: fitted peaks red
-FALLBACK_COLOUR = np.array([0.2, 1.0, 0.2, 1.0])  # fallbacks to the box centre green
+# semi-transparent, so the peak under a marker stays visible while curating
+FIT_OK_COLOUR = np.array([1.0, 0.2, 0.2, 0.7])  # seed 000: fitted peaks red
+FALLBACK_COLOUR = np.array([0.2, 1.0, 0.2, 0.7])  # fallbacks to the box centre green
 
 
 def layer_name(kind: str, image_name: str) -> str:
@@ -131,7 +132,7 @@ def _marker_size(atoms: pd.DataFrame, spacing: float | None) -> float:
             spacing = float(np.median(cKDTree(pts).query(pts, k=2)[0][:, 1]))
         else:
             spacing = 10.0
-    return max(2.0, 0.35 * spacing)
+    return max(2.0, 0.22 * spacing)
 
 
 def _atom_defaults(atoms: pd.DataFrame) -> dict[str, Any]:
