@@ -76,11 +76,6 @@ def test_sequence_widget_points_on_the_stack(make_napari_viewer, qtbot, movie, t
     viewer.reset_view()
     viewer.dims.set_point(0, 3)
     shot = viewer.screenshot(canvas_only=False, flash=False)
-    import imageio.v3 as iio
-
-    out = Path(__file__).parents[2] / "benchmarks" / "results"
-    out.mkdir(parents=True, exist_ok=True)
-    iio.imwrite(out / "sequence_widget.png", shot)
     assert shot.std() > 5
 
 
