@@ -43,6 +43,6 @@ def markdown_table(rows: list[dict[str, Any]], columns: list[str] | None = None)
             if isinstance(v, float):
                 cells.append(f"{v:.4g}" if abs(v) < 1e4 else f"{v:,.0f}")
             else:
-                cells.append(str(v))
+                cells.append(str(v).replace("|", "\\|"))  # a "|" would end the cell
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -59,6 +59,7 @@ def run_one(name: str, path: Path, quick: bool) -> dict:
     module = importlib.util.module_from_spec(spec)
     sys.path.insert(0, str(HERE))
     spec.loader.exec_module(module)
+    load_before = os.getloadavg()[0]
     t0 = time.perf_counter()
     result = module.run(quick=quick)
     result.update(
@@ -68,6 +69,8 @@ def run_one(name: str, path: Path, quick: bool) -> dict:
         command=f"python benchmarks/run.py {name}" + (" --quick" if quick else ""),
         seconds=round(time.perf_counter() - t0, 1),
         quick=quick,
+        # timings mean little without this: other jobs sharing the 2 cores slow them down
+        load=[round(load_before, 2), round(os.getloadavg()[0], 2)],
     )
     return result
 
