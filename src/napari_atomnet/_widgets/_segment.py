@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-from magicgui.widgets import ComboBox, Container, FileEdit, FloatSpinBox, Label, PushButton
+from magicgui.widgets import ComboBox, FileEdit, FloatSpinBox, Label, PushButton
 from psygnal import Signal
 
 from .._provenance import METADATA_KEY, make_provenance
@@ -14,7 +14,7 @@ from ..core.image import InvalidImageError, as_analysis_image
 from ..core.segment import particle_table, size_statistics
 from . import _layers
 from ._common import current_frame, image_layers, notify_error, notify_info
-from ._worker import progress_generator, start_job
+from ._job import JobWidget
 
 if TYPE_CHECKING:
     import napari
@@ -59,7 +59,7 @@ def _column(table: pd.DataFrame, stem: str, calibrated: bool) -> tuple[str, str]
     return f"{stem}_px", "px"
 
 
-class SegmentParticlesWidget(Container):
+class SegmentParticlesWidget(JobWidget):
     """Segment nanoparticles in the current image and measure them.
 
     Results: a Labels layer ``Particles (<image>)`` whose features table holds one row per
@@ -70,15 +70,14 @@ class SegmentParticlesWidget(Container):
     layer.
     """
 
-    #: Emitted on the GUI thread when a run ends (finished, failed or cancelled).
-    run_finished = Signal()
     #: Emitted after the table and histograms were recomputed (after a run or a label edit).
     table_updated = Signal()
+
+    job_name = "Segment particles"
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__(labels=True)
         self._viewer = viewer
-        self._worker: Any = None
         self._watched: Any = None  # the Particles layer whose edits are followed
         self._image = ComboBox(label="Image", choices=lambda _w: image_layers(viewer))
         self._model = ComboBox(label="Model", choices=self._model_choices)
@@ -93,32 +92,16 @@ class SegmentParticlesWidget(Container):
             "is calibrated. 0: uncalibrated (pixels only).",
         )
         self._pixel_size.native.setDecimals(5)  # atomic-resolution images: 0.01 nm pixels
-        self._run = PushButton(text="Segment")
-        self._cancel = PushButton(text="Cancel", enabled=False)
-        self._status = Label(value="")
         self._stats = Label(value="")
         self._csv = FileEdit(label="CSV file", filter="*.csv", mode="w")
         self._export = PushButton(text="Export CSV")
-        run_row = Container(widgets=[self._run, self._cancel], layout="horizontal", labels=False)
-        self.extend(
-            [
-                self._image,
-                self._model,
-                self._custom,
-                self._pixel_size,
-                run_row,
-                self._status,
-                self._stats,
-                self._csv,
-                self._export,
-            ]
-        )
+        self.extend([self._image, self._model, self._custom, self._pixel_size])
+        self._add_job_controls("Segment")
+        self.extend([self._stats, self._csv, self._export])
         self._build_canvas()
         self._timer = self._make_timer()
         self._model.changed.connect(self._on_model_changed)
         self._image.changed.connect(self._on_image_changed)
-        self._run.changed.connect(self._on_run)
-        self._cancel.changed.connect(self._on_cancel)
         self._export.changed.connect(self._on_export)
         viewer.layers.events.inserted.connect(self._image.reset_choices)
         viewer.layers.events.removed.connect(self._image.reset_choices)
@@ -214,15 +197,10 @@ class SegmentParticlesWidget(Container):
                 provenance["frame"] = list(index)
             return {"labels": result.labels, "table": result.table, "provenance": provenance}
 
-        self._set_running(True)
-        self._status.value = f"Segmenting particles in {layer.name}…"
-        start_job(
-            self,
-            lambda: (yield from progress_generator(compute)),
-            description="Segment particles",
-            on_result=lambda out: self._show(layer, out),
-            on_error=self._on_error,
-            on_finished=self._on_finished,
+        self._start_job(
+            compute,
+            lambda out: self._show(layer, out),
+            status=f"Segmenting particles in {layer.name}…",
         )
 
     def _show(self, image_layer: napari.layers.Image, out: dict[str, Any]) -> None:
@@ -246,27 +224,6 @@ class SegmentParticlesWidget(Container):
             else image_layer.name
         )
         self._update_views(table)
-
-    def _on_error(self, err: BaseException) -> None:
-        if isinstance(err, InterruptedError):
-            self._status.value = "Cancelled; layers unchanged."
-            return
-        self._status.value = f"Failed: {err}"
-        notify_error(f"Segment particles failed: {err}")
-
-    def _on_cancel(self, *_: Any) -> None:
-        if self._worker is not None:
-            self._worker.quit()
-            self._status.value = "Cancelling…"
-
-    def _on_finished(self) -> None:
-        self._set_running(False)
-        self._worker = None
-        self.run_finished.emit()
-
-    def _set_running(self, running: bool) -> None:
-        self._run.enabled = not running
-        self._cancel.enabled = running
 
     # -- following label edits ------------------------------------------------------------------
     def _watch(self, layer: Any) -> None:

@@ -5,21 +5,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from magicgui.widgets import (
-    CheckBox,
-    ComboBox,
-    Container,
-    FileEdit,
-    FloatSpinBox,
-    Label,
-    PushButton,
-)
-from psygnal import Signal
+from magicgui.widgets import CheckBox, ComboBox, FileEdit, FloatSpinBox
 
 from .._provenance import METADATA_KEY
 from . import _layers
 from ._common import notify_error
-from ._worker import progress_generator, start_job
+from ._job import JobWidget
 
 if TYPE_CHECKING:
     import napari
@@ -44,7 +35,7 @@ def stack_layers(viewer: napari.Viewer) -> list[tuple[str, Any]]:
     ]
 
 
-class SequenceWidget(Container):
+class SequenceWidget(JobWidget):
     """Detect and refine atoms in every frame of a T×Y×X stack, estimate drift, link sites.
 
     Result: one Points layer ``Atoms (<image>)`` with (frame, y, x) coordinates on the stack and
@@ -53,13 +44,11 @@ class SequenceWidget(Container):
     replaces it.  The current frame alone is analysed by the Detect atoms widget.
     """
 
-    #: Emitted on the GUI thread when a run ends (finished, failed or cancelled).
-    run_finished = Signal()
+    job_name = "Sequence"
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__(labels=True)
         self._viewer = viewer
-        self._worker: Any = None
         self._image = ComboBox(label="Movie", choices=lambda _w: stack_layers(viewer))
         self._model = ComboBox(label="Model", choices=self._model_choices)
         self._custom = FileEdit(label="Model file", filter="*.onnx", mode="r", visible=False)
@@ -77,11 +66,6 @@ class SequenceWidget(Container):
             tooltip="Atoms of different frames closer than this (after drift correction) are "
             "one site. 0: 0.35 × the atom spacing.",
         )
-        self._run = PushButton(text="Analyse all frames")
-        self._cancel = PushButton(text="Cancel", enabled=False)
-        self._status = Label(value="")
-        self._status.native.setWordWrap(True)
-        buttons = Container(widgets=[self._run, self._cancel], layout="horizontal", labels=False)
         self.extend(
             [
                 self._image,
@@ -91,13 +75,10 @@ class SequenceWidget(Container):
                 self._refine,
                 self._drift,
                 self._radius,
-                buttons,
-                self._status,
             ]
         )
+        self._add_job_controls("Analyse all frames")
         self._model.changed.connect(self._on_model_changed)
-        self._run.changed.connect(self._on_run)
-        self._cancel.changed.connect(self._on_cancel)
         viewer.layers.events.inserted.connect(self._image.reset_choices)
         viewer.layers.events.removed.connect(self._image.reset_choices)
         self._on_model_changed()
@@ -159,15 +140,10 @@ class SequenceWidget(Container):
         def compute(progress: Any = None, cancelled: Any = None) -> Any:
             return analyze_sequence(stack, progress=progress, cancelled=cancelled, **params)
 
-        self._set_running(True)
-        self._status.value = f"Analysing {stack.shape[0]} frames of {layer.name}…"
-        start_job(
-            self,
-            lambda: (yield from progress_generator(compute)),
-            description="Sequence",
-            on_result=lambda result: self._show(layer, result),
-            on_error=self._on_error,
-            on_finished=self._on_finished,
+        self._start_job(
+            compute,
+            lambda result: self._show(layer, result),
+            status=f"Analysing {stack.shape[0]} frames of {layer.name}…",
         )
 
     def _show(self, layer: napari.layers.Image, result: Any) -> None:
@@ -183,27 +159,6 @@ class SequenceWidget(Container):
             if len(sites)
             else f"no atoms found in {n_frames} frames"
         )
-
-    def _on_error(self, err: BaseException) -> None:
-        if isinstance(err, InterruptedError):
-            self._status.value = "Cancelled; layers unchanged."
-            return
-        self._status.value = f"Failed: {err}"
-        notify_error(f"Sequence failed: {err}")
-
-    def _on_cancel(self, *_: Any) -> None:
-        if self._worker is not None:
-            self._worker.quit()
-            self._status.value = "Cancelling…"
-
-    def _on_finished(self) -> None:
-        self._set_running(False)
-        self._worker = None
-        self.run_finished.emit()
-
-    def _set_running(self, running: bool) -> None:
-        self._run.enabled = not running
-        self._cancel.enabled = running
 
 
 def sequence_points(result: Any, image_layer: napari.layers.Image) -> Any:
