@@ -536,7 +536,9 @@ def run_batch(
         everything in this process.
     scheduler : str, optional
         Address of a running dask.distributed scheduler (``tcp://host:8786``) to run on instead;
-        its workers must see the same input and output paths.
+        its workers must see the same input and output paths (and, for runs of hours, should
+        be started with ``distributed.worker.profile.enabled: false``, as the local cluster is,
+        so that their memory stays flat).
     overwrite : bool
         Recompute and replace existing outputs (otherwise they are skipped: resuming).
     frames_per_job : int, optional
@@ -642,7 +644,18 @@ def _execute(
     if scheduler is None:
         import dask
 
-        with dask.config.set({"distributed.nanny.pre-spawn-environ": dict(SINGLE_THREAD_ENV)}):
+        # keep distributed's defaults (MALLOC_TRIM_THRESHOLD_ returns freed memory to the OS)
+        environ = {
+            **dask.config.get("distributed.nanny.pre-spawn-environ", {}),
+            **SINGLE_THREAD_ENV,
+        }
+        config = {
+            "distributed.nanny.pre-spawn-environ": environ,
+            # the workers' statistical profiler keeps an hour of stack samples: memory that
+            # grows with the length of the run
+            "distributed.worker.profile.enabled": False,
+        }
+        with dask.config.set(config):
             cluster = LocalCluster(
                 n_workers=n_workers,
                 threads_per_worker=1,

@@ -151,7 +151,9 @@ def run_command(args: argparse.Namespace) -> int:
         frames_per_job=args.frames_per_task,
         progress=None if args.quiet else ProgressBar(),
     )
-    where = args.scheduler or f"{workers} local worker{'s' if workers != 1 else ''}"
+    where = args.scheduler or (
+        f"{workers} local worker{'s' if workers != 1 else ''}" if workers else "this process"
+    )
     print(
         f"{result.n_computed} frames analysed ({result.frames_per_second:.1f}/s on {where}), "
         f"{result.n_skipped} already done, {result.n_failed} failed -> {result.summary_path}"

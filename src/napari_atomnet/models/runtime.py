@@ -91,6 +91,8 @@ def create_session(path: str | os.PathLike, *, device: str | None = None, thread
         ``session.get_providers()`` tells what it really uses: CUDA is listed only if it loaded.
     """
     path = Path(path)
+    # batch workers set NAPARI_ATOMNET_THREADS=1 so that N workers use N cores
+    threads = threads or int(os.environ.get("NAPARI_ATOMNET_THREADS", 0))
     return _cached_session(
         str(path.resolve()), path.stat().st_mtime, tuple(requested_providers(device)), threads
     )
