@@ -240,7 +240,10 @@ class SegmentParticlesWidget(JobWidget):
             getattr(layer.events, name).disconnect(self._schedule_refresh)
 
     def _schedule_refresh(self, *_: Any) -> None:
-        self._timer.start()  # restarts: recompute once the edits stop
+        try:
+            self._timer.start()  # restarts: recompute once the edits stop
+        except RuntimeError:  # the dock was closed and its timer deleted: stop following
+            self._unwatch()
 
     def refresh_table(self) -> None:
         """Recompute the watched layer's features table and the histograms from its labels."""

@@ -252,8 +252,10 @@ def interior_points(points: ArrayLike, shape: tuple[int, int], border: float) ->
     p = np.asarray(points, dtype=np.float64).reshape(-1, 2)
     h, w = shape
     keep = (
-        (p[:, 0] >= border) & (p[:, 1] >= border)
-        & (p[:, 0] <= h - 1 - border) & (p[:, 1] <= w - 1 - border)
+        (p[:, 0] >= border)
+        & (p[:, 1] >= border)
+        & (p[:, 0] <= h - 1 - border)
+        & (p[:, 1] <= w - 1 - border)
     )
     return p[keep]
 

@@ -38,6 +38,7 @@ __all__ = [
     "QUANTITIES",
     "border_labels",
     "crofton_perimeters",
+    "interior_markers",
     "label_particles",
     "match_instances",
     "otsu_watershed",
@@ -218,14 +219,15 @@ def label_particles(
     when one is given) the *markers* are the connected parts of the mask where the boundary
     probability is below ``boundary_threshold`` (the particles' interiors: the network marks the
     inner rim of every particle, so touching particles have separate interiors), eroded by one
-    pixel (a 3x3 square) so that a gap of one or two pixels in a contact line does not join two
-    interiors; a watershed of the boundary probability from those markers fills the mask, and
-    mask components without a marker (particles too small to have an interior) keep one label
-    each.  On validation images the erosion raised the share of touching pairs split from
-    0.60-0.91 to 0.78-0.93 and the instance precision from 0.75-0.93 to 0.95-1.0 (an early
-    model).  Without a boundary map (``split="distance"``), :func:`split_touching` splits the
-    mask by a distance-transform watershed with h-maxima markers.  Objects smaller than
-    ``min_area`` px are removed.
+    pixel so that a gap of one or two pixels in a contact line does not join two interiors
+    (:func:`interior_markers`); a watershed of the boundary probability from those markers fills
+    the mask, and mask components without a marker (particles too small to have an interior)
+    keep one label each.  On validation images the erosion raised the share of touching pairs
+    split from 0.60-0.91 to 0.78-0.93 and the instance precision from 0.75-0.93 to 0.95-1.0 (an
+    early model); keeping the small interiors the erosion removes raised it from 0.88 to 0.94 on
+    HAADF images (small particles touching large ones).  Without a boundary map
+    (``split="distance"``), :func:`split_touching` splits the mask by a distance-transform
+    watershed with h-maxima markers.  Objects smaller than ``min_area`` px are removed.
 
     Parameters
     ----------
@@ -274,11 +276,56 @@ def label_particles(
     bnd = np.asarray(boundary, dtype=np.float32)
     if bnd.shape != fg.shape:
         raise ValueError(f"boundary shape {bnd.shape} differs from foreground {fg.shape}")
-    # interiors, eroded by one pixel (3x3) so that a one- or two-pixel leak through a gap in a
-    # contact line does not join two particles, and noise specks do not become markers
-    interior = ndimage.binary_erosion(mask & (bnd < boundary_threshold), np.ones((3, 3), bool))
-    markers, _ = ndimage.label(interior)
-    return _finish(_fill_from_markers(mask, markers, bnd), min_area)
+    return _finish(
+        _fill_from_markers(mask, interior_markers(mask, bnd, boundary_threshold), bnd), min_area
+    )
+
+
+def interior_markers(
+    mask: NDArray[np.bool_],
+    boundary: NDArray[np.float32],
+    boundary_threshold: float = 0.5,
+    *,
+    min_marker_area: int = 4,
+) -> NDArray[np.int32]:
+    """Markers of the particles: their interiors, cut apart where a contact line has a gap.
+
+    The interior (mask and boundary probability below ``boundary_threshold``) is eroded by one
+    pixel (3x3), so that a leak of one or two pixels through a gap in a contact line does not
+    join two particles and noise specks inside the rim do not become markers; interior parts
+    that the erosion removes completely (the interiors of particles of radius ~4 px) are kept
+    as markers when they have at least ``min_marker_area`` px, so small particles touching a
+    large one are not swallowed by it.
+
+    Parameters
+    ----------
+    mask : ndarray of bool, shape (H, W)
+        Foreground.
+    boundary : ndarray of float, shape (H, W)
+        Boundary probability.
+    boundary_threshold : float
+        Interior: boundary probability below this.
+    min_marker_area : int
+        Smallest interior (px) kept as a marker when the erosion removed it.
+
+    Returns
+    -------
+    ndarray of int32
+        Markers 1..n, 0 elsewhere.
+    """
+    interior = mask & (boundary < boundary_threshold)
+    eroded = ndimage.binary_erosion(interior, np.ones((3, 3), bool))
+    markers, n = ndimage.label(eroded)
+    parts, n_parts = ndimage.label(interior)
+    survived = np.zeros(n_parts + 1, bool)
+    survived[parts[eroded]] = True
+    small = ~survived & (np.bincount(parts.ravel(), minlength=n_parts + 1) >= min_marker_area)
+    small[0] = False
+    extra = small[parts]
+    if extra.any():
+        rescued, _ = ndimage.label(extra)
+        markers = np.where(extra, rescued + n, markers).astype(np.int32)
+    return markers
 
 
 def _fill_from_markers(

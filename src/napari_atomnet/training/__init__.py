@@ -16,4 +16,6 @@ train_detector
     ``python -m napari_atomnet.training.train_detector --out DIR --seed 0``.
 export
     :func:`~napari_atomnet.training.export.export_detector`: ONNX + model card.
+
+The particle-segmentation counterparts are the ``seg_*`` modules and ``train_segmenter``.
 """
