@@ -181,3 +181,24 @@ def test_quick_training_run_end_to_end(tmp_path):
     assert "perovskite_dose200" in info["validation"]["metrics_at_default_threshold"]
     img = data.validation_image("perovskite_dose200", 5, (64, 64)).image
     detect_atoms(img, model=card)  # runs with the card's defaults
+
+
+def test_examples_are_oriented_so_atoms_are_bright():
+    """Dark-atom images are negated: the network only ever sees bright atoms."""
+    from napari_atomnet import synth
+
+    for polarity in ("bright", "dark"):
+        sim = synth.lattice_image((96, 96), spacing=12, polarity=polarity, dose=500, seed=3)
+        ex = data.make_example("lattice", np.random.default_rng(0), pad=0, augment=False, sim=sim)
+        iy, ix = np.round(ex.truth).astype(int).T
+        assert ex.meta["polarity"] == (1 if polarity == "bright" else -1)
+        assert ex.image[iy, ix].mean() > ex.image.mean() + 0.5
+
+
+def test_hrtem_images_without_recognisable_atoms_are_not_learnt():
+    for seed in range(40):
+        rng = np.random.default_rng(seed)
+        sim = data.random_simulation("graphene", rng, (64, 64))
+        ex = data.make_example("graphene", rng, pad=0, augment=False, sim=sim)
+        weak = abs(sim.extras["contrast"]) < data.MIN_HRTEM_CONTRAST
+        assert (ex.atoms[:, 2] == (-1.0 if weak else 0.0)).all()

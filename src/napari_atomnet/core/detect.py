@@ -129,6 +129,41 @@ def detect_peaks_classical(
     )
 
 
+def resolve_polarity(image: ArrayLike, polarity: str = "auto") -> Literal["bright", "dark"]:
+    """Return ``polarity`` checked, or the image's guessed atom contrast when it is "auto".
+
+    The guess (the heavier tail of the lightly smoothed image: atoms are sparse sharp extremes)
+    is right for HAADF and ABF images, bright or dark, down to a few counts per column; it is
+    unreliable for HRTEM, where the CTF can make the empty hexagon centres the extremes, so
+    HRTEM users should say which contrast their atoms have.
+
+    Parameters
+    ----------
+    image : array_like, shape (H, W)
+        Image.
+    polarity : {"auto", "bright", "dark"}
+        What the caller knows.
+
+    Returns
+    -------
+    str
+        ``"bright"`` or ``"dark"``.
+
+    Raises
+    ------
+    ValueError
+        ``polarity`` is none of the three.
+    """
+    if polarity in ("bright", "dark"):
+        return polarity  # type: ignore[return-value]
+    if polarity != "auto":
+        raise ValueError(f"polarity must be 'auto', 'bright' or 'dark', got {polarity!r}")
+    img = np.asarray(image, dtype=np.float32)
+    spacing = estimate_spacing(img)
+    sigma = max(0.7, 0.15 * spacing) if np.isfinite(spacing) else 1.0
+    return _guess_polarity(img, sigma)
+
+
 def _guess_polarity(img: np.ndarray, sigma: float) -> Literal["bright", "dark"]:
     smooth = ndimage.gaussian_filter(img, sigma)
     dev = smooth - np.median(smooth)

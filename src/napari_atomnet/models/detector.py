@@ -3,7 +3,8 @@
 Model contract (written by ``napari_atomnet.training.export``; read from the model card):
 
 - input ``image``: float32 (N, 1, H, W), the image after :func:`~napari_atomnet.core.preprocess.
-  local_normalize` with the card's normalisation rule; H and W multiples of ``pad_multiple``;
+  local_normalize` with the card's normalisation rule, negated when the atoms are dark (the
+  network sees bright atoms); H and W multiples of ``pad_multiple``;
 - output ``heatmap``: float32 (N, C, H/s, W/s), per-class centre probabilities in [0, 1]
   (s = ``stride``), Gaussian blobs at atom centres;
 - output ``size`` (optional): float32 (N, 2, H/s, W/s), box height and width in input pixels;
@@ -22,7 +23,7 @@ import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike
 
-from ..core.detect import decode_heatmap, merge_close_peaks
+from ..core.detect import decode_heatmap, merge_close_peaks, resolve_polarity
 from ..core.image import as_analysis_image
 from ..core.preprocess import LocalNormalizer, normalization_sigma
 from .registry import ModelCard, load_model
@@ -63,6 +64,7 @@ def detect_atoms(
     model: str | ModelCard | None = None,
     *,
     threshold: float | None = None,
+    polarity: str = "auto",
     tile: int | None = None,
     device: str | None = None,
     progress: ProgressCallback | None = None,
@@ -78,6 +80,12 @@ def detect_atoms(
         Registry name or ``.onnx`` path; the built-in detector by default.
     threshold : float, optional
         Minimum confidence; the model card's default when omitted.
+    polarity : {"auto", "bright", "dark"}
+        Contrast of the atoms: bright (HAADF), dark (ABF, bright-field) or guessed from the
+        image (:func:`~napari_atomnet.core.detect.resolve_polarity`; reliable for STEM, not
+        for HRTEM).  The built-in detector sees bright atoms: a dark-atom image is negated
+        before the network, which is what keeps it from taking the bright gaps between dark
+        columns for atoms.
     tile : int, optional
         Core tile size (px); the card's default when omitted.  Memory grows with ``tile``², not
         with the image.
@@ -93,6 +101,8 @@ def detect_atoms(
     Detections
     """
     img = as_analysis_image(image)
+    contrast = resolve_polarity(img, polarity)
+    sign = np.float32(-1.0 if contrast == "dark" else 1.0)
     card = (
         model
         if isinstance(model, ModelCard)
@@ -123,7 +133,7 @@ def detect_atoms(
     for done, (t, window) in enumerate(iter_windows(img, tile, margin, multiple), 1):
         if cancelled is not None and cancelled():
             raise InterruptedError("detection cancelled")
-        net_in = _pad_to_multiple(normalizer.apply(window, t.offset), multiple)
+        net_in = _pad_to_multiple(sign * normalizer.apply(window, t.offset), multiple)
         outputs = dict(
             zip(out_names, session.run(out_names, {input_name: net_in[None, None]}), strict=True)
         )
@@ -154,7 +164,12 @@ def detect_atoms(
     )
     table = merge_close_peaks(table, 1.0)
     table = _finish_table(table, classes, img.shape)
-    params = {"threshold": thr, "tile": tile, "normalization_sigma": sigma}
+    params = {
+        "threshold": thr,
+        "polarity": contrast,
+        "tile": tile,
+        "normalization_sigma": sigma,
+    }
     return Detections(table=table, card=card, device=session_device(session), params=params)
 
 

@@ -471,15 +471,22 @@ def _recipe(cfg: TrainConfig) -> dict[str, Any]:
             "domain walls, strain, vacancies 0-5 %, dislocation (30 %), any rotation, scan "
             "jitter, drift",
             "graphene": "synth.graphene_hrtem (seed 003): Table 1 CTF draws (defocus +-200 A, Cs "
-            "+-20 um, C5, astigmatism, focal spread), MTF, dose 10-1e4 e/A^2, 0-2 holes, "
-            "sampling 0.08-0.18 A/px (scale jitter)",
+            "+-20 um, C5, astigmatism, focal spread; 70 % of the draws aligned: |defocus| <= "
+            "120 A, "
+            "|Cs| <= 20 um, astigmatism <= 10 A), MTF, dose "
+            f"{data.HRTEM_DOSE[0]:g}-{data.HRTEM_DOSE[1]:g} e/A^2 (log-uniform), 0-2 holes, "
+            "sampling 0.08-0.18 A/px (scale jitter); columns ignored when the clean image "
+            f"correlates < {data.MIN_HRTEM_CONTRAST} with the atom map",
         },
         "mix": data.DEFAULT_MIX,
         "pool_images": cfg.pool,
         "image_size": cfg.sim_shape,
         "border": f"reflection padding {cfg.pad} px, mirrored labels (as tiles see borders)",
-        "augmentation": "random 160 px crops, flips, 90 degree rotations, gamma 0.7-1.4 (30 %), "
-        "polarity inversion (perovskite 35 %, lattice 20 %, graphene 50 %)",
+        "augmentation": f"random {cfg.crop} px crops, flips, 90 degree rotations, gamma 0.7-1.4 "
+        "(30 %)",
+        "orientation": "images with dark atoms (ABF, dark lattices, HRTEM at the other CTF "
+        "sign) are negated after normalisation: the network learns bright atoms only and "
+        "inference is told the contrast (polarity) or guesses it",
         "targets": "Gaussian blob per column, sigma_t = clip(0.12 nn, 1, 3) px, maximum of blobs "
         f"per class; classes {list(data.CLASSES)} (weak: column type below "
         f"{data.WEAK_RATIO} of the strongest of its lattice); box side min(5 sigma_column, nn); "
@@ -575,6 +582,7 @@ def main(argv: list[str] | None = None) -> int:
         "tile": cfg.tile,
         "default_threshold": 0.3,
         "normalization": dict(data.DEFAULT_NORMALIZATION),
+        "atoms": "bright",  # dark-atom images are negated before the network (detect_atoms)
         "design": DESIGN,
         "architecture": {
             "class": "napari_atomnet.training.nets.AtomDetector",
