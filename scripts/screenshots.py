@@ -127,7 +127,28 @@ def curate() -> None:
     save(viewer, "curate_widget")
 
 
-SHOTS = {"detect": detect, "lattice": lattice, "strain": strain, "curate": curate}
+def segment() -> None:
+    from napari_atomnet._widgets._segment import SegmentParticlesWidget
+
+    viewer = viewer_with("core_shell_particles")
+    for layer in list(viewer.layers)[1:]:  # the truth overlay would hide the result
+        layer.visible = False
+    widget = SegmentParticlesWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Segment particles")
+    widget._on_run()
+    wait(lambda: widget._worker is None and "Particles (core_shell_particles)" in viewer.layers)
+    viewer.layers["Particles (core_shell_particles)"].opacity = 0.45
+    zoom(viewer, 1.6, (0.4, 0.4))
+    save(viewer, "segment_widget")
+
+
+SHOTS = {
+    "detect": detect,
+    "lattice": lattice,
+    "strain": strain,
+    "curate": curate,
+    "segment": segment,
+}
 
 if __name__ == "__main__":
     DOCS.mkdir(exist_ok=True)
