@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import weakref
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from psygnal import Signal
 
 if TYPE_CHECKING:
     import napari
@@ -82,3 +84,37 @@ def selected_model(choice: Any, custom_path: Any, task: str) -> Any:
     if isinstance(choice, ModelCard):
         return load_model(choice.path, task=task)
     return choice
+
+
+class _ModelEvents:
+    """Holder of the :data:`models_changed` signal (psygnal needs a class attribute)."""
+
+    changed = Signal()
+
+
+_MODEL_EVENTS = _ModelEvents()
+
+#: Emitted on the GUI thread after a model was added to (or removed from) the user model
+#: folder, e.g. by fine-tuning; every model picker made to :func:`follow_models` re-reads its
+#: choices.
+models_changed = _MODEL_EVENTS.changed
+
+
+def follow_models(combo: Any) -> None:
+    """Make a model-picker ComboBox re-read its choices whenever :data:`models_changed` fires.
+
+    The picker is held weakly; once it is gone (or its dock was closed and its Qt widget
+    deleted) the connection removes itself.
+    """
+    ref = weakref.ref(combo)
+
+    def refresh() -> None:
+        picker = ref()
+        try:
+            if picker is None:
+                raise RuntimeError("picker deleted")
+            picker.reset_choices()
+        except RuntimeError:  # the widget (or its Qt object) is gone: stop following
+            models_changed.disconnect(refresh)
+
+    models_changed.connect(refresh)

@@ -13,6 +13,7 @@ from . import _layers
 from ._common import (
     CUSTOM_MODEL,
     current_frame,
+    follow_models,
     image_layers,
     model_choices,
     notify_error,
@@ -43,6 +44,7 @@ class DetectAtomsWidget(JobWidget):
         self._viewer = viewer
         self._image = ComboBox(label="Image", choices=lambda _w: image_layers(viewer))
         self._model = ComboBox(label="Model", choices=lambda _w: model_choices("detection"))
+        follow_models(self._model)  # fine-tuned models appear at once
         self._custom = FileEdit(label="Model file", filter="*.onnx", mode="r", visible=False)
         self._threshold = FloatSpinBox(
             label="Confidence ≥",

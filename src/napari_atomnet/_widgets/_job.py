@@ -50,8 +50,12 @@ class JobWidget(Container):
         on_result: Callable[[Any], None],
         *,
         status: str,
+        on_progress: Callable[[tuple], None] | None = None,
     ) -> None:
-        """Run ``compute(progress=..., cancelled=...)`` in a worker; ``on_result`` on the GUI."""
+        """Run ``compute(progress=..., cancelled=...)`` in a worker; ``on_result`` on the GUI.
+
+        ``on_progress`` gets every progress report ``(done, total, *extra)`` on the GUI thread.
+        """
         self._set_running(True)
         self._status.value = status
         start_job(
@@ -61,6 +65,7 @@ class JobWidget(Container):
             on_result=on_result,
             on_error=self._on_error,
             on_finished=self._on_finished,
+            on_progress=on_progress,
         )
 
     def _on_error(self, err: BaseException) -> None:

@@ -13,7 +13,7 @@ from .._provenance import METADATA_KEY, make_provenance
 from ..core.image import InvalidImageError, as_analysis_image
 from ..core.segment import particle_table, size_statistics
 from . import _layers
-from ._common import current_frame, image_layers, notify_error, notify_info
+from ._common import current_frame, follow_models, image_layers, notify_error, notify_info
 from ._job import JobWidget
 
 if TYPE_CHECKING:
@@ -81,6 +81,7 @@ class SegmentParticlesWidget(JobWidget):
         self._watched: Any = None  # the Particles layer whose edits are followed
         self._image = ComboBox(label="Image", choices=lambda _w: image_layers(viewer))
         self._model = ComboBox(label="Model", choices=self._model_choices)
+        follow_models(self._model)
         self._custom = FileEdit(label="Model file", filter="*.onnx", mode="r", visible=False)
         self._pixel_size = FloatSpinBox(
             label="Pixel size (nm)",

@@ -9,7 +9,7 @@ from magicgui.widgets import CheckBox, ComboBox, FileEdit, FloatSpinBox
 
 from .._provenance import METADATA_KEY
 from . import _layers
-from ._common import notify_error
+from ._common import follow_models, notify_error
 from ._job import JobWidget
 
 if TYPE_CHECKING:
@@ -51,6 +51,7 @@ class SequenceWidget(JobWidget):
         self._viewer = viewer
         self._image = ComboBox(label="Movie", choices=lambda _w: stack_layers(viewer))
         self._model = ComboBox(label="Model", choices=self._model_choices)
+        follow_models(self._model)
         self._custom = FileEdit(label="Model file", filter="*.onnx", mode="r", visible=False)
         self._threshold = FloatSpinBox(
             label="Confidence ≥", min=0.01, max=0.99, step=0.01, value=0.3

@@ -21,8 +21,10 @@ def progress_generator(
     """Run ``fn(*args, progress=..., cancelled=..., **kwargs)`` and yield its progress.
 
     ``fn`` runs in a helper thread; this generator yields each ``(done, total)`` it reports and
-    returns its result (or re-raises its exception).  Closing the generator (napari's
-    ``worker.quit()``) makes ``cancelled()`` return True, so ``fn`` stops at its next check.
+    returns its result (or re-raises its exception).  ``fn`` may pass more values after
+    ``done, total`` (e.g. a stage name and a loss); they are yielded as ``(done, total, *extra)``.
+    Closing the generator (napari's ``worker.quit()``) makes ``cancelled()`` return True, so
+    ``fn`` stops at its next check.
     """
     events: queue.Queue = queue.Queue()
     stop = threading.Event()
@@ -32,7 +34,7 @@ def progress_generator(
         try:
             outcome["value"] = fn(
                 *args,
-                progress=lambda done, total: events.put((int(done), int(total))),
+                progress=lambda done, total, *extra: events.put((int(done), int(total), *extra)),
                 cancelled=stop.is_set,
                 **kwargs,
             )
@@ -63,11 +65,14 @@ def start_job(
     on_result: Callable[[Any], None],
     on_error: Callable[[BaseException], None],
     on_finished: Callable[[], None],
+    on_progress: Callable[[tuple], None] | None = None,
 ) -> Any:
     """Start ``job`` (a generator function yielding ``(done, total)``) in a napari worker.
 
     A napari progress bar follows the yielded progress; ``on_result`` gets the returned value on
     the GUI thread, ``on_error`` any exception, and ``on_finished`` runs last in every case.
+    ``on_progress``, if given, gets every yielded tuple (``(done, total, *extra)``) on the GUI
+    thread.
 
     Returns
     -------
@@ -80,12 +85,14 @@ def start_job(
     bar = progress(total=0, desc=description)
     worker = thread_worker(job, start_thread=False)()
 
-    def on_yield(item: tuple[int, int]) -> None:
-        done, total = item
+    def on_yield(item: tuple) -> None:
+        done, total = item[:2]
         if bar.total != total:
             bar.total = total
         bar.n = done
         bar.refresh()
+        if on_progress is not None:
+            on_progress(item)
 
     def finished() -> None:
         bar.close()
