@@ -143,9 +143,9 @@ def _build_parser() -> argparse.ArgumentParser:
     cells.set_defaults(func=_cmd_cells)
 
     # subcommands that live in their own modules (imported lazily when they run)
-    from . import cli_batch, cli_export, cli_segment
+    from . import cli_batch, cli_export, cli_segment, cli_train
 
-    for module in (cli_segment, cli_export, cli_batch):
+    for module in (cli_segment, cli_export, cli_batch, cli_train):
         module.register(sub)
     return parser
 

@@ -41,6 +41,7 @@ __all__ = [
     "DEFAULT_NORMALIZATION",
     "Example",
     "label_atoms",
+    "labelled_example",
     "make_example",
     "make_pool",
     "normalize_image",
@@ -482,23 +483,73 @@ def make_example(
         lo = float(img.min())
         img = (img - lo) ** gamma
     polarity = sim_polarity(sim)
-    norm = normalize_image(img, normalization, pad=pad) * polarity  # atoms bright
-    truth = sim.atoms[["y", "x"]].to_numpy(np.float64)
-    nn = cKDTree(truth).query(truth, k=2)[0][:, 1] if len(truth) > 1 else np.full(1, 20.0)
     meta = {
         "seed": int(sim.params.get("seed", -1)),
         "dose": float(sim.params.get("dose", np.nan) or np.nan),
         "polarity": polarity,
         "gamma": gamma,
     }
+    return labelled_example(
+        img,
+        atoms,
+        sim.atoms[["y", "x"]].to_numpy(np.float64),
+        polarity=polarity,
+        pad=pad,
+        normalization=normalization,
+        source=kind,
+        meta=meta,
+    )
+
+
+def labelled_example(
+    image: NDArray,
+    atoms: NDArray[np.float32],
+    truth: NDArray[np.float64],
+    *,
+    polarity: int = 1,
+    pad: int = 32,
+    normalization: Mapping[str, float] | None = None,
+    source: str = "labels",
+    meta: dict[str, Any] | None = None,
+) -> Example:
+    """Normalise, orient and pad one labelled image (simulated or a user's corrected labels).
+
+    Parameters
+    ----------
+    image : ndarray, shape (H, W)
+        Raw image.
+    atoms : ndarray of float32, shape (n, 5)
+        Labels ``y, x, class, sigma_t, size`` in image coordinates (:func:`label_atoms`).
+    truth : ndarray, shape (m, 2)
+        True (y, x) positions.
+    polarity : {1, -1}
+        -1 when the atoms are dark: the normalised image is negated (the network sees bright
+        atoms).
+    pad : int
+        Reflection padding (px); the labels are mirrored with the image.
+    normalization : dict, optional
+        Normalisation rule (default :data:`DEFAULT_NORMALIZATION`).
+    source : str
+        Where the image came from.
+    meta : dict, optional
+        Recorded in the example.
+
+    Returns
+    -------
+    Example
+    """
+    shape = np.shape(image)
+    norm = normalize_image(image, normalization, pad=pad) * polarity  # atoms bright
+    truth = np.asarray(truth, dtype=np.float64).reshape(-1, 2)
+    nn = cKDTree(truth).query(truth, k=2)[0][:, 1] if len(truth) > 1 else np.full(1, 20.0)
     return Example(
         image=np.ascontiguousarray(norm, dtype=np.float32),
-        atoms=_mirror(atoms, shape, pad),
+        atoms=_mirror(np.asarray(atoms, dtype=np.float32).reshape(-1, 5), shape, pad),
         truth=truth,
         spacing=float(np.median(nn)),
         pad=pad,
-        source=kind,
-        meta=meta,
+        source=source,
+        meta=dict(meta or {}),
     )
 
 

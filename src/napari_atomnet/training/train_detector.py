@@ -35,7 +35,7 @@ import numpy as np
 
 from . import data
 
-__all__ = ["TrainConfig", "evaluate_model", "main", "train"]
+__all__ = ["TrainConfig", "evaluate_model", "lr_schedule", "main", "train", "train_step"]
 
 NAME = "atomnet-detect"
 VERSION = "1.0"
@@ -307,6 +307,75 @@ def _log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
+def lr_schedule(step: int, steps: int, lr: float, warmup: int) -> float:
+    """Learning rate at ``step``: linear warm-up, then cosine decay to 2 % of ``lr``.
+
+    Examples
+    --------
+    >>> lr_schedule(0, 100, 1.0, 10), lr_schedule(10, 100, 1.0, 10)
+    (0.1, 1.0)
+    >>> round(lr_schedule(99, 100, 1.0, 0), 3)
+    0.02
+    """
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    frac = (step - warmup) / max(1, steps - warmup)
+    return lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * frac)))
+
+
+def train_step(
+    model: Any,
+    opt: Any,
+    batch: dict[str, np.ndarray],
+    *,
+    lr: float,
+    loss: str = "focal",
+    size_weight: float = 0.2,
+    clip: float = 5.0,
+) -> tuple[float, float]:
+    """One optimisation step on a batch (shared by training and fine-tuning).
+
+    Parameters
+    ----------
+    model : AtomDetector
+        In training mode.
+    opt : torch.optim.Optimizer
+        Its optimiser; every parameter group gets the learning rate ``lr``.
+    batch : dict
+        From :func:`~napari_atomnet.training.data.sample_batch`.
+    lr : float
+        Learning rate of this step.
+    loss : str
+        Heatmap loss (see :func:`heatmap_loss`).
+    size_weight : float
+        Weight of the box-size loss.
+    clip : float
+        Gradient-norm clip.
+
+    Returns
+    -------
+    heatmap_loss, size_loss : float
+    """
+    import torch
+
+    x = torch.from_numpy(batch["image"])
+    heat = torch.from_numpy(batch["heat"])
+    weight = torch.from_numpy(batch["weight"])
+    logits, log_size = model(x)
+    l_hm = heatmap_loss(logits, heat, weight, loss)
+    l_sz = size_loss(
+        log_size, torch.from_numpy(batch["log_size"]), torch.from_numpy(batch["size_mask"])
+    )
+    total = l_hm + size_weight * l_sz
+    for group in opt.param_groups:
+        group["lr"] = lr
+    opt.zero_grad(set_to_none=True)
+    total.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+    opt.step()
+    return float(l_hm.item()), float(l_sz.item())
+
+
 def train(cfg: TrainConfig, pool: list[data.Example] | None = None) -> tuple[Any, dict]:
     """Train a detector; returns the model and a history dict.
 
@@ -359,10 +428,7 @@ def train(cfg: TrainConfig, pool: list[data.Example] | None = None) -> tuple[Any
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
     def lr_at(step: int) -> float:
-        if step < cfg.warmup:
-            return cfg.lr * (step + 1) / cfg.warmup
-        frac = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
-        return cfg.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * frac)))
+        return lr_schedule(step, cfg.steps, cfg.lr, cfg.warmup)
 
     rng = np.random.default_rng(batch_ss)
     t1 = time.perf_counter()
@@ -375,23 +441,11 @@ def train(cfg: TrainConfig, pool: list[data.Example] | None = None) -> tuple[Any
             _log(f"time limit of {cfg.time_limit_min} min reached: stopping at step {step}")
             break
         batch = data.sample_batch(pool, rng, cfg.batch, cfg.crop, len(data.CLASSES))
-        x = torch.from_numpy(batch["image"])
-        heat = torch.from_numpy(batch["heat"])
-        weight = torch.from_numpy(batch["weight"])
-        logits, log_size = model(x)
-        l_hm = heatmap_loss(logits, heat, weight, cfg.loss)
-        l_sz = size_loss(
-            log_size, torch.from_numpy(batch["log_size"]), torch.from_numpy(batch["size_mask"])
+        l_hm, l_sz = train_step(
+            model, opt, batch, lr=lr_at(step), loss=cfg.loss, size_weight=cfg.size_weight
         )
-        loss = l_hm + cfg.size_weight * l_sz
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-        opt.step()
-        run["hm"] += l_hm.item()
-        run["sz"] += l_sz.item()
+        run["hm"] += l_hm
+        run["sz"] += l_sz
         run["n"] += 1
         if (step + 1) % 100 == 0 or step + 1 == cfg.steps:
             el = time.perf_counter() - t1

@@ -1,0 +1,186 @@
+"""The ``atomnet train`` subcommand: fine-tune the detector on exported, corrected labels.
+
+``register(subparsers)`` adds the subcommand to the ``atomnet`` parser (see :mod:`napari_atomnet.
+cli`).  The work is :func:`napari_atomnet.training.finetune.fine_tune_detector`; torch is imported
+only when the command runs, and without it the command says how to install the ``[train]`` extra
+(one line on stderr, exit code 2).  Bad input raises :class:`ValueError` or :class:`OSError` with a
+clear message; the main command prints it as one line and exits with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+from typing import Any
+
+__all__ = ["register", "run_train"]
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (math.isfinite(value) and 0.0 <= value < 1.0):
+        raise argparse.ArgumentTypeError(f"must lie in [0, 1), got {text}")
+    return value
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def register(subparsers: Any) -> argparse.ArgumentParser:
+    """Add ``train`` to the ``atomnet`` subcommands.
+
+    Parameters
+    ----------
+    subparsers : argparse._SubParsersAction
+        From ``parser.add_subparsers(dest="command")``.
+
+    Returns
+    -------
+    argparse.ArgumentParser
+        The ``train`` parser.
+    """
+    p = subparsers.add_parser(
+        "train",
+        help="fine-tune the atom detector on exported, corrected labels (needs the [train] extra)",
+        description="Fine-tune a detection model on the labelled images of an export folder "
+        "('atomnet export' / the Export widget, or labelImg / YOLO labels), mixed with simulated "
+        "images so it does not forget, with part of the labels held out. Prints the held-out F1 "
+        "before and after, and writes NAME.onnx + NAME.json (model card) + NAME.pt into the user "
+        "model folder ($NAPARI_ATOMNET_MODELS overrides it), where 'atomnet detect --model NAME' "
+        "and the Detect widget find it.",
+    )
+    p.add_argument("--data", required=True, help="export folder with the corrected labels")
+    p.add_argument("--out", required=True, metavar="NAME", help="name of the new model")
+    p.add_argument(
+        "--base",
+        default="atomnet-detect",
+        help="model to start from: registry name or .onnx path with its .pt beside it "
+        "(default: %(default)s)",
+    )
+    p.add_argument(
+        "--out-dir", default=None, help="folder to write to (default: the user model folder)"
+    )
+    p.add_argument(
+        "--polarity",
+        choices=("auto", "bright", "dark"),
+        default="auto",
+        help="atom contrast in the images (default: guessed per image; give it for HRTEM)",
+    )
+    p.add_argument("--steps", type=_positive_int, default=None, help="training steps (600)")
+    p.add_argument("--batch", type=_positive_int, default=None, help="crops per step (8)")
+    p.add_argument("--lr", type=_positive, default=None, help="peak learning rate (1e-3)")
+    p.add_argument(
+        "--sim-images",
+        type=_count,
+        default=None,
+        help="simulated images mixed in against forgetting (200)",
+    )
+    p.add_argument(
+        "--val-fraction", type=_fraction, default=None, help="held-out share of the labels (0.2)"
+    )
+    p.add_argument("--seed", type=int, default=None, help="seed (0)")
+    p.add_argument("--threads", type=_positive_int, default=None, help="torch threads (2)")
+    p.add_argument("--overwrite", action="store_true", help="replace a user model of that name")
+    p.add_argument("--quiet", action="store_true", help="print only the result")
+    p.set_defaults(func=run_train)
+    return p
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """Run ``atomnet train`` (see :func:`register` for the arguments).
+
+    Returns
+    -------
+    int
+        0 on success.
+
+    Raises
+    ------
+    ValueError
+        Bad input (the message is printed as one line), also when torch is not installed.
+    """
+    # Before torch starts its thread pool: idle OpenMP threads sleep instead of spinning.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from .training.finetune import FineTuneConfig, fine_tune_detector, require_train_extra
+
+    try:
+        require_train_extra()
+    except ImportError as err:
+        raise ValueError(str(err)) from None
+    overrides = {
+        key: getattr(args, key)
+        for key in ("steps", "batch", "lr", "sim_images", "val_fraction", "seed", "threads")
+        if getattr(args, key) is not None
+    }
+    config = FineTuneConfig(**overrides)
+    t0 = time.perf_counter()
+    last = {"stage": None, "tenth": -1}
+
+    def progress(stage: str, done: int, total: int, loss: float | None) -> None:
+        if args.quiet:
+            return
+        if stage != last["stage"]:
+            last["stage"], last["tenth"] = stage, -1
+            print(f"[{time.perf_counter() - t0:5.0f} s] {stage}…", file=sys.stderr, flush=True)
+        tenth = 10 * done // max(total, 1)
+        if stage == "train" and loss is not None and tenth > last["tenth"]:
+            last["tenth"] = tenth
+            print(
+                f"[{time.perf_counter() - t0:5.0f} s]   step {done}/{total}  loss {loss:.4f}",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    result = fine_tune_detector(
+        args.data,
+        name=args.out,
+        base=args.base,
+        out_dir=args.out_dir,
+        polarity=args.polarity,
+        config=config,
+        progress=progress,
+        overwrite=args.overwrite,
+    )
+    held = result.card["fine_tuning"]["heldout"]
+    if math.isnan(result.f1_before):
+        scores = "nothing held out (--val-fraction 0)"
+    else:
+        scores = (
+            f"held-out F1 {result.f1_before:.4f} -> {result.f1_after:.4f} "
+            f"({result.card['fine_tuning']['heldout_atoms']} atoms; {held['split']})"
+        )
+    print(f"wrote {result.onnx_path} (+ .json, .pt); {scores}")
+    return 0
