@@ -83,7 +83,8 @@ def start_job(
     from napari.utils import progress
 
     bar = progress(total=0, desc=description)
-    worker = thread_worker(job, start_thread=False)()
+    # errors go to on_error only (not re-raised in the Qt event loop as well)
+    worker = thread_worker(job, start_thread=False, ignore_errors=True)()
 
     def on_yield(item: tuple) -> None:
         done, total = item[:2]

@@ -1,0 +1,425 @@
+"""The "Fine-tune detector" dock widget: retrain the atom detector on exported, corrected labels.
+
+The science is :func:`napari_atomnet.training.finetune.fine_tune_detector`; this widget collects
+its inputs, runs it off the GUI thread, draws the loss curve as it comes in, and announces the
+new model to every model picker (:data:`._common.models_changed`).  Neither torch nor
+``napari_atomnet.training`` is imported until a run starts.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    FloatSpinBox,
+    Label,
+    LineEdit,
+    ProgressBar,
+    SpinBox,
+)
+
+from ._common import (
+    CUSTOM_MODEL,
+    follow_models,
+    model_choices,
+    models_changed,
+    notify_error,
+    notify_info,
+)
+from ._job import JobWidget
+
+if TYPE_CHECKING:
+    import napari
+
+#: How to install what fine-tuning needs.
+INSTALL_HINT = 'pip install "napari-atomnet[train]"'
+#: Atom contrast choices: (label, ``polarity`` argument).
+POLARITY_CHOICES = [
+    ("Auto (guess from the images)", "auto"),
+    ("Bright atoms (HAADF)", "bright"),
+    ("Dark atoms (ABF, BF)", "dark"),
+]
+#: Progress stages reported by the fine-tuning function, with their labels in the dock.
+STAGES = (("data", "Data"), ("train", "Training"), ("evaluate", "Evaluation"))
+#: Steps over which the loss curve's running mean is taken.
+SMOOTHING = 25
+
+
+def torch_available() -> bool:
+    """Whether PyTorch is installed (checked without importing it)."""
+    return importlib.util.find_spec("torch") is not None
+
+
+def weights_of(card: Any) -> Path:
+    """Return the torch weights (``<model>.pt``) beside a model's ONNX file."""
+    return Path(card.path).with_suffix(".pt")
+
+
+def check_new_model_name(name: str) -> str:
+    """Return ``name`` stripped if it can name a new model, else raise ValueError.
+
+    Imports :mod:`napari_atomnet.training.finetune` (which does not import torch) for the
+    naming rules.
+
+    Raises
+    ------
+    ValueError
+        Empty, not usable as a file name, or a model of that name exists already (built-in or
+        in the user model folder).
+    """
+    from ..models.registry import list_models, user_model_dir
+    from ..training.finetune import check_model_name
+
+    name = name.strip()
+    if not name:
+        raise ValueError("enter a name for the new model")
+    check_model_name(name)
+    folder = user_model_dir()
+    taken = {card.name for card in list_models()}
+    if name in taken or any((folder / f"{name}{ext}").exists() for ext in (".onnx", ".json")):
+        raise ValueError(f"a model named {name!r} exists already; choose another name")
+    return name
+
+
+class FineTuneWidget(JobWidget):
+    """Fine-tune the atom detector on exported labels (Curate atoms → Export) and register it.
+
+    The labels are mixed with simulated images so the model keeps what it knew; part of the
+    labelled data is held out and the detector's F1 on it is shown before and after.  The new
+    model (ONNX, model card and torch weights) is written to the user model folder and appears
+    in every model picker (Detect atoms, Sequence, this widget).  Needs PyTorch (the ``train``
+    extra); without it the widget says how to install it.
+    """
+
+    job_name = "Fine-tune detector"
+
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
+        super().__init__(labels=True)
+        self._viewer = viewer
+        self._has_torch = torch_available()
+        self._stop = threading.Event()
+        self._steps_seen: list[int] = []
+        self._losses: list[float] = []
+        self._summary = ""
+        self._missing = Label(
+            value=f"Fine-tuning needs PyTorch, which is not installed.\nInstall it with:\n"
+            f"    {INSTALL_HINT}\nthen restart napari.",
+            visible=not self._has_torch,
+        )
+        self._missing.native.setWordWrap(True)
+        self._missing.native.setTextInteractionFlags(_selectable())
+        self._missing.native.setStyleSheet("color: #f0a030;")
+        self._data = FileEdit(
+            label="Labels folder",
+            mode="d",
+            tooltip="An export folder (Curate atoms → Export), a folder of them, or a folder of "
+            "labelImg (Pascal VOC) / YOLO label files beside their images",
+        )
+        self._base = ComboBox(
+            label="Start from",
+            choices=lambda _w: model_choices("detection"),
+            tooltip="The detector to fine-tune; its torch weights (.pt) must lie beside its .onnx",
+        )
+        follow_models(self._base)
+        self._custom = FileEdit(label="Model file", filter="*.onnx", mode="r", visible=False)
+        self._base_note = Label(value="", visible=False)
+        self._base_note.native.setWordWrap(True)
+        self._base_note.native.setStyleSheet("color: #f0a030;")
+        self._name = LineEdit(
+            label="New model name",
+            tooltip="File name of the new model in the user model folder, e.g. 'srtio3-abf'",
+        )
+        self._polarity = ComboBox(
+            label="Atom contrast",
+            choices=POLARITY_CHOICES,
+            value="auto",
+            tooltip="Bright atoms on a dark background (HAADF) or dark atoms on a bright one "
+            "(ABF, BF); auto guesses from the images",
+        )
+        self._steps = SpinBox(
+            label="Training steps",
+            min=1,
+            max=100_000,
+            step=50,
+            value=600,
+            tooltip="More steps learn more and take longer (600: a few minutes on a laptop CPU)",
+        )
+        self._show_advanced = CheckBox(text="Advanced settings", value=False)
+        self._lr = FloatSpinBox(
+            label="Learning rate",
+            min=1e-6,
+            max=1.0,
+            step=1e-4,
+            value=1e-3,
+            visible=False,
+            tooltip="Adam learning rate",
+        )
+        self._lr.native.setDecimals(6)
+        self._user_fraction = FloatSpinBox(
+            label="Share of your data",
+            min=0.05,
+            max=1.0,
+            step=0.05,
+            value=0.5,
+            visible=False,
+            tooltip="Fraction of each training batch cut from your labelled images; the rest is "
+            "simulated, so the model does not forget what it knew",
+        )
+        self._sim_images = SpinBox(
+            label="Simulated images",
+            min=0,
+            max=10_000,
+            step=10,
+            value=200,
+            visible=False,
+            tooltip="How many simulated images (with exact labels) are mixed in",
+        )
+        self._advanced = (self._lr, self._user_fraction, self._sim_images)
+        self.extend(
+            [
+                self._missing,
+                self._data,
+                self._base,
+                self._custom,
+                self._base_note,
+                self._name,
+                self._polarity,
+                self._steps,
+                self._show_advanced,
+                *self._advanced,
+            ]
+        )
+        self._bars = {
+            stage: ProgressBar(label=label, min=0, max=1, value=0) for stage, label in STAGES
+        }
+        bars = Container(widgets=list(self._bars.values()), labels=True)
+        bars.margins = (0, 0, 0, 0)
+        self._add_job_controls("Fine-tune", bars)
+        self._build_canvas()
+        self._base.changed.connect(self._on_base_changed)
+        self._show_advanced.changed.connect(self._on_show_advanced)
+        self._on_base_changed()
+        self._set_running(False)
+
+    # -- construction ---------------------------------------------------------------------------
+    def _build_canvas(self) -> None:
+        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+        from matplotlib.figure import Figure
+
+        self._figure = Figure(figsize=(4.0, 2.8), layout="constrained")
+        self._axes = self._figure.subplots()
+        (self._raw_line,) = self._axes.plot([], [], color="#4c9be8", lw=0.8, alpha=0.45)
+        (self._mean_line,) = self._axes.plot([], [], color="#f08c28", lw=1.8)
+        self._canvas = FigureCanvasQTAgg(self._figure)
+        self._canvas.setMinimumHeight(240)
+        self.native.layout().addWidget(self._canvas)
+        self._draw_curve(title="Training loss")
+
+    # -- controls -------------------------------------------------------------------------------
+    def _on_base_changed(self, *_: Any) -> None:
+        choice = self._base.value
+        self._custom.visible = choice == CUSTOM_MODEL
+        note = ""
+        if choice is None:
+            note = "No detection model is installed; choose a custom .onnx with its .pt."
+        elif choice != CUSTOM_MODEL and not weights_of(choice).is_file():
+            note = (
+                f"{choice.name} cannot be fine-tuned: its torch weights "
+                f"({weights_of(choice).name}) are not beside {Path(choice.path).name}."
+            )
+        self._base_note.value = note
+        self._base_note.visible = bool(note)
+
+    def _on_show_advanced(self, *_: Any) -> None:
+        for widget in self._advanced:
+            widget.visible = bool(self._show_advanced.value)
+
+    def _set_running(self, running: bool) -> None:
+        super()._set_running(running)
+        if not self._has_torch:
+            self._run.enabled = False
+            self._run.tooltip = f"Needs PyTorch: {INSTALL_HINT}"
+
+    # -- running --------------------------------------------------------------------------------
+    def _inputs(self) -> dict[str, Any]:
+        """Check the form; return the arguments of the job (ValueError says what is wrong)."""
+        from ..io.labels import list_label_images
+
+        if not self._has_torch:
+            raise ValueError(f"PyTorch is not installed; install it with {INSTALL_HINT}")
+        folder = self._data.value
+        if not folder or str(folder) in ("", "."):
+            raise ValueError("choose the folder of exported labels")
+        folder = Path(folder).expanduser()
+        if not folder.is_dir():
+            raise ValueError(f"labels folder not found: {folder}")
+        if not list_label_images(folder):
+            raise ValueError(
+                f"no labelled images in {folder} (export them with Curate atoms → Export, or "
+                "choose a folder of labelImg / YOLO labels)"
+            )
+        base = self._base.value
+        if base == CUSTOM_MODEL:
+            path = self._custom.value
+            if not path or not str(path).lower().endswith(".onnx"):
+                raise ValueError("choose the .onnx file of the model to start from")
+            base_arg, weights = str(Path(path).expanduser()), Path(path).with_suffix(".pt")
+        elif base is None:
+            raise ValueError("no detection model to start from; choose a custom .onnx")
+        else:
+            base_arg, weights = base.name, weights_of(base)
+        if not weights.is_file():
+            raise ValueError(
+                f"{Path(base_arg).stem} has no torch weights ({weights.name} beside its .onnx); "
+                "only models with their .pt can be fine-tuned"
+            )
+        name = check_new_model_name(str(self._name.value))
+        return {
+            "data_dir": folder,
+            "name": name,
+            "base": base_arg,
+            "polarity": self._polarity.value,
+            "config": {
+                "steps": int(self._steps.value),
+                "lr": float(self._lr.value),
+                "user_fraction": float(self._user_fraction.value),
+                "sim_images": int(self._sim_images.value),
+            },
+        }
+
+    def _on_run(self, *_: Any) -> None:
+        try:
+            args = self._inputs()
+        except ValueError as err:
+            notify_error(f"Fine-tune: {err}")
+            return
+        self._reset_views()
+        stop = self._stop = threading.Event()
+
+        def compute(progress: Any = None, cancelled: Any = None) -> Any:
+            from ..training.finetune import FineTuneConfig, fine_tune_detector
+
+            def report(stage: str, done: int, total: int, loss: float | None = None) -> None:
+                progress(done, total, stage, loss)
+
+            return fine_tune_detector(
+                args["data_dir"],
+                name=args["name"],
+                base=args["base"],
+                polarity=args["polarity"],
+                config=FineTuneConfig(**args["config"]),
+                progress=report,
+                cancelled=lambda: stop.is_set() or bool(cancelled and cancelled()),
+            )
+
+        self._start_job(
+            compute,
+            self._show,
+            status=f"Fine-tuning {args['base']} as {args['name']}…",
+            on_progress=self._on_progress,
+        )
+
+    def _on_cancel(self, *_: Any) -> None:
+        # Cooperative: the job stops at its next step and the worker ends only then, so when
+        # ``run_finished`` fires nothing is running any more and nothing was written.
+        if self._worker is not None:
+            self._stop.set()
+            self._cancel.enabled = False
+            self._status.value = "Cancelling…"
+
+    def _on_error(self, err: BaseException) -> None:
+        if isinstance(err, InterruptedError):
+            self._status.value = "Cancelled; nothing was written."
+            self._draw_curve(title="Training loss (cancelled)")
+            return
+        super()._on_error(err)
+
+    def _on_progress(self, item: tuple) -> None:
+        """Progress report ``(done, total, stage, loss)`` from the job, on the GUI thread."""
+        done, total, *extra = item
+        stage = extra[0] if extra else "train"
+        loss = extra[1] if len(extra) > 1 else None
+        order = [s for s, _ in STAGES]
+        if stage in self._bars:
+            for earlier in order[: order.index(stage)]:  # stages are done once the next starts
+                bar = self._bars[earlier]
+                bar.value = bar.max
+            bar = self._bars[stage]
+            bar.max = max(int(total), 1)
+            bar.value = min(int(done), bar.max)
+        if stage == "train" and loss is not None and np.isfinite(loss):
+            self._steps_seen.append(int(done))
+            self._losses.append(float(loss))
+            self._draw_curve(title=f"Training loss: step {done}/{total}")
+
+    def _show(self, result: Any) -> None:
+        """Show a finished fine-tune (GUI thread): F1 before → after, where it was written."""
+        for bar in self._bars.values():
+            bar.value = bar.max
+        if result.history:
+            steps, losses = zip(*result.history, strict=True)
+            self._steps_seen, self._losses = [int(s) for s in steps], [float(v) for v in losses]
+        path = Path(result.onnx_path)
+        name = path.stem
+        f1 = f"Held-out F1 {result.f1_before:.3f} → {result.f1_after:.3f}"
+        self._summary = f1
+        self._draw_curve(title=f1)
+        self._status.value = (
+            f"{f1}. Model {name!r} written to {path}; it is in the Detect atoms model list."
+        )
+        models_changed.emit()
+        notify_info(f"Fine-tuned detector {name!r}: {f1}. Written to {path.parent}")
+
+    # -- loss curve -----------------------------------------------------------------------------
+    def _reset_views(self) -> None:
+        self._steps_seen, self._losses, self._summary = [], [], ""
+        for bar in self._bars.values():
+            bar.max, bar.value = 1, 0
+        self._draw_curve(title="Training loss")
+
+    def _draw_curve(self, *, title: str) -> None:
+        ax = self._axes
+        x = np.asarray(self._steps_seen, float)
+        y = np.asarray(self._losses, float)
+        self._raw_line.set_data(x, y)
+        k = min(SMOOTHING, len(y))
+        if k:
+            mean = np.convolve(y, np.ones(k) / k, mode="valid")
+            self._mean_line.set_data(x[k - 1 :], mean)
+        else:
+            self._mean_line.set_data([], [])
+        ax.set_yscale("log" if y.size and np.all(y > 0) else "linear")
+        ax.relim()
+        ax.autoscale_view()
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+        ax.set_ylabel("loss", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(True, which="major", alpha=0.3)
+        if y.size and not ax.get_legend():
+            ax.legend(
+                [self._raw_line, self._mean_line],
+                ["per step", f"mean of {SMOOTHING}"],
+                fontsize=7,
+                loc="upper right",
+            )
+        self._canvas.draw_idle()
+
+    @property
+    def losses(self) -> list[tuple[int, float]]:
+        """The (step, loss) points on the curve."""
+        return list(zip(self._steps_seen, self._losses, strict=True))
+
+
+def _selectable() -> Any:
+    from qtpy.QtCore import Qt
+
+    return Qt.TextInteractionFlag.TextSelectableByMouse

@@ -1,0 +1,169 @@
+"""The "Fine-tune detector" dock widget in a real napari viewer (run under Xvfb).
+
+The fine-tuning runs are real (torch, a few steps on a tiny export) and write only into
+``tmp_path`` (``NAPARI_ATOMNET_MODELS`` is pointed there).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from napari_atomnet import synth
+from napari_atomnet._widgets._common import CUSTOM_MODEL
+from napari_atomnet._widgets._detect import DetectAtomsWidget
+from napari_atomnet._widgets._finetune import INSTALL_HINT, FineTuneWidget
+from napari_atomnet.io.labels import export_labels
+
+pytestmark = pytest.mark.gui
+
+NAME = "tuned-test"
+
+
+def _notes(severity: str) -> list[str]:
+    from napari.utils.notifications import notification_manager
+
+    return [str(n.message) for n in notification_manager.records if n.severity == severity]
+
+
+def _labels(choices) -> list[str]:
+    return [getattr(c, "name", c) for c in choices]
+
+
+@pytest.fixture
+def models(tmp_path, monkeypatch):
+    """An empty user model folder in tmp_path."""
+    folder = tmp_path / "models"
+    monkeypatch.setenv("NAPARI_ATOMNET_MODELS", str(folder))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def export_dir(tmp_path_factory):
+    """A folder of two export folders: simulated dark-atom images with their exact labels."""
+    root = tmp_path_factory.mktemp("labels")
+    for seed in (1, 2):
+        sim = synth.lattice_image((160, 160), spacing=13.0, polarity="dark", dose=300, seed=seed)
+        export_labels(sim.image, sim.atoms, root, name=f"img{seed}", formats="csv")
+    return root
+
+
+@pytest.fixture
+def widget(make_napari_viewer, models, export_dir):
+    viewer = make_napari_viewer()
+    w = FineTuneWidget(viewer)
+    w._data.value = export_dir
+    w._name.value = NAME
+    w._steps.value = 10  # progress (and a loss point) every 5 steps
+    w._sim_images.value = 2
+    return w
+
+
+def _user_files(folder) -> list[str]:
+    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+
+def test_fine_tune_draws_the_loss_writes_the_model_and_updates_the_pickers(widget, models, qtbot):
+    detect = DetectAtomsWidget(widget._viewer)
+    assert NAME not in _labels(detect._model.choices)
+    with qtbot.waitSignal(widget.run_finished, timeout=120_000):
+        widget._on_run()
+        assert not widget._run.enabled and widget._cancel.enabled
+    status = widget._status.value
+    assert "F1" in status and "→" in status, status
+    assert _user_files(models) == [f"{NAME}.json", f"{NAME}.onnx", f"{NAME}.pt"]
+    assert str(models / f"{NAME}.onnx") in status
+    # the loss curve got a point per step, drawn in the dock
+    steps = [step for step, _ in widget.losses]
+    assert steps == [5, 10], steps
+    assert len(widget._raw_line.get_xdata()) == len(steps)
+    assert all(bar.value == bar.max for bar in widget._bars.values())
+    # the new model is offered by the Detect atoms picker (and as a base here) at once
+    assert NAME in _labels(detect._model.choices)
+    assert NAME in _labels(widget._base.choices)
+    assert any(NAME in message for message in _notes("info"))
+    assert widget._run.enabled and not widget._cancel.enabled
+
+
+def test_cancel_writes_nothing(widget, models, qtbot):
+    widget._steps.value = 100_000
+    with qtbot.waitSignal(widget.run_finished, timeout=120_000):
+        widget._on_run()
+        qtbot.waitUntil(lambda: len(widget.losses) > 0, timeout=90_000)
+        widget._on_cancel()
+    assert "Cancelled" in widget._status.value
+    assert not any(name.startswith(NAME) for name in _user_files(models))
+    assert widget._run.enabled and widget._worker is None
+
+
+def test_bad_input_notifies_and_changes_nothing(widget, models, tmp_path):
+    from conftest import make_log_detector
+
+    models.mkdir()
+    make_log_detector(models / "taken.onnx")
+    before = _user_files(models)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    no_weights = make_log_detector(tmp_path / "no-weights.onnx")
+    cases = [
+        ({"_data": ""}, "choose the folder"),
+        ({"_data": empty}, "no labelled images"),
+        ({"_name": "  "}, "enter a name"),
+        ({"_name": "../evil"}, "not a safe file name"),
+        ({"_name": "taken"}, "exists already"),
+        ({"_name": "atomnet-detect"}, "built-in model's name"),
+        ({"_base": CUSTOM_MODEL, "_custom": no_weights}, "no torch weights"),
+    ]
+    good = {"_data": widget._data.value, "_name": NAME, "_base": widget._base.value}
+    for change, message in cases:
+        for attr, value in {**good, **change}.items():
+            if value == "":  # a FileEdit left empty
+                getattr(widget, attr).line_edit.value = ""
+            else:
+                getattr(widget, attr).value = value
+        widget._on_run()
+        assert message in _notes("error")[-1], (change, _notes("error")[-1])
+        assert widget._worker is None and widget._run.enabled
+    assert _user_files(models) == before
+    assert widget.losses == []
+    # a model without its torch weights says so as soon as it is picked
+    widget._base.reset_choices()
+    widget._base.value = next(c for c in widget._base.choices if getattr(c, "name", "") == "taken")
+    assert not widget._base_note.native.isHidden()
+    assert "taken.pt" in widget._base_note.value
+    widget._on_run()
+    assert "no torch weights" in _notes("error")[-1]
+    assert widget._worker is None and _user_files(models) == before
+
+
+def test_without_torch_the_widget_says_how_to_install_it(make_napari_viewer, models, monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a, **k: None if name == "torch" else real(name, *a, **k),
+    )
+    widget = FineTuneWidget(make_napari_viewer())
+    assert not widget._missing.native.isHidden() and INSTALL_HINT in widget._missing.value
+    assert not widget._run.enabled
+    widget._on_run()
+    assert INSTALL_HINT in _notes("error")[-1]
+    assert widget._worker is None and not widget._run.enabled
+
+
+def test_module_imports_neither_torch_nor_the_training_code():
+    code = textwrap.dedent(
+        """
+        import sys
+        import napari_atomnet._widgets._finetune
+        bad = [m for m in sys.modules if m == "torch" or m.startswith("napari_atomnet.training")]
+        print(bad)
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
