@@ -51,3 +51,18 @@ def test_hrtem_keeps_detected_positions():
     out = refine_atoms(sim.image.astype(float), peaks)
     assert (out["fit_status"] == "not_gaussian").all() and not out["fit_ok"].any()
     np.testing.assert_allclose(out[["y", "x"]].to_numpy(), start[out.index])
+
+
+def test_columns_whose_fitted_centre_lies_outside_the_image_are_dropped():
+    # the grid's outer columns sit 8 px inside; crop so one row is centred 2 px outside the top
+    img, truth = grid(1.0, 500, 5)
+    crop = img[10:, :]
+    truth = truth - [10.0, 0.0]
+    # a detector reports the half-visible row at the edge (y = 0), the rest at the truth
+    start = truth.copy()
+    start[:, 0] = np.maximum(start[:, 0], 0.0)
+    atoms = refine_atoms(crop, pd.DataFrame({"y": start[:, 0], "x": start[:, 1]}))
+    outside = truth[:, 0] < -0.5
+    assert outside.sum() == 20
+    assert set(atoms.index) == set(np.nonzero(~outside)[0])
+    assert atoms["y"].between(-0.5, crop.shape[0] - 0.5).all()
