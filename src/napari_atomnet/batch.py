@@ -52,6 +52,7 @@ SUMMARY_COLUMNS = [
     "n_particles",
     "seconds",
     "pixel_size_nm",
+    "polarity",
     "outputs",
     "error",
 ]
@@ -77,6 +78,12 @@ class Job:
     frames: list[int | None]
     outputs: list[dict[str, str]]  # per frame: {"atoms": path, ["cells": path]}
     pixel_size_nm: float | None = None
+    #: a movie's atom contrast and lattice spacing, resolved once from its first frame (None:
+    #: a 2D image, resolved by the worker from the image itself)
+    polarity: str | None = None
+    spacing: float | None = None
+    #: a 2D image's provenance JSON, completed by the worker with what it resolved
+    provenance_path: str | None = None
 
 
 @dataclass
@@ -202,7 +209,7 @@ def plan_batch(
                 prov_path = out / f"{base}_provenance.json"
             prov = make_provenance(
                 f"batch_{task}",
-                params,
+                dict(params or {}),
                 source=str(path),
                 extra={
                     "image": image.name,
@@ -214,7 +221,6 @@ def plan_batch(
                     "coordinates",
                 },
             )
-            plan.provenance_files.append((prov_path, prov))
             todo_frames, todo_outputs = [], []
             for f, outs in zip(frames, outputs, strict=True):
                 if not overwrite and all(Path(p).exists() for p in outs.values()):
@@ -234,6 +240,21 @@ def plan_batch(
                     todo_frames.append(f)
                     todo_outputs.append(outs)
             _remove_stale_parts(todo_outputs)
+            polarity, spacing = None, None
+            if is_stack and todo_frames and task != "particles":
+                # one contrast and spacing for the whole movie, from its first frame (the same
+                # on every resumed run), recorded in its provenance
+                from .sequences import movie_constants
+
+                requested = (params or {}).get("polarity") or "auto"
+                polarity, spacing = movie_constants(_read_frame(data, 0), polarity=requested)
+                prov["params"].update(
+                    polarity_requested=requested,
+                    polarity=polarity,
+                    lattice_spacing=spacing if math.isfinite(spacing) else None,
+                )
+            if todo_frames or not prov_path.exists():  # a finished image keeps its record
+                plan.provenance_files.append((prov_path, prov))
             size = frames_per_job or max(
                 1, min(16, math.ceil(len(todo_frames) / (4 * max(1, n_workers))))
             )
@@ -246,6 +267,9 @@ def plan_batch(
                         frames=todo_frames[start : start + size],
                         outputs=todo_outputs[start : start + size],
                         pixel_size_nm=image.pixel_size_nm,
+                        polarity=polarity,
+                        spacing=spacing,
+                        provenance_path=None if is_stack else str(prov_path),
                     )
                 )
     return plan
@@ -267,12 +291,31 @@ def _remove_stale_parts(outputs: list[dict[str, str]]) -> None:
 
 def _peek(path: Path) -> list[Any]:
     """Open a file for planning: shapes and calibration, without reading any frame."""
-    from .io.images import MICROSCOPY_SUFFIXES
-    from .io.microscopy import read_microscopy
+    return read_images(path, lazy=True, materialize=False)
 
-    if path.suffix.lower() in MICROSCOPY_SUFFIXES:
-        return read_microscopy(path, lazy=True, materialize=False)
-    return read_images(path, lazy=True)
+
+def _read_frame(data: Any, frame: int | None) -> Any:
+    """Read one frame of a (lazy) stack, or a 2D image, into memory, in this process."""
+    import dask
+
+    with dask.config.set(scheduler="synchronous"):  # read it here, not through a client
+        image = data if frame is None else data[frame]
+        return image.compute() if hasattr(image, "compute") else image
+
+
+def _complete_provenance(path: str, params: dict[str, Any]) -> None:
+    """Add what the analysis resolved (atom contrast, spacing) to a 2D image's provenance."""
+    import json
+
+    record = json.loads(Path(path).read_text())
+    record.setdefault("params", {}).update(
+        {
+            k: params[k]
+            for k in ("polarity_requested", "polarity", "lattice_spacing", "normalization_sigma")
+            if k in params
+        }
+    )
+    write_text_atomic(path, json.dumps(record, indent=2, default=str), overwrite=True)
 
 
 def _count_rows(csv_path: str) -> int | None:
@@ -349,7 +392,7 @@ def run_job(job: Job, task: str, params: dict[str, Any], overwrite: bool) -> lis
     task : {"atoms", "cells", "particles"}
         What to compute.
     params : dict
-        ``detector``, ``threshold``, ``refine``, ``device``, ``bsites``.
+        ``detector``, ``threshold``, ``refine``, ``polarity``, ``device``, ``bsites``.
     overwrite : bool
         Replace existing outputs.
 
@@ -357,8 +400,6 @@ def run_job(job: Job, task: str, params: dict[str, Any], overwrite: bool) -> lis
     -------
     list of dict
     """
-    import dask
-
     from .pipeline import find_atoms, find_cells
 
     _limit_threads()
@@ -378,9 +419,7 @@ def run_job(job: Job, task: str, params: dict[str, Any], overwrite: bool) -> lis
     for frame, outs in zip(job.frames, job.outputs, strict=True):
         t0 = time.perf_counter()
         try:
-            with dask.config.set(scheduler="synchronous"):  # read this frame here, not via a client
-                image = data if frame is None else data[frame]
-                image = image.compute() if hasattr(image, "compute") else image
+            image = _read_frame(data, frame)
             source = job.path + ("" if frame is None else f" frame {frame}")
             if task == "particles":
                 rows.append(_particles(image, model, job, frame, outs, params, overwrite, t0))
@@ -390,9 +429,12 @@ def run_job(job: Job, task: str, params: dict[str, Any], overwrite: bool) -> lis
                 detector=model,
                 threshold=params.get("threshold"),
                 refine=params.get("refine", True),
+                polarity=job.polarity or params.get("polarity") or "auto",
+                spacing=job.spacing,
                 device=params.get("device"),
                 source=source,
             )
+            resolved = result.provenance["params"]
             atoms = result.atoms
             atoms.insert(0, "frame", -1 if frame is None else frame)
             n_cells = None
@@ -401,6 +443,7 @@ def run_job(job: Job, task: str, params: dict[str, Any], overwrite: bool) -> lis
                     image,
                     result.atoms.drop(columns="frame"),
                     bsites=params.get("bsites", True),
+                    polarity=resolved.get("polarity") or "auto",
                     pixel_size_nm=job.pixel_size_nm,
                     source=source,
                 )
@@ -408,6 +451,8 @@ def run_job(job: Job, task: str, params: dict[str, Any], overwrite: bool) -> lis
                 cells.insert(0, "frame", -1 if frame is None else frame)
                 write_csv(cells, outs["cells"], overwrite=overwrite)
                 n_cells = len(cells)
+            if job.provenance_path:
+                _complete_provenance(job.provenance_path, resolved)
             # atoms last: a frame counts as done when all its outputs exist
             write_csv(atoms, outs["atoms"], overwrite=overwrite)
             rows.append(
@@ -420,6 +465,7 @@ def run_job(job: Job, task: str, params: dict[str, Any], overwrite: bool) -> lis
                     n_cells=n_cells,
                     seconds=round(time.perf_counter() - t0, 4),
                     pixel_size_nm=job.pixel_size_nm,
+                    polarity=resolved.get("polarity"),
                     outputs=outs,
                 )
             )
@@ -503,6 +549,7 @@ def run_batch(
     detector: str | None = None,
     threshold: float | None = None,
     refine: bool = True,
+    polarity: str = "auto",
     bsites: bool = True,
     device: str | None = "cpu",
     n_workers: int = 1,
@@ -527,6 +574,11 @@ def run_batch(
         ``task="particles"`` (default: the built-in ``atomnet-particles``).
     threshold, refine : optional
         As in :func:`napari_atomnet.pipeline.find_atoms`.
+    polarity : {"auto", "bright", "dark"}
+        Atom contrast: bright (HAADF), dark (ABF, bright-field) or guessed ("auto"; choose
+        explicitly for HRTEM).  Resolved once per movie (from its first frame) and once per 2D
+        image; the resolved contrast is in the provenance and the ``polarity`` column of
+        ``summary.csv``.
     bsites : bool
         ``task="cells"``: locate B sites and displacements.
     device : {"cpu", "cuda", "auto"}
@@ -552,11 +604,16 @@ def run_batch(
         ``summary.csv`` in ``out_dir`` has one row per frame or file (also skipped and failed
         ones).
     """
+    from .core.detect import POLARITIES
+
+    if polarity not in POLARITIES:
+        raise ValueError(f"polarity must be one of {', '.join(POLARITIES)}, got {polarity!r}")
     t0 = time.perf_counter()
     params = {
         "detector": detector,
         "threshold": threshold,
         "refine": refine,
+        "polarity": polarity,
         "bsites": bsites,
         "device": device,
         "task": task,

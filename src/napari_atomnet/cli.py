@@ -21,6 +21,35 @@ class CLIError(Exception):
     """An error to report to the user as one line, with exit code 2."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser that reports bad arguments as one line (and exit code 2)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        """Print ``<prog>: error: <message>`` (no usage block) and exit with code 2."""
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see --help)\n")
+
+
+#: Help of every ``--polarity`` option.
+POLARITY_HELP = (
+    "atom contrast: bright (HAADF), dark for ABF/bright-field; auto guesses it from the image "
+    "(right for STEM images; choose explicitly for HRTEM) (default: %(default)s)"
+)
+
+
+def add_polarity_option(parser: argparse.ArgumentParser) -> None:
+    """Add the ``--polarity {auto,bright,dark}`` option (shared by every detecting command)."""
+    from .core.detect import POLARITIES
+
+    parser.add_argument("--polarity", choices=POLARITIES, default="auto", help=POLARITY_HELP)
+
+
+def image_help(what: str = "image file") -> str:
+    """Help text of an image argument: the file types the readers really read."""
+    from .io.formats import describe_formats
+
+    return f"{what} ({describe_formats()})"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``atomnet`` command line.
 
@@ -51,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="atomnet",
         description="Find and measure atom columns and nanoparticles in microscope images.",
     )
@@ -71,6 +100,7 @@ def _build_parser() -> argparse.ArgumentParser:
         help="bundled sample to analyse (default: %(default)s; see --list)",
     )
     demo.add_argument("--list", action="store_true", help="list the bundled samples and exit")
+    add_polarity_option(demo)
     demo.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     demo.set_defaults(func=_cmd_demo)
 
@@ -81,7 +111,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "Gaussian fit. Writes one CSV row per atom (y, x in pixels, row/col, pixel-centre "
         "convention; score, class, box y0 x0 y1 x1, fit values) and a provenance JSON beside it.",
     )
-    detect.add_argument("image", help="image file (.tif, .tiff, .png, .npy)")
+    detect.add_argument("image", help=image_help())
     detect.add_argument(
         "--model",
         default=None,
@@ -95,6 +125,7 @@ def _build_parser() -> argparse.ArgumentParser:
         help="confidence threshold (default: the model card's)",
     )
     detect.add_argument("--no-refine", action="store_true", help="skip the Gaussian fits")
+    add_polarity_option(detect)
     detect.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
     detect.add_argument("--out", default=None, help="CSV path (default: <image>_atoms.csv)")
     detect.add_argument("--overwrite", action="store_true", help="replace existing outputs")
@@ -106,8 +137,9 @@ def _build_parser() -> argparse.ArgumentParser:
         description="Refine atom positions from a CSV (columns y, x in pixels; other columns are "
         "kept) by 2D Gaussian fits on the image; writes the same columns plus the fit values.",
     )
-    refine.add_argument("image", help="image file (.tif, .tiff, .png, .npy)")
+    refine.add_argument("image", help=image_help())
     refine.add_argument("--atoms", required=True, help="CSV with columns y, x (pixels)")
+    add_polarity_option(refine)
     refine.add_argument("--out", default=None, help="CSV path (default: <atoms>_refined.csv)")
     refine.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     refine.set_defaults(func=_cmd_refine)
@@ -120,11 +152,12 @@ def _build_parser() -> argparse.ArgumentParser:
         "cell centre and the cell's strain against the median cell. Atoms are detected and "
         "refined first unless --atoms is given. One CSV row per cell.",
     )
-    cells.add_argument("image", help="image file (.tif, .tiff, .png, .npy)")
+    cells.add_argument("image", help=image_help())
     cells.add_argument(
         "--atoms", default=None, help="atoms CSV (from atomnet detect); default: detect them now"
     )
     cells.add_argument("--model", default=None, help="detector when atoms are detected here")
+    add_polarity_option(cells)
     cells.add_argument("--no-bsites", action="store_true", help="skip B sites / displacements")
     cells.add_argument(
         "--tolerance",
@@ -158,11 +191,23 @@ def _probability(text: str) -> float:
 
 
 def _load_image(path: str):
-    """Read an image file and check it is one 2D grey image."""
+    """Read an image file and check it is one 2D grey image.
+
+    The file is opened lazily and its shape checked first, so a movie is refused at once
+    (rather than after reading all of its frames).
+    """
     from .core.image import as_analysis_image
     from .io import read_image
 
-    data = read_image(path)
+    data = read_image(path, lazy=True, materialize=False)
+    shape = tuple(data.data.shape)
+    if len(shape) == 3 and shape[-1] not in (3, 4):
+        raise CLIError(
+            f"{Path(path).name} is a stack of {shape[0]} frames of {shape[1]}×{shape[2]} px; "
+            "this command analyses one image (use 'atomnet batch' for every frame)"
+        )
+    if len(shape) not in (2, 3):
+        raise CLIError(f"{Path(path).name}: expected a 2D image, got an array of shape {shape}")
     return as_analysis_image(data.data), data
 
 
@@ -186,14 +231,16 @@ def _cmd_detect(args: argparse.Namespace) -> int:
         detector=args.model,
         threshold=args.threshold,
         refine=not args.no_refine,
+        polarity=args.polarity,
         source=str(args.image),
         device=args.device,
     )
     result.provenance.update(COORDINATES_NOTE, pixel_size_nm=meta.pixel_size_nm)
     write_csv(result.atoms, out, provenance=result.provenance, overwrite=args.overwrite)
     fitted = int(result.atoms["fit_ok"].sum()) if "fit_ok" in result.atoms else 0
+    contrast = result.provenance["params"].get("polarity")
     print(
-        f"{len(result.atoms)} atoms ({fitted} Gaussian fits ok) in "
+        f"{len(result.atoms)} {contrast} atoms ({fitted} Gaussian fits ok) in "
         f"{result.provenance['seconds']:.2f} s on {result.provenance['device']} -> {out}"
     )
     return 0
@@ -214,9 +261,14 @@ def _cmd_refine(args: argparse.Namespace) -> int:
     if not table[["y", "x"]].notna().all().all():
         raise CLIError(f"{atoms_path.name}: y and x must be numbers in every row")
     t0 = time.perf_counter()
-    refined = refine_atoms(image, table.reset_index(drop=True))
+    refined = refine_atoms(image, table.reset_index(drop=True), polarity=args.polarity)
     seconds = time.perf_counter() - t0
-    provenance = make_provenance("refine", {"atoms": str(atoms_path)}, source=str(args.image))
+    params = {
+        "atoms": str(atoms_path),
+        "polarity_requested": args.polarity,
+        "polarity": refined.attrs.get("polarity"),
+    }
+    provenance = make_provenance("refine", params, source=str(args.image))
     provenance.update(COORDINATES_NOTE, pixel_size_nm=meta.pixel_size_nm, seconds=seconds)
     write_csv(refined, out, provenance=provenance, overwrite=args.overwrite)
     print(
@@ -239,6 +291,7 @@ def _cmd_cells(args: argparse.Namespace) -> int:
         image,
         atoms,
         detector=args.model,
+        polarity=args.polarity,
         bsites=not args.no_bsites,
         tolerance=args.tolerance,
         pixel_size_nm=pixel_size,
@@ -288,10 +341,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     source = str(_samples.sample_files(args.sample)["image"])
     try:
-        result = find_atoms(image, source=source)
+        result = find_atoms(image, polarity=args.polarity, source=source)
     except ModelError as err:  # no built-in model installed: say so, use the baseline
         print(f"atomnet demo: {err}; using the classical detector", file=sys.stderr)
-        result = find_atoms(image, detector="classical", source=source)
+        result = find_atoms(image, detector="classical", polarity=args.polarity, source=source)
     elapsed = time.perf_counter() - t0
     atoms = result.atoms
 
@@ -311,7 +364,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     save_overlay_png(image, atoms, png_path, title=title, overwrite=args.overwrite)
 
     h, w = image.shape
-    print(f"atomnet demo: {args.sample} ({h}×{w} px): {len(atoms)} atoms in {elapsed:.2f} s")
+    contrast = result.provenance["params"].get("polarity")
+    print(
+        f"atomnet demo: {args.sample} ({h}×{w} px): {len(atoms)} atoms ({contrast} contrast) "
+        f"in {elapsed:.2f} s"
+    )
     print(
         f"  against the ground truth ({len(truth)} atoms): F1 {scores['f1']:.4f} "
         f"(recall {scores['recall']:.4f}, precision {scores['precision']:.4f}), "

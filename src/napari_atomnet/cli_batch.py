@@ -21,20 +21,23 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     argparse.ArgumentParser
         The ``batch`` parser.
     """
+    from .cli import add_polarity_option
+    from .io.formats import describe_formats
+
     batch = subparsers.add_parser(
         "batch",
         help="detect + refine (+ cells) in many files and every frame of movies, on dask",
         description="Detect atom columns and refine them (with --task cells, also build unit "
         "cells; with --task particles, segment nanoparticles instead) in every image of every "
         "input and every frame of every stack. Inputs are "
-        "files (.tif .png .npy .dm3 .dm4 .emd .ser .emi .mrc .hspy .hdf5) or folders of them. "
+        f"files ({describe_formats()}) or folders of them. "
         "Writes one atoms CSV per file or frame (y, x in pixels, row/col, pixel-centre "
         "convention), a provenance JSON per image and summary.csv (one row per file or frame: "
         "counts, seconds, status). Finished outputs are skipped, so an interrupted run resumes; "
         "every CSV is written atomically. Frames are read one at a time, so memory stays flat "
         "for long movies.",
     )
-    batch.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")
+    batch.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders of them")
     batch.add_argument("--out", required=True, help="output folder")
     batch.add_argument(
         "--workers",
@@ -66,6 +69,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     )
     batch.add_argument("--threshold", type=_probability, default=None)
     batch.add_argument("--no-refine", action="store_true", help="skip the Gaussian fits")
+    add_polarity_option(batch)
     batch.add_argument("--no-bsites", action="store_true", help="--task cells: skip B sites")
     batch.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu")
     batch.add_argument(
@@ -143,6 +147,7 @@ def run_command(args: argparse.Namespace) -> int:
         detector=args.model,
         threshold=args.threshold,
         refine=not args.no_refine,
+        polarity=args.polarity,
         bsites=not args.no_bsites,
         device=args.device,
         n_workers=workers,

@@ -21,6 +21,7 @@ def register(subparsers: Any) -> None:
     subparsers : argparse._SubParsersAction
         What ``ArgumentParser.add_subparsers`` returned; each subcommand sets ``func``.
     """
+    from .cli import image_help
     from .io.labels import DEFAULT_TILE, FORMATS
 
     export = subparsers.add_parser(
@@ -31,7 +32,7 @@ def register(subparsers: Any) -> None:
         "the atoms CSV with exact positions, optional tiles with their own labels, and "
         "provenance.json. The folder is written atomically and never silently replaced.",
     )
-    export.add_argument("image", help="image file (.tif, .tiff, .png, .npy)")
+    export.add_argument("image", help=image_help())
     export.add_argument(
         "--atoms", required=True, help="atoms CSV (columns y, x in pixels; e.g. atomnet detect)"
     )
@@ -82,14 +83,12 @@ def register(subparsers: Any) -> None:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from .core.image import as_analysis_image
-    from .io import read_image
+    from .cli import _load_image
     from .io.labels import export_labels
     from .io.tables import provenance_path
 
     atoms_path = Path(args.atoms)
-    image = read_image(args.image)
-    as_analysis_image(image.data)  # one 2D grey image, finite, with contrast
+    _, image = _load_image(args.image)  # one 2D grey image, finite, with contrast
     atoms = _read_atoms(atoms_path)
     provenance = None
     prov_path = provenance_path(atoms_path)

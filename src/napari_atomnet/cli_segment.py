@@ -39,6 +39,8 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     argparse.ArgumentParser
         The ``segment`` parser.
     """
+    from .cli import image_help
+
     p = subparsers.add_parser(
         "segment",
         help="segment nanoparticles; write one CSV row per particle (+ labels image)",
@@ -49,7 +51,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         "when the pixel size is known. A provenance JSON is written beside the CSV; particles "
         "touching the image border are flagged and left out of the printed statistics.",
     )
-    p.add_argument("image", help="image file (.tif, .tiff, .png, .npy)")
+    p.add_argument("image", help=image_help())
     p.add_argument(
         "--model",
         default=None,
@@ -88,8 +90,8 @@ def run_segment(args: argparse.Namespace) -> int:
     import numpy as np
 
     from ._provenance import make_provenance
-    from .core.image import as_analysis_image
-    from .io import ExportExistsError, provenance_path, read_image, write_csv, write_tiff
+    from .cli import _load_image
+    from .io import ExportExistsError, provenance_path, write_csv, write_tiff
     from .models.segmenter import segment_particles
 
     out = Path(args.out)
@@ -102,8 +104,7 @@ def run_segment(args: argparse.Namespace) -> int:
         for path in (out, provenance_path(out), labels_path):
             if path is not None and path.exists():
                 raise ExportExistsError(f"{path} exists; use --overwrite or another name")
-    data = read_image(args.image)
-    image = as_analysis_image(data.data)
+    image, data = _load_image(args.image)
     pixel_size = args.pixel_size if args.pixel_size is not None else data.pixel_size_nm
     t0 = time.perf_counter()
     result = segment_particles(

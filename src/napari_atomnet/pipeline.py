@@ -15,7 +15,13 @@ import pandas as pd
 from numpy.typing import ArrayLike
 
 from ._provenance import make_provenance
-from .core.detect import atom_polarity, detect_peaks_classical, estimate_spacing
+from .core.detect import (
+    POLARITIES,
+    atom_polarity,
+    detect_peaks_classical,
+    estimate_spacing,
+    resolve_polarity,
+)
 from .core.image import as_analysis_image
 
 ProgressCallback = Callable[[int, int], None]
@@ -53,6 +59,8 @@ def find_atoms(
     detector: Any = None,
     threshold: float | None = None,
     refine: bool = True,
+    polarity: str = "auto",
+    spacing: float | None = None,
     source: str | None = None,
     device: str | None = None,
     progress: ProgressCallback | None = None,
@@ -71,6 +79,16 @@ def find_atoms(
         Detection confidence threshold (the model card's default when omitted).
     refine : bool
         Refine every peak by a 2D Gaussian fit.
+    polarity : {"auto", "bright", "dark"}
+        Atom contrast: bright (HAADF), dark (ABF, bright-field) or guessed from the image
+        (:func:`napari_atomnet.core.detect.resolve_polarity`: right for STEM, not reliable for
+        HRTEM, where the caller should say).  The contrast is resolved once and used by both
+        the detection and the refinement; the provenance records it (``params["polarity"]``;
+        what was asked for in ``params["polarity_requested"]``).
+    spacing : float, optional
+        Lattice spacing (px) when the caller knows it (e.g. estimated once for a whole movie);
+        estimated from the image otherwise.  Passing the value the estimate gives changes
+        nothing.
     source : str, optional
         Name of the image, recorded in the provenance.
     device : {"auto", "cuda", "cpu"}, optional
@@ -83,20 +101,34 @@ def find_atoms(
     Returns
     -------
     AtomsResult
+
+    Raises
+    ------
+    ValueError
+        For an invalid image or ``polarity``.
     """
+    if polarity not in POLARITIES:
+        raise ValueError(f"polarity must be one of {', '.join(POLARITIES)}, got {polarity!r}")
     img = as_analysis_image(image)
     t0 = time.perf_counter()
-    params: dict[str, Any] = {"refine": refine}
+    params: dict[str, Any] = {"refine": refine, "polarity_requested": polarity}
     model_info = None
     run_device = "cpu"
     if isinstance(detector, str) and detector == CLASSICAL:
-        peaks = detect_peaks_classical(img, polarity="auto")
+        if spacing is None:
+            spacing = estimate_spacing(img)
+        contrast = resolve_polarity(img, polarity, spacing=spacing)
+        peaks = detect_peaks_classical(img, polarity=contrast, spacing=spacing)
         peaks["class"] = 0
         peaks["class_name"] = "atom"
-        half = 0.4 * estimate_spacing(img)
+        half = 0.4 * spacing
         for col, ref, sign in (("y0", "y", -1), ("x0", "x", -1), ("y1", "y", 1), ("x1", "x", 1)):
             peaks[col] = peaks[ref] + sign * half
-        params["detector"] = CLASSICAL
+        params.update(
+            detector=CLASSICAL,
+            polarity=contrast,
+            lattice_spacing=round(float(spacing), 4) if np.isfinite(spacing) else None,
+        )
         if progress:
             progress(1, 2 if refine else 1)
     else:
@@ -113,12 +145,15 @@ def find_atoms(
             img,
             detector,
             threshold=threshold,
+            polarity=polarity,
+            spacing=spacing,
             device=device,
             progress=tile_progress,
             cancelled=cancelled,
         )
         peaks = det.table
         params.update(det.params)
+        contrast = det.params["polarity"]
         model_info = det.card.provenance()
         run_device = det.device
     if cancelled is not None and cancelled():
@@ -126,23 +161,28 @@ def find_atoms(
 
     atoms = peaks
     if refine and len(peaks):
-        atoms = refine_atoms(img, peaks).reset_index(drop=True)
+        atoms = refine_atoms(img, peaks, polarity=contrast).reset_index(drop=True)
         if progress:
             total = tiles_done["total"] + 1 if model_info else 2
             progress(total, total)
-    spacing = _median_spacing(atoms)
+    found_spacing = _median_spacing(atoms)
     provenance = make_provenance("find_atoms", params, model=model_info, source=source)
     provenance.update(
         device=run_device,
         seconds=round(time.perf_counter() - t0, 4),
         n_atoms=len(atoms),
-        spacing_px=spacing,
+        spacing_px=found_spacing,
     )
-    return AtomsResult(atoms=atoms, provenance=provenance, spacing=spacing)
+    return AtomsResult(atoms=atoms, provenance=provenance, spacing=found_spacing)
 
 
 def refine_atoms(
-    image: np.ndarray, peaks: pd.DataFrame, *, model: str = "auto", min_fit_fraction: float = 0.5
+    image: np.ndarray,
+    peaks: pd.DataFrame,
+    *,
+    polarity: str = "auto",
+    model: str = "auto",
+    min_fit_fraction: float = 0.5,
 ) -> pd.DataFrame:
     """Refine detected peaks by 2D Gaussian fits and merge the fit into the detection table.
 
@@ -152,9 +192,13 @@ def refine_atoms(
     Parameters
     ----------
     image : ndarray, shape (H, W)
-        The image (float); dark atoms are handled by fitting the inverted image.
+        The image (float).
     peaks : pandas.DataFrame
         Detections with ``y, x`` and optionally ``score, class, class_name, y0, x0, y1, x1``.
+    polarity : {"auto", "bright", "dark"}
+        Atom contrast; dark atoms are fitted on the negated image.  Pass what is known (e.g. the
+        contrast the detection used); "auto" compares the image at the given positions with
+        their surroundings (:func:`napari_atomnet.core.detect.atom_polarity`).
     model : {"auto", "elliptical", "isotropic"}
         Gaussian model.  "auto" fits the isotropic model unless the columns are measurably
         elliptical (see :func:`napari_atomnet.core.refine.columns_are_elliptical`).
@@ -166,11 +210,16 @@ def refine_atoms(
     Returns
     -------
     pandas.DataFrame
+        ``attrs["polarity"]`` is the contrast that was fitted ("bright" or "dark").
     """
     from .core.refine import columns_are_elliptical, fit_gaussians
 
     coords = peaks[["y", "x"]].to_numpy(float)
-    signal = image if atom_polarity(image, coords) == "bright" else -image
+    if polarity == "auto":
+        contrast = atom_polarity(image, coords)
+    else:
+        contrast = resolve_polarity(image, polarity)
+    signal = image if contrast == "bright" else -image
     if model == "auto":
         isotropic = not columns_are_elliptical(signal, coords)
     else:
@@ -188,7 +237,8 @@ def refine_atoms(
         fit["x"] = kept["x"].to_numpy()
         fit["fit_ok"] = False
         fit["fit_status"] = "not_gaussian"
-    atoms = kept.drop(columns=["y", "x"]).join(fit)
+    # the new fit replaces the detected position and any earlier fit values (a refined CSV)
+    atoms = kept.drop(columns=[c for c in fit.columns if c in kept.columns]).join(fit)
     if {"y0", "x0", "y1", "x1"} <= set(atoms.columns):
         dy = atoms["y"] - kept["y"]
         dx = atoms["x"] - kept["x"]
@@ -197,7 +247,9 @@ def refine_atoms(
         atoms["x0"] += dx
         atoms["x1"] += dx
     front = [c for c in ("y", "x", "score", "class", "class_name") if c in atoms]
-    return atoms[front + [c for c in atoms.columns if c not in front]]
+    atoms = atoms[front + [c for c in atoms.columns if c not in front]]
+    atoms.attrs["polarity"] = contrast
+    return atoms
 
 
 def _median_spacing(atoms: pd.DataFrame) -> float:
@@ -215,6 +267,7 @@ def find_cells(
     *,
     detector: Any = None,
     threshold: float | None = None,
+    polarity: str = "auto",
     bsites: bool = True,
     basis: tuple[ArrayLike, ArrayLike] | None = None,
     reference: ArrayLike | None = None,
@@ -233,8 +286,9 @@ def find_cells(
     atoms : pandas.DataFrame, optional
         Refined atoms (``y, x`` …); detected and refined with :func:`find_atoms` when omitted.
         Atoms without Gaussian fit values are refined first.
-    detector, threshold
-        Passed to :func:`find_atoms` when atoms are detected here.
+    detector, threshold, polarity
+        Passed to :func:`find_atoms` when atoms are detected here (``polarity`` also to
+        :func:`refine_atoms` when given atoms are refined).
     bsites, basis, reference, tolerance, pixel_size_nm
         Passed to :func:`napari_atomnet.core.lattice.analyze_lattice`.
     source : str, optional
@@ -254,11 +308,20 @@ def find_cells(
     model = None
     if atoms is None:
         found = find_atoms(
-            img, detector=detector, threshold=threshold, source=source, cancelled=cancelled
+            img,
+            detector=detector,
+            threshold=threshold,
+            polarity=polarity,
+            source=source,
+            cancelled=cancelled,
         )
         atoms, model = found.atoms, found.provenance.get("model")
+        contrast = found.provenance["params"].get("polarity")
     elif "amplitude" not in atoms or "fit_ok" not in atoms:
-        atoms = refine_atoms(img, atoms.reset_index(drop=True))
+        atoms = refine_atoms(img, atoms.reset_index(drop=True), polarity=polarity)
+        contrast = atoms.attrs.get("polarity")
+    else:
+        contrast = None if polarity == "auto" else polarity
     lattice = analyze_lattice(
         img,
         atoms,
@@ -266,11 +329,14 @@ def find_cells(
         reference=reference,
         tolerance=tolerance,
         bsites=bsites,
+        polarity=contrast or "auto",
         pixel_size_nm=pixel_size_nm,
         progress=progress,
         cancelled=cancelled,
     )
     params = {
+        "polarity_requested": polarity,
+        "polarity": contrast,
         "bsites": bsites,
         "tolerance": tolerance,
         "basis_given": basis is not None,

@@ -82,6 +82,42 @@ def _resolve_detector(detector: Any) -> Any:
     return load_model(detector or DEFAULT_DETECTOR, task="detection")
 
 
+def movie_constants(
+    frame: ArrayLike, *, polarity: str = "auto", spacing: float | None = None
+) -> tuple[str, float]:
+    """Atom contrast and lattice spacing of a movie, from one of its frames.
+
+    The imaging mode, the specimen and the magnification do not change between frames, so a
+    movie's contrast and spacing are resolved once (from its first analysed frame) and passed to
+    every frame, rather than re-estimated for each.
+
+    Parameters
+    ----------
+    frame : array_like, shape (H, W)
+        A frame of the movie.
+    polarity : {"auto", "bright", "dark"}
+        What the caller knows of the contrast ("auto": guessed,
+        :func:`napari_atomnet.core.detect.resolve_polarity`).
+    spacing : float, optional
+        The lattice spacing (px), if known; otherwise estimated from the frame's central
+        crop as detection does (:func:`napari_atomnet.core.detect.estimate_spacing`).
+
+    Returns
+    -------
+    polarity : str
+        ``"bright"`` or ``"dark"``.
+    spacing : float
+        Pixels; NaN when the frame shows no periodicity.
+    """
+    from .core.detect import SPACING_CROP, estimate_spacing, resolve_polarity
+    from .core.image import as_analysis_image
+
+    img = as_analysis_image(frame)
+    if spacing is None:
+        spacing = estimate_spacing(img, max_crop=SPACING_CROP)
+    return resolve_polarity(img, polarity, spacing=spacing), float(spacing)
+
+
 def frame_count(stack: Any) -> int:
     """Return the number of frames of a T×Y×X stack (1 for a 2D image)."""
     shape = tuple(stack.shape)
@@ -105,6 +141,8 @@ def find_atoms_stack(
     detector: Any = None,
     threshold: float | None = None,
     refine: bool = True,
+    polarity: str = "auto",
+    spacing: float | None = None,
     frames: Sequence[int] | None = None,
     source: str | None = None,
     device: str | None = None,
@@ -123,6 +161,12 @@ def find_atoms_stack(
         ``"classical"``: the Gaussian-filter baseline).  A model is loaded once for all frames.
     threshold, refine, device
         As in :func:`~napari_atomnet.pipeline.find_atoms`.
+    polarity : {"auto", "bright", "dark"}
+        Atom contrast (bright: HAADF; dark: ABF, bright-field; "auto": guessed once, from the
+        first analysed frame, see :func:`movie_constants`).
+    spacing : float, optional
+        Lattice spacing (px); estimated once, from the first analysed frame, when omitted.
+        Every frame is analysed with the same contrast and spacing (recorded in the provenance).
     frames : sequence of int, optional
         The frames to analyse (all by default).
     source : str, optional
@@ -147,6 +191,11 @@ def find_atoms_stack(
         raise ValueError(f"frame(s) {bad[:5]} out of range (the stack has {n} frames)")
     det = _resolve_detector(detector)
     t0 = time.perf_counter()
+    contrast = None
+    if todo:
+        contrast, spacing = movie_constants(
+            get_frame(stack, todo[0]), polarity=polarity, spacing=spacing
+        )
     parts, rows = [], []
     model_info = None
     for done, index in enumerate(todo, 1):
@@ -158,6 +207,8 @@ def find_atoms_stack(
             detector=det,
             threshold=threshold,
             refine=refine,
+            polarity=contrast,
+            spacing=spacing,
             source=source,
             device=device,
             cancelled=cancelled,
@@ -170,7 +221,14 @@ def find_atoms_stack(
         if progress is not None:
             progress(done, len(todo))
     atoms = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame({"frame": []})
-    params = {"refine": refine, "threshold": threshold, "n_frames": len(todo)}
+    params = {
+        "refine": refine,
+        "threshold": threshold,
+        "n_frames": len(todo),
+        "polarity_requested": polarity,
+        "polarity": contrast,
+        "lattice_spacing": spacing if spacing is not None and np.isfinite(spacing) else None,
+    }
     params["detector"] = CLASSICAL if det == CLASSICAL else getattr(det, "name", str(det))
     provenance = make_provenance("find_atoms_stack", params, model=model_info, source=source)
     provenance["seconds"] = round(time.perf_counter() - t0, 4)
@@ -509,6 +567,8 @@ def analyze_sequence(
     detector: Any = None,
     threshold: float | None = None,
     refine: bool = True,
+    polarity: str = "auto",
+    spacing: float | None = None,
     drift: str | None = "atoms",
     radius: float | None = None,
     source: str | None = None,
@@ -522,8 +582,8 @@ def analyze_sequence(
     ----------
     stack : array_like, shape (T, H, W)
         The movie (numpy, memory map or lazy dask array).
-    detector, threshold, refine, device
-        As in :func:`find_atoms_stack`.
+    detector, threshold, refine, polarity, spacing, device
+        As in :func:`find_atoms_stack` (contrast and spacing are resolved once for the movie).
     drift : {"atoms", "image", None}
         Estimate the drift from the refined atom positions, from the images
         (cross-correlation of consecutive frames), or assume none.
@@ -556,13 +616,21 @@ def analyze_sequence(
         detector=detector,
         threshold=threshold,
         refine=refine,
+        polarity=polarity,
+        spacing=spacing,
         source=source,
         device=device,
         progress=step(0),
         cancelled=cancelled,
     )
     if drift == "image":
-        shifts = estimate_drift(stack, progress=step(n), cancelled=cancelled)
+        found = provenance["params"].get("lattice_spacing")
+        shifts = estimate_drift(
+            stack,
+            max_step=0.4 * found if found else None,
+            progress=step(n),
+            cancelled=cancelled,
+        )
     elif drift == "atoms":
         shifts = estimate_drift(atoms, n_frames=n)
     else:

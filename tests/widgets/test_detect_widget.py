@@ -138,3 +138,40 @@ def test_refine_selected_points(viewer_with_sample, qtbot, tmp_path):
     np.testing.assert_allclose(atoms.data[strong], good[strong], atol=0.05)
     np.testing.assert_allclose(atoms.data[0], moved[0])
     assert "Refined 1 atom" in widget._status.value
+
+
+@pytest.mark.parametrize("contrast", ["dark", "auto"])
+def test_atom_contrast_reaches_the_detector(make_napari_viewer, qtbot, monkeypatch, contrast):
+    from napari_atomnet import _samples
+    from napari_atomnet.core.metrics import detection_scores
+    from napari_atomnet.models import detector
+
+    seen = []
+    real = detector.detect_atoms
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("polarity"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(detector, "detect_atoms", spy)
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-atomnet", "interface_abf")  # ABF-like: dark columns
+    widget = DetectAtomsWidget(viewer)
+    widget._image.value = viewer.layers["interface_abf"]
+    assert [c for c in widget._contrast.choices] == ["auto", "bright", "dark"]
+    assert widget._contrast.value == "auto"
+    widget._contrast.value = contrast
+    _run(qtbot, widget)
+    assert seen == [contrast]
+    atoms = viewer.layers["Atoms (interface_abf)"]
+    params = provenance_of(atoms)["params"]
+    assert params["polarity"] == "dark" and params["polarity_requested"] == contrast
+    assert "dark atoms" in widget._status.value
+    truth = _samples.load_sample("interface_abf")["truth"][["y", "x"]].to_numpy()
+    scores = detection_scores(atoms.data, truth, 3.0, shape=(384, 384), border=6.0)
+    assert scores["recall"] >= 0.98 and scores["f1"] >= 0.95, scores
+    # "Refine selected atoms" uses the contrast the detection used
+    widget._contrast.value = "auto"
+    widget._on_refine_points()
+    assert "fits ok" in widget._status.value
+    assert (atoms.features.loc[atoms.features["fit_ok"], "amplitude"] < 0).all()

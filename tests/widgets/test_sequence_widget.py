@@ -163,3 +163,27 @@ def test_viewer_open_with_the_plugin(make_napari_viewer, tmp_path, movie):
     bad.write_bytes(b"junk")
     with pytest.raises(Exception, match="cannot read as Gatan"):
         viewer.open(str(bad), plugin="napari-atomnet")
+
+
+def test_sequence_widget_atom_contrast(make_napari_viewer, qtbot, movie, monkeypatch):
+    from napari_atomnet import sequences
+
+    seen = []
+    real = sequences.analyze_sequence
+
+    def spy(stack, **kwargs):
+        seen.append(kwargs.get("polarity"))
+        return real(stack, **kwargs)
+
+    monkeypatch.setattr(sequences, "analyze_sequence", spy)
+    stack = movie[0]
+    viewer = make_napari_viewer()
+    viewer.add_image(stack.max() - stack, name="dark movie")  # dark columns
+    widget = SequenceWidget(viewer)
+    widget._model.value = "classical"
+    widget._contrast.value = "dark"
+    _run(qtbot, widget)
+    assert seen == ["dark"]
+    prov = viewer.layers["Atoms (dark movie)"].metadata[METADATA_KEY]
+    assert prov["params"]["polarity"] == "dark"
+    assert len(viewer.layers["Atoms (dark movie)"].data) == movie[2].sum()

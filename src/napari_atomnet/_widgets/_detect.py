@@ -26,6 +26,26 @@ if TYPE_CHECKING:
     import napari
 
 CUSTOM = CUSTOM_MODEL
+
+#: The "Atom contrast" choices (label, value of ``polarity``), shared with the sequence widget.
+CONTRAST_CHOICES = [
+    ("auto", "auto"),
+    ("bright (HAADF)", "bright"),
+    ("dark (ABF, BF)", "dark"),
+]
+CONTRAST_TOOLTIP = (
+    "Contrast of the atom columns: bright (HAADF), dark (ABF, bright-field), or auto: guessed "
+    "from the image, which is right for STEM images but not reliable for HRTEM (choose there)."
+)
+
+
+def contrast_combo() -> ComboBox:
+    """Return an "Atom contrast" picker (auto / bright (HAADF) / dark (ABF, BF))."""
+    return ComboBox(
+        label="Atom contrast", choices=CONTRAST_CHOICES, value="auto", tooltip=CONTRAST_TOOLTIP
+    )
+
+
 # detection columns kept when re-refining (the fit columns are recomputed)
 _DETECTION_COLUMNS = ("y", "x", "score", "class", "class_name", "y0", "x0", "y1", "x1", "source")
 
@@ -55,13 +75,23 @@ class DetectAtomsWidget(JobWidget):
             tooltip="Minimum detection confidence. Lower it for faint columns (seed 000 "
             "needed 0.1 or 0.05 on some images).",
         )
+        self._contrast = contrast_combo()
         self._refine = CheckBox(text="Refine each peak by a 2D Gaussian fit", value=True)
         self._refine_points = PushButton(
             text="Refine selected atoms (all if none)",
             tooltip="Gaussian-fit the selected points of the Atoms layer (or all of them), "
             "e.g. after moving or adding points by hand",
         )
-        self.extend([self._image, self._model, self._custom, self._threshold, self._refine])
+        self.extend(
+            [
+                self._image,
+                self._model,
+                self._custom,
+                self._contrast,
+                self._threshold,
+                self._refine,
+            ]
+        )
         self._add_job_controls("Detect", self._refine_points)
         self._refine_points.changed.connect(self._on_refine_points)
         self._model.changed.connect(self._on_model_changed)
@@ -93,6 +123,7 @@ class DetectAtomsWidget(JobWidget):
             return
         threshold = float(self._threshold.value)
         refine = bool(self._refine.value)
+        polarity = str(self._contrast.value)
         source = layer.name + (f" frame {index}" if index else "")
 
         def compute(progress: Any = None, cancelled: Any = None) -> dict[str, Any]:
@@ -101,6 +132,7 @@ class DetectAtomsWidget(JobWidget):
                 detector=card,
                 threshold=threshold,
                 refine=refine,
+                polarity=polarity,
                 source=source,
                 progress=progress,
                 cancelled=cancelled,
@@ -115,6 +147,7 @@ class DetectAtomsWidget(JobWidget):
                 "n": len(result.atoms),
                 "device": result.provenance.get("device", "cpu"),
                 "seconds": result.provenance.get("seconds"),
+                "polarity": result.provenance["params"].get("polarity"),
             }
 
         self._start_job(
@@ -140,11 +173,16 @@ class DetectAtomsWidget(JobWidget):
         table = atoms_layer.features.copy().reset_index(drop=True)
         table["y"], table["x"] = atoms_layer.data[:, -2], atoms_layer.data[:, -1]
         chosen = sorted(atoms_layer.selected_data) or list(range(len(table)))
+        # the contrast chosen here, else the one the detection used, else a guess at the points
+        polarity = self._contrast.value
+        if polarity == "auto":
+            polarity = provenance_of(atoms_layer).get("params", {}).get("polarity") or "auto"
         refined = refine_atoms(
             image,
             table.loc[chosen].drop(
                 columns=[c for c in table.columns if c not in _DETECTION_COLUMNS]
             ),
+            polarity=polarity,
         )
         for column in refined.columns:
             if column not in table:
@@ -172,7 +210,8 @@ class DetectAtomsWidget(JobWidget):
                 )
         _layers.replace_layer(self._viewer, out["atoms"])
         seconds = out["seconds"]
-        self._status.value = f"{out['n']} atoms in {layer.name}" + (
+        contrast = f"{out['polarity']} " if out.get("polarity") else ""
+        self._status.value = f"{out['n']} {contrast}atoms in {layer.name}" + (
             f" ({seconds:.2f} s on {out['device'].upper()})" if seconds else ""
         )
 

@@ -10,6 +10,7 @@ from magicgui.widgets import CheckBox, ComboBox, FileEdit, FloatSpinBox
 from .._provenance import METADATA_KEY
 from . import _layers
 from ._common import follow_models, notify_error
+from ._detect import contrast_combo
 from ._job import JobWidget
 
 if TYPE_CHECKING:
@@ -56,6 +57,7 @@ class SequenceWidget(JobWidget):
         self._threshold = FloatSpinBox(
             label="Confidence ≥", min=0.01, max=0.99, step=0.01, value=0.3
         )
+        self._contrast = contrast_combo()
         self._refine = CheckBox(text="Refine each peak by a 2D Gaussian fit", value=True)
         self._drift = ComboBox(label="Drift", choices=DRIFT_CHOICES, value="atoms")
         self._radius = FloatSpinBox(
@@ -73,6 +75,7 @@ class SequenceWidget(JobWidget):
                 self._model,
                 self._custom,
                 self._threshold,
+                self._contrast,
                 self._refine,
                 self._drift,
                 self._radius,
@@ -133,6 +136,7 @@ class SequenceWidget(JobWidget):
             "detector": detector,
             "threshold": None if detector == "classical" else float(self._threshold.value),
             "refine": bool(self._refine.value),
+            "polarity": str(self._contrast.value),
             "drift": self._drift.value,
             "radius": float(self._radius.value) or None,
             "source": layer.name,

@@ -16,8 +16,17 @@ from skimage.feature import peak_local_max
 
 Polarity = Literal["bright", "dark", "auto"]
 
+#: Accepted values of every ``polarity`` option (detection, refinement, CLI, widgets).
+POLARITIES = ("auto", "bright", "dark")
 
-def estimate_spacing(image: ArrayLike, *, strength: float = 0.3) -> float:
+#: Central crop (px) from which detection estimates the lattice spacing of an image (the
+#: normalisation window and the polarity guess come from it).
+SPACING_CROP = 1024
+
+
+def estimate_spacing(
+    image: ArrayLike, *, strength: float = 0.3, max_crop: int | None = None
+) -> float:
     """Estimate the nearest-neighbour distance of the columns from the autocorrelation.
 
     The autocorrelation of a lattice image has peaks at every interatomic vector; the nearest
@@ -31,6 +40,9 @@ def estimate_spacing(image: ArrayLike, *, strength: float = 0.3) -> float:
         Image of a (roughly) periodic structure.
     strength : float
         Relative height below which off-centre peaks are ignored (noise, weak basis columns).
+    max_crop : int, optional
+        Use only the central ``max_crop`` × ``max_crop`` crop (keeps it fast on huge images;
+        the autocorrelation costs O(N log N) in the pixel count).
 
     Returns
     -------
@@ -45,7 +57,12 @@ def estimate_spacing(image: ArrayLike, *, strength: float = 0.3) -> float:
     >>> round(estimate_spacing(img), 1)
     12.5
     """
-    img = np.asarray(image, dtype=np.float64)
+    img = np.asarray(image)
+    if max_crop is not None:
+        r0 = max(0, (img.shape[0] - max_crop) // 2)
+        c0 = max(0, (img.shape[1] - max_crop) // 2)
+        img = img[r0 : r0 + max_crop, c0 : c0 + max_crop]
+    img = np.asarray(img, dtype=np.float64)
     h, w = img.shape
     img = img - img.mean()
     win = np.outer(np.hanning(h), np.hanning(w))
@@ -83,6 +100,7 @@ def detect_peaks_classical(
     threshold_rel: float = 0.1,
     polarity: Polarity = "bright",
     background_sigma: float | None = None,
+    spacing: float | None = None,
 ) -> pd.DataFrame:
     """Find intensity peaks by Gaussian smoothing and local-maximum search.
 
@@ -97,10 +115,13 @@ def detect_peaks_classical(
     threshold_rel : float
         Minimum peak height relative to the highest peak, after background removal.
     polarity : {"bright", "dark", "auto"}
-        Atoms brighter (HAADF) or darker (ABF, some HRTEM) than their surroundings; "auto" picks
-        the one whose peaks stand out more.
+        Atoms brighter (HAADF) or darker (ABF, bright-field, some HRTEM) than their
+        surroundings; "auto" guesses (:func:`resolve_polarity`).
     background_sigma : float, optional
         Width of the Gaussian background removed before the search; defaults to 2 × spacing.
+    spacing : float, optional
+        The lattice spacing (px) when the caller knows it (e.g. estimated once for a whole
+        movie); estimated by :func:`estimate_spacing` otherwise.
 
     Returns
     -------
@@ -109,15 +130,15 @@ def detect_peaks_classical(
         highest one), one row per peak.
     """
     img = np.asarray(image, dtype=np.float32)
-    spacing = estimate_spacing(img)
+    if spacing is None:
+        spacing = estimate_spacing(img)
+    contrast = resolve_polarity(img, polarity, spacing=spacing)
     if not np.isfinite(spacing):
         spacing = 8.0
     if min_distance is None:
         min_distance = max(1, round(0.35 * spacing))
     bg_sigma = background_sigma or 2.0 * spacing
-    if polarity == "auto":
-        polarity = _guess_polarity(img, sigma)
-    signal = img if polarity == "bright" else -img
+    signal = img if contrast == "bright" else -img
     smooth = ndimage.gaussian_filter(signal, sigma) - ndimage.gaussian_filter(signal, bg_sigma)
     peaks = peak_local_max(
         smooth, min_distance=min_distance, threshold_rel=threshold_rel, exclude_border=False
@@ -129,7 +150,9 @@ def detect_peaks_classical(
     )
 
 
-def resolve_polarity(image: ArrayLike, polarity: str = "auto") -> Literal["bright", "dark"]:
+def resolve_polarity(
+    image: ArrayLike, polarity: str = "auto", *, spacing: float | None = None
+) -> Literal["bright", "dark"]:
     """Return ``polarity`` checked, or the image's guessed atom contrast when it is "auto".
 
     The guess (the heavier tail of the lightly smoothed image: atoms are sparse sharp extremes)
@@ -143,6 +166,9 @@ def resolve_polarity(image: ArrayLike, polarity: str = "auto") -> Literal["brigh
         Image.
     polarity : {"auto", "bright", "dark"}
         What the caller knows.
+    spacing : float, optional
+        The lattice spacing (px), if already known (it sets the smoothing of the guess);
+        estimated from the image otherwise.
 
     Returns
     -------
@@ -159,7 +185,8 @@ def resolve_polarity(image: ArrayLike, polarity: str = "auto") -> Literal["brigh
     if polarity != "auto":
         raise ValueError(f"polarity must be 'auto', 'bright' or 'dark', got {polarity!r}")
     img = np.asarray(image, dtype=np.float32)
-    spacing = estimate_spacing(img)
+    if spacing is None:
+        spacing = estimate_spacing(img)
     sigma = max(0.7, 0.15 * spacing) if np.isfinite(spacing) else 1.0
     return _guess_polarity(img, sigma)
 

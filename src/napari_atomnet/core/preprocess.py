@@ -126,6 +126,7 @@ def normalization_sigma(
     maximum: float = 120.0,
     fallback: float = 48.0,
     max_crop: int = 1024,
+    spacing: float | None = None,
 ) -> float:
     """Choose the local-normalisation window from the image's lattice spacing.
 
@@ -141,6 +142,9 @@ def normalization_sigma(
         See above (px).
     max_crop : int
         Largest central crop used for the estimate (keeps it fast on huge images).
+    spacing : float, optional
+        The spacing (px) when the caller already has it (e.g. once per movie): then nothing is
+        estimated here.  NaN means "no clear periodicity", as from the estimate.
 
     Returns
     -------
@@ -149,10 +153,8 @@ def normalization_sigma(
     """
     from .detect import estimate_spacing
 
-    img = np.asarray(image)
-    h, w = img.shape
-    r0, c0 = max(0, (h - max_crop) // 2), max(0, (w - max_crop) // 2)
-    spacing = estimate_spacing(img[r0 : r0 + max_crop, c0 : c0 + max_crop])
+    if spacing is None:
+        spacing = estimate_spacing(image, max_crop=max_crop)
     if not np.isfinite(spacing):
         return float(fallback)
     return float(np.clip(factor * spacing, minimum, maximum))

@@ -10,14 +10,21 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-#: Plain image file endings (read here, with tifffile / imageio / numpy).
-PLAIN_SUFFIXES = (".tif", ".tiff", ".png", ".npy")
+# the file types (one table, :mod:`napari_atomnet.io.formats`): plain ones read here with
+# tifffile / imageio / numpy, microscope ones through rosettasciio (:mod:`.microscopy`)
+from .formats import IMAGE_SUFFIXES, MICROSCOPY_SUFFIXES, PLAIN_SUFFIXES, describe_formats
 
-#: Microscope file endings (read through rosettasciio, see :mod:`napari_atomnet.io.microscopy`).
-MICROSCOPY_SUFFIXES = (".dm3", ".dm4", ".emd", ".ser", ".emi", ".mrc", ".hspy", ".hdf5")
-
-#: File endings read by :func:`read_image` and :func:`read_images`.
-IMAGE_SUFFIXES = PLAIN_SUFFIXES + MICROSCOPY_SUFFIXES
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "MICROSCOPY_SUFFIXES",
+    "PLAIN_SUFFIXES",
+    "ImageData",
+    "ImageReadError",
+    "describe_formats",
+    "read_image",
+    "read_images",
+    "write_tiff",
+]
 
 #: TIFF stacks at least this large (bytes) are read lazily, frame by frame.
 LAZY_TIFF_BYTES = 64 * 2**20
@@ -49,7 +56,9 @@ class ImageData:
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
-def read_images(path: str | os.PathLike, *, lazy: bool = True) -> list[ImageData]:
+def read_images(
+    path: str | os.PathLike, *, lazy: bool = True, materialize: bool = True
+) -> list[ImageData]:
     """Read every 2D image and image stack in a file.
 
     Plain files (tif, png, npy) hold one image; microscope files (dm3, dm4, emd, ser/emi, mrc,
@@ -64,6 +73,10 @@ def read_images(path: str | os.PathLike, *, lazy: bool = True) -> list[ImageData
     lazy : bool
         Keep stacks (T×Y×X) as dask arrays, read a frame at a time when used (microscope files,
         and TIFF stacks of at least :data:`LAZY_TIFF_BYTES`); 2D images are always in memory.
+    materialize : bool
+        Microscope files: read stacks stored as a single chunk into memory (see
+        :func:`~napari_atomnet.io.microscopy.read_microscopy`); False keeps every stack lazy,
+        for a quick look at shapes and calibration.
 
     Returns
     -------
@@ -83,7 +96,7 @@ def read_images(path: str | os.PathLike, *, lazy: bool = True) -> list[ImageData
     if suffix in MICROSCOPY_SUFFIXES:
         from .microscopy import read_microscopy
 
-        return read_microscopy(path, lazy=lazy)
+        return read_microscopy(path, lazy=lazy, materialize=materialize)
     try:
         if suffix in (".tif", ".tiff"):
             data, pixel_size, meta = _read_tiff(path, lazy=lazy)
@@ -95,8 +108,7 @@ def read_images(path: str | os.PathLike, *, lazy: bool = True) -> list[ImageData
             data, pixel_size, meta = np.load(path, allow_pickle=False), None, {}
         else:
             raise ImageReadError(
-                f"{path.name}: unsupported file type {suffix!r} "
-                f"(supported: {', '.join(IMAGE_SUFFIXES)})"
+                f"{path.name}: unsupported file type {suffix!r} (supported: {describe_formats()})"
             )
     except ImageReadError:
         raise
@@ -105,14 +117,16 @@ def read_images(path: str | os.PathLike, *, lazy: bool = True) -> list[ImageData
     return [ImageData(data=data, pixel_size_nm=pixel_size, name=path.stem, metadata=meta)]
 
 
-def read_image(path: str | os.PathLike, *, lazy: bool = True) -> ImageData:
+def read_image(
+    path: str | os.PathLike, *, lazy: bool = True, materialize: bool = True
+) -> ImageData:
     """Read the image of a file (the first image signal of a multi-signal microscope file).
 
     Parameters
     ----------
     path : path-like
         A tif, png, npy, dm3, dm4, emd, ser/emi, mrc, hspy or hdf5 file.
-    lazy : bool
+    lazy, materialize : bool
         See :func:`read_images`.
 
     Returns
@@ -127,7 +141,7 @@ def read_image(path: str | os.PathLike, *, lazy: bool = True) -> ImageData:
     ImageReadError
         If the file is missing, of an unsupported type, corrupt, or holds no image.
     """
-    images = read_images(path, lazy=lazy)
+    images = read_images(path, lazy=lazy, materialize=materialize)
     first = images[0]
     if len(images) > 1:
         titles = ", ".join(

@@ -41,22 +41,10 @@ from typing import Any
 
 import numpy as np
 
+from .formats import MICROSCOPY_FORMATS, MICROSCOPY_SUFFIXES
 from .images import ImageData, ImageReadError
 
-#: File ending -> (rosettasciio module, format name shown to users).
-MICROSCOPY_FORMATS: dict[str, tuple[str, str]] = {
-    ".dm3": ("digitalmicrograph", "Gatan DigitalMicrograph"),
-    ".dm4": ("digitalmicrograph", "Gatan DigitalMicrograph"),
-    ".emd": ("emd", "EMD (Velox or Berkeley)"),
-    ".ser": ("tia", "FEI TIA"),
-    ".emi": ("tia", "FEI TIA"),
-    ".mrc": ("mrc", "MRC"),
-    ".hspy": ("hspy", "HyperSpy HDF5"),
-    ".hdf5": ("hspy", "HyperSpy HDF5"),
-}
-
-#: File endings read by :func:`read_microscopy`.
-MICROSCOPY_SUFFIXES = tuple(MICROSCOPY_FORMATS)
+__all__ = ["MICROSCOPY_FORMATS", "MICROSCOPY_SUFFIXES", "read_microscopy"]
 
 _NM_PER_UNIT = {
     "nm": 1.0,

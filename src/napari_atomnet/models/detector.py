@@ -23,7 +23,13 @@ import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike
 
-from ..core.detect import decode_heatmap, merge_close_peaks, resolve_polarity
+from ..core.detect import (
+    SPACING_CROP,
+    decode_heatmap,
+    estimate_spacing,
+    merge_close_peaks,
+    resolve_polarity,
+)
 from ..core.image import as_analysis_image
 from ..core.preprocess import LocalNormalizer, normalization_sigma
 from .registry import ModelCard, load_model
@@ -50,7 +56,9 @@ class Detections:
     device : str
         ``"cuda"`` or ``"cpu"``, what the session really ran on.
     params : dict
-        Threshold, tile size, normalisation sigma.
+        Threshold, resolved ``polarity`` ("bright" or "dark"), tile size, the lattice spacing
+        used (``lattice_spacing``, px; None when the image shows no periodicity), normalisation
+        sigma.
     """
 
     table: pd.DataFrame
@@ -65,6 +73,7 @@ def detect_atoms(
     *,
     threshold: float | None = None,
     polarity: str = "auto",
+    spacing: float | None = None,
     tile: int | None = None,
     device: str | None = None,
     progress: ProgressCallback | None = None,
@@ -86,6 +95,13 @@ def detect_atoms(
         for HRTEM).  The built-in detector sees bright atoms: a dark-atom image is negated
         before the network, which is what keeps it from taking the bright gaps between dark
         columns for atoms.
+    spacing : float, optional
+        Lattice spacing (px) when the caller already knows it, e.g. estimated once for all the
+        frames of a movie (NaN: no periodicity); otherwise estimated here, once, from the
+        central 1024² crop
+        (:func:`~napari_atomnet.core.detect.estimate_spacing`).  It sets the normalisation
+        window and the smoothing of the polarity guess; passing the value the estimate gives
+        changes nothing.
     tile : int, optional
         Core tile size (px); the card's default when omitted.  Memory grows with ``tile``², not
         with the image.
@@ -101,8 +117,6 @@ def detect_atoms(
     Detections
     """
     img = as_analysis_image(image)
-    contrast = resolve_polarity(img, polarity)
-    sign = np.float32(-1.0 if contrast == "dark" else 1.0)
     card = (
         model
         if isinstance(model, ModelCard)
@@ -116,12 +130,18 @@ def detect_atoms(
     thr = float(info.get("default_threshold", 0.3) if threshold is None else threshold)
     classes = list(info.get("classes", ["atom"]))
     norm = info.get("normalization", {})
+    if spacing is None:  # once: it serves the polarity guess and the normalisation window
+        spacing = estimate_spacing(img, max_crop=SPACING_CROP)
+    spacing = float(spacing)
+    contrast = resolve_polarity(img, polarity, spacing=spacing)
+    sign = np.float32(-1.0 if contrast == "dark" else 1.0)
     sigma = normalization_sigma(
         img,
         factor=norm.get("factor", 3.0),
         minimum=norm.get("minimum", 16.0),
         maximum=norm.get("maximum", 120.0),
         fallback=norm.get("fallback", 48.0),
+        spacing=spacing,
     )
     normalizer = LocalNormalizer(img, sigma)  # global maps, so tiles match a whole-image pass
     session = create_session(card.path, device=device)
@@ -168,6 +188,7 @@ def detect_atoms(
         "threshold": thr,
         "polarity": contrast,
         "tile": tile,
+        "lattice_spacing": round(spacing, 4) if np.isfinite(spacing) else None,
         "normalization_sigma": sigma,
     }
     return Detections(table=table, card=card, device=session_device(session), params=params)

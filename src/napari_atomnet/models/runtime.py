@@ -9,6 +9,8 @@ from __future__ import annotations
 import ctypes.util
 import functools
 import os
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,8 +25,13 @@ CPU = "CPUExecutionProvider"
 DEVICE_ENV = "NAPARI_ATOMNET_DEVICE"
 
 
+@functools.cache
 def cuda_driver_present() -> bool:
-    """Whether an NVIDIA driver is installed (without it CUDA cannot work, so it is not tried)."""
+    """Whether an NVIDIA driver is installed (without it CUDA cannot work, so it is not tried).
+
+    Checked once per process (``ctypes.util.find_library`` costs milliseconds, and this is asked
+    for every image).
+    """
     return Path("/proc/driver/nvidia/version").exists() or bool(ctypes.util.find_library("cuda"))
 
 
@@ -52,8 +59,14 @@ def requested_providers(device: str | None = None) -> list[str]:
     return [CPU]
 
 
-@functools.lru_cache(maxsize=8)
-def _cached_session(path: str, mtime: float, providers: tuple[str, ...], threads: int) -> Any:
+#: Most sessions kept alive at once (least recently used ones are dropped).
+MAX_SESSIONS = 8
+
+_SESSIONS: OrderedDict[tuple[str, float, tuple[str, ...], int], Any] = OrderedDict()
+_SESSIONS_LOCK = threading.Lock()
+
+
+def _new_session(path: str, providers: tuple[str, ...], threads: int) -> Any:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -70,11 +83,34 @@ def _cached_session(path: str, mtime: float, providers: tuple[str, ...], threads
         ort.set_default_logger_severity(previous)
 
 
+def _cached_session(path: str, mtime: float, providers: tuple[str, ...], threads: int) -> Any:
+    """Return the cached session for this key, creating it (once, under a lock) if needed."""
+    key = (path, mtime, providers, threads)
+    with _SESSIONS_LOCK:  # two threads asking at once get one session, not two
+        session = _SESSIONS.get(key)
+        if session is None:
+            session = _new_session(path, providers, threads)
+            _SESSIONS[key] = session
+            while len(_SESSIONS) > MAX_SESSIONS:
+                _SESSIONS.popitem(last=False)
+        else:
+            _SESSIONS.move_to_end(key)
+        return session
+
+
+def clear_session_cache() -> None:
+    """Forget every cached session (their memory is freed once no caller holds them)."""
+    with _SESSIONS_LOCK:
+        _SESSIONS.clear()
+
+
 def create_session(path: str | os.PathLike, *, device: str | None = None, threads: int = 0) -> Any:
     """Create (or reuse) an inference session for an ONNX file.
 
-    Sessions are cached by (path, modification time, providers, threads), so re-running a model
-    costs nothing and an edited file is reloaded.
+    Sessions are cached by (path, modification time, providers, threads), at most
+    :data:`MAX_SESSIONS` of them, least recently used dropped first; so re-running a model (every
+    frame of a movie, every image of a batch) costs nothing and an edited file is reloaded.  The
+    cache is thread-safe, and ``InferenceSession.run`` may be called from several threads.
 
     Parameters
     ----------
