@@ -142,12 +142,47 @@ def segment() -> None:
     save(viewer, "segment_widget")
 
 
+def finetune() -> None:
+    """Fine-tune the detector on one corrected image of a kind it handles poorly."""
+    import os
+    import tempfile
+
+    from napari_atomnet import synth
+    from napari_atomnet._widgets import _layers
+    from napari_atomnet._widgets._finetune import FineTuneWidget
+    from napari_atomnet.io.labels import export_labels, import_labels
+
+    work = Path(tempfile.mkdtemp(prefix="atomnet-finetune-shot-"))
+    os.environ["NAPARI_ATOMNET_MODELS"] = str(work / "models")  # not the real user folder
+    # strongly overlapping columns: the built-in detector's weak spot (BENCHMARKS.md)
+    sim = synth.lattice_image(
+        (256, 256), lattice="square", spacing=10, sigma_frac=0.35, dose=300, seed=1
+    )
+    folder = export_labels(sim.image, sim.atoms, work / "labels", name="overlap_01")
+    image, atoms, _ = import_labels(folder)
+    viewer = napari.Viewer(show=True)
+    viewer.window.resize(1500, 1050)
+    layer = viewer.add_image(image, name="overlap_01")
+    viewer.add_layer(_layers.atoms_points(atoms, layer, {"step": "corrected labels"}))
+    widget = FineTuneWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Fine-tune detector")
+    widget._data.value = work / "labels"
+    widget._name.value = "overlap-tuned"
+    widget._polarity.value = "bright"
+    widget._steps.value = 200
+    widget._on_run()
+    wait(lambda: widget._worker is None, timeout=900.0)
+    zoom(viewer, 1.8, (0.5, 0.5))
+    save(viewer, "finetune_widget")
+
+
 SHOTS = {
     "detect": detect,
     "lattice": lattice,
     "strain": strain,
     "curate": curate,
     "segment": segment,
+    "finetune": finetune,
 }
 
 if __name__ == "__main__":

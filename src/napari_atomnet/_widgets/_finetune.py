@@ -17,7 +17,6 @@ import numpy as np
 from magicgui.widgets import (
     CheckBox,
     ComboBox,
-    Container,
     FileEdit,
     FloatSpinBox,
     Label,
@@ -47,10 +46,14 @@ POLARITY_CHOICES = [
     ("Bright atoms (HAADF)", "bright"),
     ("Dark atoms (ABF, BF)", "dark"),
 ]
-#: Progress stages reported by the fine-tuning function, with their labels in the dock.
-STAGES = (("data", "Data"), ("train", "Training"), ("evaluate", "Evaluation"))
-#: Steps over which the loss curve's running mean is taken.
-SMOOTHING = 25
+#: Progress stages reported by the fine-tuning function: (stage, label, what is counted).
+STAGES = (
+    ("data", "Data", "images"),
+    ("train", "Training", "steps"),
+    ("evaluate", "Evaluation", "images"),
+)
+#: Half-width (in loss points) of the centred moving mean drawn as the loss curve's trend.
+TREND_HALF_WIDTH = 3
 
 
 def torch_available() -> bool:
@@ -197,12 +200,12 @@ class FineTuneWidget(JobWidget):
                 *self._advanced,
             ]
         )
-        self._bars = {
-            stage: ProgressBar(label=label, min=0, max=1, value=0) for stage, label in STAGES
-        }
-        bars = Container(widgets=list(self._bars.values()), labels=True)
-        bars.margins = (0, 0, 0, 0)
-        self._add_job_controls("Fine-tune", bars)
+        self._bars = {}
+        for stage, label, unit in STAGES:
+            bar = self._bars[stage] = ProgressBar(label=label, min=0, max=1, value=0)
+            bar.native.setFormat(f"%v / %m {unit}")
+        self._add_job_controls("Fine-tune", *self._bars.values())
+        _wrap_freely(self._status)
         self._build_canvas()
         self._base.changed.connect(self._on_base_changed)
         self._show_advanced.changed.connect(self._on_show_advanced)
@@ -214,12 +217,14 @@ class FineTuneWidget(JobWidget):
         from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
         from matplotlib.figure import Figure
 
-        self._figure = Figure(figsize=(4.0, 2.8), layout="constrained")
+        self._figure = Figure(figsize=(4.0, 3.4), layout="constrained")
         self._axes = self._figure.subplots()
-        (self._raw_line,) = self._axes.plot([], [], color="#4c9be8", lw=0.8, alpha=0.45)
-        (self._mean_line,) = self._axes.plot([], [], color="#f08c28", lw=1.8)
+        (self._raw_line,) = self._axes.plot(
+            [], [], color="#4c9be8", lw=1.0, alpha=0.6, marker=".", ms=3, label="loss"
+        )
+        (self._mean_line,) = self._axes.plot([], [], color="#f08c28", lw=2.0, label="trend")
         self._canvas = FigureCanvasQTAgg(self._figure)
-        self._canvas.setMinimumHeight(240)
+        self._canvas.setMinimumHeight(340)
         self.native.layout().addWidget(self._canvas)
         self._draw_curve(title="Training loss")
 
@@ -347,7 +352,7 @@ class FineTuneWidget(JobWidget):
         done, total, *extra = item
         stage = extra[0] if extra else "train"
         loss = extra[1] if len(extra) > 1 else None
-        order = [s for s, _ in STAGES]
+        order = [s for s, *_ in STAGES]
         if stage in self._bars:
             for earlier in order[: order.index(stage)]:  # stages are done once the next starts
                 bar = self._bars[earlier]
@@ -369,14 +374,22 @@ class FineTuneWidget(JobWidget):
             self._steps_seen, self._losses = [int(s) for s in steps], [float(v) for v in losses]
         path = Path(result.onnx_path)
         name = path.stem
-        f1 = f"Held-out F1 {result.f1_before:.3f} → {result.f1_after:.3f}"
+        record = (result.card or {}).get("fine_tuning", {})
+        f1 = f"Held-out F1 {_f1(result.f1_before)} → {_f1(result.f1_after)}"
+        atoms = record.get("heldout_atoms")
+        seconds = record.get("wall_seconds")
         self._summary = f1
         self._draw_curve(title=f1)
-        self._status.value = (
-            f"{f1}. Model {name!r} written to {path}; it is in the Detect atoms model list."
+        took = f" in {_duration(seconds)}" if seconds else ""
+        self._status.value = "\n".join(
+            [
+                f"{f1} (before → after" + (f"; {atoms} held-out atoms)" if atoms else ")"),
+                f"Model {name!r} written{took} to {path}",
+                "It is now in the Detect atoms model list.",
+            ]
         )
         models_changed.emit()
-        notify_info(f"Fine-tuned detector {name!r}: {f1}. Written to {path.parent}")
+        notify_info(f"{name!r} ready: {f1[0].lower()}{f1[1:]}")
 
     # -- loss curve -----------------------------------------------------------------------------
     def _reset_views(self) -> None:
@@ -390,33 +403,56 @@ class FineTuneWidget(JobWidget):
         x = np.asarray(self._steps_seen, float)
         y = np.asarray(self._losses, float)
         self._raw_line.set_data(x, y)
-        k = min(SMOOTHING, len(y))
-        if k:
-            mean = np.convolve(y, np.ones(k) / k, mode="valid")
-            self._mean_line.set_data(x[k - 1 :], mean)
-        else:
-            self._mean_line.set_data([], [])
-        ax.set_yscale("log" if y.size and np.all(y > 0) else "linear")
+        self._mean_line.set_data(x, _trend(y))
         ax.relim()
         ax.autoscale_view()
-        ax.set_title(title, fontsize=9)
-        ax.set_xlabel("step", fontsize=8)
+        if y.size:
+            ax.set_ylim(0.0, 1.08 * float(y.max()))
+            ax.set_xlim(0.0, max(float(x.max()), 1.0))
+        ax.set_title(title, fontsize=10, fontweight="bold")
+        ax.set_xlabel("training step", fontsize=8)
         ax.set_ylabel("loss", fontsize=8)
         ax.tick_params(labelsize=7)
-        ax.grid(True, which="major", alpha=0.3)
+        ax.grid(True, alpha=0.3)
         if y.size and not ax.get_legend():
-            ax.legend(
-                [self._raw_line, self._mean_line],
-                ["per step", f"mean of {SMOOTHING}"],
-                fontsize=7,
-                loc="upper right",
-            )
+            ax.legend(fontsize=7, loc="upper right")
         self._canvas.draw_idle()
 
     @property
     def losses(self) -> list[tuple[int, float]]:
         """The (step, loss) points on the curve."""
         return list(zip(self._steps_seen, self._losses, strict=True))
+
+
+def _trend(y: np.ndarray) -> np.ndarray:
+    """Centred moving mean of the loss points (the curve's trend line; no lag).
+
+    The window is ``2 * TREND_HALF_WIDTH + 1`` points, shrunk symmetrically near both ends.
+    """
+    n = len(y)
+    out = np.empty(n)
+    for i in range(n):
+        h = min(TREND_HALF_WIDTH, i, n - 1 - i)
+        out[i] = y[i - h : i + h + 1].mean()
+    return out
+
+
+def _f1(value: float) -> str:
+    return "n/a" if value is None or not np.isfinite(value) else f"{value:.3f}"
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(round(float(seconds)), 60)
+    nbsp = "\u00a0"  # keep "2 min 18 s" on one line when the status wraps
+    return f"{minutes}{nbsp}min{nbsp}{secs}{nbsp}s" if minutes else f"{secs}{nbsp}s"
+
+
+def _wrap_freely(label: Label) -> None:
+    """Let a word-wrapped label take the dock's width instead of widening it (long paths)."""
+    from qtpy.QtWidgets import QSizePolicy
+
+    label.native.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+    label.native.setMinimumWidth(1)
 
 
 def _selectable() -> Any:
