@@ -103,6 +103,9 @@ def test_cancel_writes_nothing(widget, models, qtbot):
 def test_bad_input_notifies_and_changes_nothing(widget, models, tmp_path):
     from conftest import make_log_detector
 
+    assert widget._lr.native.isHidden()  # advanced settings fold away
+    widget._show_advanced.value = True
+    assert not any(w.native.isHidden() for w in (widget._lr, widget._user_fraction))
     models.mkdir()
     make_log_detector(models / "taken.onnx")
     before = _user_files(models)

@@ -111,7 +111,6 @@ class FineTuneWidget(JobWidget):
         self._stop = threading.Event()
         self._steps_seen: list[int] = []
         self._losses: list[float] = []
-        self._summary = ""
         self._missing = Label(
             value=f"Fine-tuning needs PyTorch, which is not installed.\nInstall it with:\n"
             f"    {INSTALL_HINT}\nthen restart napari.",
@@ -163,7 +162,7 @@ class FineTuneWidget(JobWidget):
             step=1e-4,
             value=1e-3,
             visible=False,
-            tooltip="Adam learning rate",
+            tooltip="Peak learning rate (AdamW, after a short warm-up, then decaying)",
         )
         self._lr.native.setDecimals(6)
         self._user_fraction = FloatSpinBox(
@@ -378,7 +377,6 @@ class FineTuneWidget(JobWidget):
         f1 = f"Held-out F1 {_f1(result.f1_before)} → {_f1(result.f1_after)}"
         atoms = record.get("heldout_atoms")
         seconds = record.get("wall_seconds")
-        self._summary = f1
         self._draw_curve(title=f1)
         took = f" in {_duration(seconds)}" if seconds else ""
         self._status.value = "\n".join(
@@ -393,7 +391,7 @@ class FineTuneWidget(JobWidget):
 
     # -- loss curve -----------------------------------------------------------------------------
     def _reset_views(self) -> None:
-        self._steps_seen, self._losses, self._summary = [], [], ""
+        self._steps_seen, self._losses = [], []
         for bar in self._bars.values():
             bar.max, bar.value = 1, 0
         self._draw_curve(title="Training loss")
