@@ -145,6 +145,7 @@ def segment() -> None:
 def finetune() -> None:
     """Fine-tune the detector on one corrected image of a kind it handles poorly."""
     import os
+    import shutil
     import tempfile
 
     from napari_atomnet import synth
@@ -171,9 +172,12 @@ def finetune() -> None:
     widget._polarity.value = "bright"
     widget._steps.value = 200
     widget._on_run()
-    wait(lambda: widget._worker is None, timeout=900.0)
-    zoom(viewer, 1.8, (0.5, 0.5))
-    save(viewer, "finetune_widget")
+    try:
+        wait(lambda: widget._worker is None, timeout=900.0)
+        zoom(viewer, 1.8, (0.5, 0.5))
+        save(viewer, "finetune_widget")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 SHOTS = {
