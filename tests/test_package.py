@@ -116,3 +116,31 @@ def test_wheel_installs_in_a_fresh_venv_and_napari_discovers_the_plugin(tmp_path
         [str(venv / "bin" / "atomnet"), "--version"], capture_output=True, text=True
     )
     assert version.stdout.strip().startswith("atomnet ")
+
+
+def test_every_dock_widget_is_in_the_manifest():
+    """A dock widget class that the manifest does not name is invisible to napari users."""
+    import inspect
+    import pkgutil
+
+    import napari_atomnet._widgets as widgets
+    from magicgui.widgets import Container
+
+    manifest = yaml.safe_load(MANIFEST.read_text())
+    by_name = {c["id"]: c["python_name"] for c in manifest["contributions"]["commands"]}
+    contributed = {
+        by_name[w["command"]].rpartition(":")[2] for w in manifest["contributions"]["widgets"]
+    }
+    docks = set()
+    for info in pkgutil.iter_modules(widgets.__path__):
+        module = importlib.import_module(f"{widgets.__name__}.{info.name}")
+        for name, cls in inspect.getmembers(module, inspect.isclass):
+            if cls.__module__ == module.__name__ and name.endswith("Widget"):
+                if (
+                    issubclass(cls, Container)
+                    and not inspect.isabstract(cls)
+                    and name != "JobWidget"
+                ):
+                    docks.add(name)
+    assert docks, "no dock widgets found"
+    assert docks <= contributed, f"not in napari.yaml: {sorted(docks - contributed)}"
