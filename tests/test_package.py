@@ -123,8 +123,9 @@ def test_every_dock_widget_is_in_the_manifest():
     import inspect
     import pkgutil
 
-    import napari_atomnet._widgets as widgets
     from magicgui.widgets import Container
+
+    import napari_atomnet._widgets as widgets
 
     manifest = yaml.safe_load(MANIFEST.read_text())
     by_name = {c["id"]: c["python_name"] for c in manifest["contributions"]["commands"]}
