@@ -109,3 +109,36 @@ def test_bad_input_gives_one_line_and_exit_2(tmp_path, capsys, args, message):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
     assert not out.exists()
+
+
+def test_a_movie_is_refused_from_its_shape_without_reading_frames(tmp_path, capsys, monkeypatch):
+    import dask.array as da
+
+    from napari_atomnet import io
+    from napari_atomnet.io import ImageData
+
+    def unreadable(block):
+        raise AssertionError("a frame was read")
+
+    lazy = da.zeros((500, 64, 64), chunks=(1, 64, 64), dtype=np.uint16).map_blocks(
+        unreadable, dtype=np.uint16, meta=np.empty((0, 0, 0), np.uint16)
+    )
+    monkeypatch.setattr(io, "read_image", lambda *a, **k: ImageData(lazy, name="movie"))
+    for command in (["detect"], ["cells", "--out", str(tmp_path / "c.csv")]):
+        assert main([command[0], str(tmp_path / "movie.emd"), *command[1:]]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "stack of 500 frames" in err[0] and "atomnet batch" in err[0]
+
+
+def test_help_lists_the_file_types_the_readers_read(capsys):
+    from napari_atomnet.io import describe_formats, read_images
+
+    assert callable(read_images)
+    formats = describe_formats()
+    for suffix in ("dm3", "dm4", "emd", "ser", "emi", "mrc", "hspy", "hdf5", "tif", "png", "npy"):
+        assert suffix in formats
+    for command in ("detect", "refine", "cells", "segment", "export", "batch"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        assert "dm3/dm4 (Gatan DigitalMicrograph)" in text and "ser/emi" in text, command

@@ -34,7 +34,11 @@ def test_science_imports_without_napari_qt_torch_or_onnxruntime():
             pkg = importlib.import_module(f"napari_atomnet.{sub}")
             for mod in pkgutil.walk_packages(pkg.__path__, f"napari_atomnet.{sub}."):
                 importlib.import_module(mod.name)
-        import napari_atomnet.pipeline, napari_atomnet.cli, napari_atomnet._samples
+        for name in ("pipeline", "cli", "_samples", "sequences", "batch", "cli_batch",
+                     "cli_segment", "cli_export", "_reader"):
+            importlib.import_module(f"napari_atomnet.{name}")
+        from napari_atomnet.cli import _build_parser
+        _build_parser()  # registering every subcommand imports nothing heavy either
         print("ok")
         """
     )

@@ -143,6 +143,8 @@ def test_batch_records_the_resolved_contrast(abf_lattice, tmp_path):
         assert record["params"]["polarity"] == "dark", record["params"]
         assert record["params"]["polarity_requested"] == "auto"
     assert 10 < movie["params"]["lattice_spacing"] < 18
+    for record in (movie, single):  # decided once for the movie, by the worker for the image
+        assert record["params"]["gaussian_model"] in ("isotropic", "elliptical")
     with pytest.raises(ValueError, match="polarity"):
         run_batch([folder], tmp_path / "out2", polarity="abf", n_workers=0)
 

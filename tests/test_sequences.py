@@ -138,3 +138,22 @@ def test_cancel_between_frames(movie):
     stack, *_ = movie
     with pytest.raises(InterruptedError):
         find_atoms_stack(stack[:3], detector="classical", cancelled=lambda: True)
+
+
+def test_gaussian_model_decided_once_per_movie(movie, monkeypatch):
+    from napari_atomnet.core import refine
+
+    stack = movie[0][:4]
+    calls = []
+    real = refine.columns_are_elliptical
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(refine, "columns_are_elliptical", counting)
+    atoms, _, prov = find_atoms_stack(stack, detector="classical")
+    assert len(calls) == 1  # on the first frame; the others use its model
+    model = prov["params"]["gaussian_model"]
+    assert model in ("isotropic", "elliptical") and set(atoms["model"]) == {model}
+    assert prov["params"]["polarity"] == "bright" and prov["params"]["lattice_spacing"] > 0

@@ -82,6 +82,8 @@ class Job:
     #: a 2D image, resolved by the worker from the image itself)
     polarity: str | None = None
     spacing: float | None = None
+    #: a movie's Gaussian model (isotropic / elliptical), decided once on its first frame
+    gaussian: str | None = None
     #: a 2D image's provenance JSON, completed by the worker with what it resolved
     provenance_path: str | None = None
 
@@ -240,18 +242,19 @@ def plan_batch(
                     todo_frames.append(f)
                     todo_outputs.append(outs)
             _remove_stale_parts(todo_outputs)
-            polarity, spacing = None, None
+            polarity, spacing, gaussian = None, None, None
             if is_stack and todo_frames and task != "particles":
-                # one contrast and spacing for the whole movie, from its first frame (the same
-                # on every resumed run), recorded in its provenance
-                from .sequences import movie_constants
-
-                requested = (params or {}).get("polarity") or "auto"
-                polarity, spacing = movie_constants(_read_frame(data, 0), polarity=requested)
+                # one contrast, spacing and Gaussian model for the whole movie, from its first
+                # frame (the same on every resumed run), recorded in its provenance
+                try:
+                    polarity, spacing, gaussian = _movie_constants(data, params or {})
+                except Exception:  # a bad first frame or model: each frame reports its own error
+                    polarity, spacing, gaussian = None, None, None
                 prov["params"].update(
-                    polarity_requested=requested,
+                    polarity_requested=(params or {}).get("polarity") or "auto",
                     polarity=polarity,
-                    lattice_spacing=spacing if math.isfinite(spacing) else None,
+                    lattice_spacing=spacing if spacing and math.isfinite(spacing) else None,
+                    gaussian_model=gaussian,
                 )
             if todo_frames or not prov_path.exists():  # a finished image keeps its record
                 plan.provenance_files.append((prov_path, prov))
@@ -269,6 +272,7 @@ def plan_batch(
                         pixel_size_nm=image.pixel_size_nm,
                         polarity=polarity,
                         spacing=spacing,
+                        gaussian=gaussian,
                         provenance_path=None if is_stack else str(prov_path),
                     )
                 )
@@ -294,6 +298,26 @@ def _peek(path: Path) -> list[Any]:
     return read_images(path, lazy=True, materialize=False)
 
 
+def _movie_constants(data: Any, params: dict[str, Any]) -> tuple[str, float, str | None]:
+    """Atom contrast, lattice spacing and Gaussian model of a movie, from its first frame."""
+    from .pipeline import find_atoms
+    from .sequences import movie_constants
+
+    frame = _read_frame(data, 0)
+    polarity, spacing = movie_constants(frame, polarity=params.get("polarity") or "auto")
+    if not params.get("refine", True):
+        return polarity, spacing, None
+    first = find_atoms(
+        frame,
+        detector=_detector(params.get("detector")),
+        threshold=params.get("threshold"),
+        polarity=polarity,
+        spacing=spacing,
+        device=params.get("device"),
+    )
+    return polarity, spacing, first.provenance["params"].get("gaussian_model")
+
+
 def _read_frame(data: Any, frame: int | None) -> Any:
     """Read one frame of a (lazy) stack, or a 2D image, into memory, in this process."""
     import dask
@@ -311,7 +335,13 @@ def _complete_provenance(path: str, params: dict[str, Any]) -> None:
     record.setdefault("params", {}).update(
         {
             k: params[k]
-            for k in ("polarity_requested", "polarity", "lattice_spacing", "normalization_sigma")
+            for k in (
+                "polarity_requested",
+                "polarity",
+                "lattice_spacing",
+                "normalization_sigma",
+                "gaussian_model",
+            )
             if k in params
         }
     )
@@ -431,6 +461,7 @@ def run_job(job: Job, task: str, params: dict[str, Any], overwrite: bool) -> lis
                 refine=params.get("refine", True),
                 polarity=job.polarity or params.get("polarity") or "auto",
                 spacing=job.spacing,
+                gaussian=job.gaussian or "auto",
                 device=params.get("device"),
                 source=source,
             )

@@ -61,6 +61,7 @@ def find_atoms(
     refine: bool = True,
     polarity: str = "auto",
     spacing: float | None = None,
+    gaussian: str = "auto",
     source: str | None = None,
     device: str | None = None,
     progress: ProgressCallback | None = None,
@@ -89,6 +90,9 @@ def find_atoms(
         Lattice spacing (px) when the caller knows it (e.g. estimated once for a whole movie);
         estimated from the image otherwise.  Passing the value the estimate gives changes
         nothing.
+    gaussian : {"auto", "isotropic", "elliptical"}
+        Gaussian model of the refinement (see :func:`refine_atoms`); "auto" decides from the
+        image.  Recorded as ``params["gaussian_model"]``.
     source : str, optional
         Name of the image, recorded in the provenance.
     device : {"auto", "cuda", "cpu"}, optional
@@ -161,7 +165,10 @@ def find_atoms(
 
     atoms = peaks
     if refine and len(peaks):
-        atoms = refine_atoms(img, peaks, polarity=contrast).reset_index(drop=True)
+        atoms = refine_atoms(img, peaks, polarity=contrast, model=gaussian)
+        atoms = atoms.reset_index(drop=True)
+        if len(atoms):
+            params["gaussian_model"] = str(atoms["model"].iloc[0])
         if progress:
             total = tiles_done["total"] + 1 if model_info else 2
             progress(total, total)
@@ -214,6 +221,8 @@ def refine_atoms(
     """
     from .core.refine import columns_are_elliptical, fit_gaussians
 
+    if model not in ("auto", "elliptical", "isotropic"):
+        raise ValueError(f"model must be 'auto', 'elliptical' or 'isotropic', got {model!r}")
     coords = peaks[["y", "x"]].to_numpy(float)
     if polarity == "auto":
         contrast = atom_polarity(image, coords)

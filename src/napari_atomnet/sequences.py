@@ -143,6 +143,7 @@ def find_atoms_stack(
     refine: bool = True,
     polarity: str = "auto",
     spacing: float | None = None,
+    gaussian: str = "auto",
     frames: Sequence[int] | None = None,
     source: str | None = None,
     device: str | None = None,
@@ -167,6 +168,9 @@ def find_atoms_stack(
     spacing : float, optional
         Lattice spacing (px); estimated once, from the first analysed frame, when omitted.
         Every frame is analysed with the same contrast and spacing (recorded in the provenance).
+    gaussian : {"auto", "isotropic", "elliptical"}
+        Gaussian model of the refinement; "auto" decides on the first analysed frame that has
+        atoms (:func:`napari_atomnet.pipeline.refine_atoms`) and keeps that model for the movie.
     frames : sequence of int, optional
         The frames to analyse (all by default).
     source : str, optional
@@ -209,10 +213,13 @@ def find_atoms_stack(
             refine=refine,
             polarity=contrast,
             spacing=spacing,
+            gaussian=gaussian,
             source=source,
             device=device,
             cancelled=cancelled,
         )
+        # the imaging conditions are the movie's: decide the Gaussian model once
+        gaussian = result.provenance["params"].get("gaussian_model", gaussian)
         model_info = result.provenance.get("model")
         table = result.atoms
         table.insert(0, "frame", index)
@@ -228,6 +235,7 @@ def find_atoms_stack(
         "polarity_requested": polarity,
         "polarity": contrast,
         "lattice_spacing": spacing if spacing is not None and np.isfinite(spacing) else None,
+        "gaussian_model": gaussian if refine else None,
     }
     params["detector"] = CLASSICAL if det == CLASSICAL else getattr(det, "name", str(det))
     provenance = make_provenance("find_atoms_stack", params, model=model_info, source=source)
@@ -569,6 +577,7 @@ def analyze_sequence(
     refine: bool = True,
     polarity: str = "auto",
     spacing: float | None = None,
+    gaussian: str = "auto",
     drift: str | None = "atoms",
     radius: float | None = None,
     source: str | None = None,
@@ -582,8 +591,9 @@ def analyze_sequence(
     ----------
     stack : array_like, shape (T, H, W)
         The movie (numpy, memory map or lazy dask array).
-    detector, threshold, refine, polarity, spacing, device
-        As in :func:`find_atoms_stack` (contrast and spacing are resolved once for the movie).
+    detector, threshold, refine, polarity, spacing, gaussian, device
+        As in :func:`find_atoms_stack` (contrast, spacing and Gaussian model are resolved once
+        for the movie).
     drift : {"atoms", "image", None}
         Estimate the drift from the refined atom positions, from the images
         (cross-correlation of consecutive frames), or assume none.
@@ -618,6 +628,7 @@ def analyze_sequence(
         refine=refine,
         polarity=polarity,
         spacing=spacing,
+        gaussian=gaussian,
         source=source,
         device=device,
         progress=step(0),

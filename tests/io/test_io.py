@@ -96,3 +96,28 @@ def test_bad_files_raise_clear_errors(tmp_path):
     (tmp_path / "corrupt.npy").write_bytes(os.urandom(64))
     with pytest.raises(ImageReadError, match="cannot read"):
         read_image(tmp_path / "corrupt.npy")
+
+
+def test_write_csv_writes_what_pandas_writes(tmp_path):
+    rng = np.random.default_rng(0)
+    n = 50
+    table = pd.DataFrame(
+        {
+            "frame": np.full(n, 3),
+            "y": rng.uniform(-1, 500, n),
+            "x": rng.uniform(-1, 500, n).astype(np.float32),
+            "fit_ok": rng.random(n) > 0.3,
+            "class_name": pd.array(["strong", "weak"] * (n // 2), dtype="str"),
+            "note": ["a,b", 'say "x"', None, "", np.nan] * (n // 5),
+            "n": rng.integers(0, 9, n).astype(np.uint8),
+        }
+    )
+    table.loc[1, "y"] = np.nan
+    table.loc[2, "y"] = np.inf
+    table.loc[3, "y"] = -0.00004
+    nullable = table.assign(k=pd.array([1, None] * (n // 2), dtype="Int64"))  # pandas writes it
+    for t in (table, table.iloc[:0], nullable):
+        path = write_csv(t, tmp_path / "t.csv", overwrite=True)
+        expected = tmp_path / "ref.csv"
+        t.to_csv(expected, index=False, float_format="%.4f")
+        assert path.read_text() == expected.read_text()

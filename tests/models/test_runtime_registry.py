@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 
@@ -109,3 +110,28 @@ def test_threshold_progress_and_cancel(tiny_detector):
 def test_card_json_is_plain(tiny_detector):
     info = json.loads(tiny_detector.with_suffix(".json").read_text())
     assert info["task"] == "detection" and len(info["sha256"]) == 64
+
+
+def test_sessions_are_cached_shared_between_threads_and_bounded(tiny_detector, tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from napari_atomnet.models import runtime
+
+    runtime.clear_session_cache()
+    first = create_session(tiny_detector, device="cpu")
+    assert create_session(tiny_detector, device="cpu") is first  # not a new session per call
+    assert create_session(tiny_detector, device="cpu", threads=1) is not first  # another key
+    runtime.clear_session_cache()
+    with ThreadPoolExecutor(4) as pool:  # concurrent first calls make one session
+        sessions = list(pool.map(lambda _: create_session(tiny_detector, device="cpu"), range(8)))
+    assert all(s is sessions[0] for s in sessions)
+    # at most MAX_SESSIONS live in the cache; the least recently used goes first
+    for threads in range(1, runtime.MAX_SESSIONS + 2):
+        create_session(tiny_detector, device="cpu", threads=threads)
+    assert len(runtime._SESSIONS) == runtime.MAX_SESSIONS
+    assert create_session(tiny_detector, device="cpu") is not sessions[0]
+    # an edited model file is reloaded
+    again = create_session(tiny_detector, device="cpu")
+    os.utime(tiny_detector, (0, 12345))
+    assert create_session(tiny_detector, device="cpu") is not again
+    runtime.clear_session_cache()

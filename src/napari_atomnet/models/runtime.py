@@ -75,6 +75,9 @@ def _new_session(path: str, providers: tuple[str, ...], threads: int) -> Any:
     options.log_severity_level = 4
     if threads:
         options.intra_op_num_threads = threads
+    # idle worker threads sleep instead of spinning: on a shared machine (a GUI, other batch
+    # workers, a training run) spinning threads burn the cores the other work needs
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     previous = 2
     ort.set_default_logger_severity(4)
     try:
