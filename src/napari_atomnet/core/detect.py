@@ -6,11 +6,12 @@ the learned detector is compared with, and the fallback when no model is availab
 
 from __future__ import annotations
 
+import functools
 from typing import Literal
 
 import numpy as np
 import pandas as pd
-from numpy.typing import ArrayLike
+from numpy.typing import ArrayLike, NDArray
 from scipy import ndimage
 from skimage.feature import peak_local_max
 
@@ -67,15 +68,13 @@ def estimate_spacing(
     img = img - img.mean()
     win = np.outer(np.hanning(h), np.hanning(w))
     f = np.fft.rfft2(img * win, s=(2 * h, 2 * w))  # zero-padded: linear, not circular
-    # high-pass in Fourier space: removes slow backgrounds (periods above ~1/8 of the image)
-    # at no cost, where a real-space Gaussian of that width would cost O(sigma) per pixel
-    qy = np.fft.fftfreq(2 * h)[:, None]
-    qx = np.fft.rfftfreq(2 * w)[None, :]
-    q0 = 8.0 / max(h, w)
-    power = np.abs(f) ** 2 * (1.0 - np.exp(-0.5 * (qy**2 + qx**2) / q0**2))
-    ac = np.fft.fftshift(np.fft.irfft2(power, s=(2 * h, 2 * w)))
+    power = np.abs(f) ** 2 * _highpass(h, w)
+    # the autocorrelation at lags up to r_max only: the inverse transform as irfft2 does it
+    # (along y, then along x), but the x transforms only for the rows of those lags
     r_max = min(h, w) // 3
-    sub = ac[h - r_max : h + r_max + 1, w - r_max : w + r_max + 1]
+    lags = np.arange(-r_max, r_max + 1)
+    rows = np.fft.ifft(power, 2 * h, axis=0)[lags % (2 * h)]
+    sub = np.fft.irfft(rows, 2 * w, axis=1)[:, lags % (2 * w)]
     is_max = (sub == ndimage.maximum_filter(sub, size=3)) & (sub > 0)
     is_max[r_max, r_max] = False  # the central peak
     iy, ix = np.nonzero(is_max)
@@ -90,6 +89,22 @@ def estimate_spacing(
     dx = _parabola_offset(sub, iy, ix, axis=1, log=False)
     dist = np.hypot(iy + dy - r_max, ix + dx - r_max)
     return float(dist.min())
+
+
+@functools.lru_cache(maxsize=2)
+def _highpass(h: int, w: int) -> NDArray[np.float64]:
+    """High-pass filter of the (2h × 2w, real-FFT) spectrum of :func:`estimate_spacing`.
+
+    It removes slow backgrounds (periods above ~1/8 of the image) at no cost, where a
+    real-space Gaussian of that width would cost O(sigma) per pixel.  Cached: every frame of
+    a movie has the same shape.
+    """
+    qy = np.fft.fftfreq(2 * h)[:, None]
+    qx = np.fft.rfftfreq(2 * w)[None, :]
+    q0 = 8.0 / max(h, w)
+    out = 1.0 - np.exp(-0.5 * (qy**2 + qx**2) / q0**2)
+    out.flags.writeable = False
+    return out
 
 
 def detect_peaks_classical(
