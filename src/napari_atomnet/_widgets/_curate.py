@@ -169,7 +169,11 @@ class CurateAtomsWidget(Container):
         layer = self._layer
         data = layer.data.copy()
         feats = layer.features.copy()
-        signal = image if atom_polarity(image, data[:, -2:]) == "bright" else -image
+        # the contrast the detection used (the Atom contrast option), else judged at the points
+        contrast = layer.metadata.get(METADATA_KEY, {}).get("params", {}).get("polarity")
+        if contrast not in ("bright", "dark"):
+            contrast = atom_polarity(image, data[:, -2:])
+        signal = image if contrast == "bright" else -image
         spacing = _spacing(data[:, -2:])
         window = max(2, round(0.5 * spacing)) if spacing else None
         search = max(2.0, 0.35 * spacing) if spacing else 3.0
