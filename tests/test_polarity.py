@@ -127,8 +127,12 @@ def test_movie_contrast_and_spacing_resolved_once(abf_lattice, monkeypatch):
     )
 
 
-def test_batch_records_the_resolved_contrast(abf_lattice, tmp_path):
+def test_batch_records_the_resolved_contrast(abf_lattice, tmp_path, monkeypatch):
+    import os
+
     from napari_atomnet.batch import run_batch
+
+    monkeypatch.delenv("NAPARI_ATOMNET_THREADS", raising=False)
 
     folder = tmp_path / "in"
     folder.mkdir()
@@ -136,6 +140,7 @@ def test_batch_records_the_resolved_contrast(abf_lattice, tmp_path):
     write_tiff(folder / "movie.tif", np.stack([abf_lattice.image] * 2).astype(np.float32))
     result = run_batch([folder], tmp_path / "out", polarity="auto", n_workers=0)
     assert result.n_failed == 0
+    assert "NAPARI_ATOMNET_THREADS" not in os.environ  # in-process: the caller's threads kept
     assert set(result.summary["polarity"]) == {"dark"}
     movie = json.loads((tmp_path / "out" / "movie" / "provenance.json").read_text())
     single = json.loads((tmp_path / "out" / "single_provenance.json").read_text())

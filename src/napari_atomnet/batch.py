@@ -404,7 +404,17 @@ def _detector(name: str | None) -> Any:
 
 
 def _limit_threads() -> None:
-    """One thread per worker for BLAS and onnxruntime (set before the session is made)."""
+    """One thread per worker for BLAS and onnxruntime (set before the session is made).
+
+    Only in a dask worker process: run in the caller's process (``n_workers=0``) the analysis
+    may use every core, and the caller's environment is left alone.
+    """
+    try:
+        from distributed import get_worker
+
+        get_worker()
+    except (ImportError, ValueError):  # not in a worker
+        return
     for key, value in SINGLE_THREAD_ENV.items():
         os.environ.setdefault(key, value)
 

@@ -112,10 +112,12 @@ def test_card_json_is_plain(tiny_detector):
     assert info["task"] == "detection" and len(info["sha256"]) == 64
 
 
-def test_sessions_are_cached_shared_between_threads_and_bounded(tiny_detector, tmp_path):
+def test_sessions_are_cached_shared_between_threads_and_bounded(tiny_detector, monkeypatch):
     from concurrent.futures import ThreadPoolExecutor
 
     from napari_atomnet.models import runtime
+
+    monkeypatch.delenv("NAPARI_ATOMNET_THREADS", raising=False)
 
     runtime.clear_session_cache()
     first = create_session(tiny_detector, device="cpu")
