@@ -252,7 +252,7 @@ def decode_heatmap(
     if hm.ndim == 2:
         hm = hm[None]
     best = hm.max(axis=0)
-    local_max = ndimage.maximum_filter(best, size=3, mode="nearest")
+    local_max = _max3x3(best)
     iy, ix = np.nonzero((best == local_max) & (best >= threshold))
     score = best[iy, ix]
     cls = hm[:, iy, ix].argmax(axis=0) if len(iy) else np.empty(0, int)
@@ -271,6 +271,13 @@ def decode_heatmap(
         {"y": y, "x": x, "score": score, "class": cls.astype(int), "box_h": box_h, "box_w": box_w}
     )
     return merge_close_peaks(table, min_distance)
+
+
+def _max3x3(a: NDArray) -> NDArray:
+    """``ndimage.maximum_filter(a, size=3, mode="nearest")`` of a 2D array, as slices (faster)."""
+    p = np.pad(a, 1, mode="edge")
+    rows = np.maximum(np.maximum(p[:-2], p[1:-1]), p[2:])
+    return np.maximum(np.maximum(rows[:, :-2], rows[:, 1:-1]), rows[:, 2:])
 
 
 def merge_close_peaks(table: pd.DataFrame, min_distance: float) -> pd.DataFrame:

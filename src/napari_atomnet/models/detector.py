@@ -182,7 +182,8 @@ def detect_atoms(
         if parts
         else decode_heatmap(np.zeros((1, 1, 1)), threshold=1.0)
     )
-    table = merge_close_peaks(table, 1.0)
+    if len(parts) > 1:  # peaks of one tile were merged by decode_heatmap already
+        table = merge_close_peaks(table, 1.0)
     table = _finish_table(table, classes, img.shape)
     params = {
         "threshold": thr,
