@@ -99,7 +99,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         default="auto",
         help="atom contrast in the images (default: guessed per image; give it for HRTEM)",
     )
-    p.add_argument("--steps", type=_positive_int, default=None, help="training steps (600)")
+    p.add_argument("--steps", type=_positive_int, default=None, help="training steps (300)")
     p.add_argument("--batch", type=_positive_int, default=None, help="crops per step (8)")
     p.add_argument("--lr", type=_positive, default=None, help="peak learning rate (1e-3)")
     p.add_argument(

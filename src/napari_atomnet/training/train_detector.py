@@ -28,6 +28,7 @@ import math
 import os
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -329,7 +330,7 @@ def train_step(
     batch: dict[str, np.ndarray],
     *,
     lr: float,
-    loss: str = "focal",
+    loss: str | Sequence[tuple[str, slice]] = "focal",
     size_weight: float = 0.2,
     clip: float = 5.0,
 ) -> tuple[float, float]:
@@ -345,8 +346,10 @@ def train_step(
         From :func:`~napari_atomnet.training.data.sample_batch`.
     lr : float
         Learning rate of this step.
-    loss : str
-        Heatmap loss (see :func:`heatmap_loss`).
+    loss : str or sequence of (str, slice)
+        Heatmap loss (see :func:`heatmap_loss`), or one per part of the batch (kind, samples),
+        each normalised by its own columns and summed (fine-tuning distils with "mse" on the
+        simulated crops).
     size_weight : float
         Weight of the box-size loss.
     clip : float
@@ -362,7 +365,8 @@ def train_step(
     heat = torch.from_numpy(batch["heat"])
     weight = torch.from_numpy(batch["weight"])
     logits, log_size = model(x)
-    l_hm = heatmap_loss(logits, heat, weight, loss)
+    parts = [(loss, slice(None))] if isinstance(loss, str) else loss
+    l_hm = sum(heatmap_loss(logits[i], heat[i], weight[i], kind) for kind, i in parts)
     l_sz = size_loss(
         log_size, torch.from_numpy(batch["log_size"]), torch.from_numpy(batch["size_mask"])
     )
