@@ -261,3 +261,30 @@ def test_dark_atoms_are_oriented_like_the_network_sees_them(tmp_path):
     )
     assert result.card["fine_tuning"]["images"][0]["polarity"] == "dark"
     assert result.f1_before > 0.9  # scored on the dark strip with the resolved polarity
+
+
+def test_labels_keep_columns_inside_the_image_and_map_classes(tmp_path):
+    """Columns centred outside the image are dropped; class names map to strong / weak."""
+    import pandas as pd
+
+    from napari_atomnet.training import data
+    from napari_atomnet.training.finetune import _read_labelled
+
+    sim = synth.perovskite_haadf((96, 96), 16.0, dose=300, seed=4)  # bright A, weak B columns
+    atoms = sim.atoms[["y", "x", "class_name"]]
+    outside = pd.DataFrame({"y": [-0.8], "x": [40.0], "class_name": [atoms["class_name"][0]]})
+    export_labels(sim.image, pd.concat([atoms, outside]), tmp_path / "species", name="p")
+    named = atoms.assign(class_name=np.where(atoms["class_name"] == "A", "weak", "strong"))
+    export_labels(sim.image, named, tmp_path / "named", name="p")
+
+    def read(folder):
+        norm = data.DEFAULT_NORMALIZATION
+        (item,) = _read_labelled(folder, "auto", norm, 0, lambda *_: None, lambda: False)
+        return item.rows
+
+    rows = read(tmp_path / "species")
+    assert len(rows) == len(atoms)  # the column centred at y = -0.8 is not an atom here
+    is_a = (atoms["class_name"] == "A").to_numpy()
+    assert set(rows[is_a, 2]) == {0.0} and set(rows[~is_a, 2]) == {1.0}  # B is the weak class
+    flipped = read(tmp_path / "named")  # the detector's own names are kept as they are
+    assert set(flipped[is_a, 2]) == {1.0} and set(flipped[~is_a, 2]) == {0.0}

@@ -461,6 +461,14 @@ def _read_labelled(
                 f"{item.name}: image of {img.shape[0]} x {img.shape[1]} px is too small to train "
                 f"on (at least {MIN_SIDE} px a side)"
             )
+        # Only columns centred inside the image are atoms, as in the full training and in
+        # detect_atoms; an export also keeps columns centred just outside (half visible), whose
+        # mirrored labels would put two atoms on one reflected peak in the padding.
+        h, w = img.shape
+        inside = atoms["y"].between(-0.5, h - 0.5, inclusive="left") & atoms["x"].between(
+            -0.5, w - 0.5, inclusive="left"
+        )
+        atoms = atoms[inside]
         pol = resolve_polarity(img, polarity)
         sign = -1.0 if pol == "dark" else 1.0
         oriented = data.normalize_image(img, norm) * sign
