@@ -16,6 +16,9 @@ train_detector
     ``python -m napari_atomnet.training.train_detector --out DIR --seed 0``.
 export
     :func:`~napari_atomnet.training.export.export_detector`: ONNX + model card.
+finetune
+    :func:`~napari_atomnet.training.finetune.fine_tune_detector`: continue training a detector
+    on exported, corrected labels (``atomnet train``, the Fine-tune widget).
 
 The particle-segmentation counterparts are the ``seg_*`` modules and ``train_segmenter``.
 """
