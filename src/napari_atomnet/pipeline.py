@@ -248,6 +248,11 @@ def refine_atoms(
         fit["fit_status"] = "not_gaussian"
     # the new fit replaces the detected position and any earlier fit values (a refined CSV)
     atoms = kept.drop(columns=[c for c in fit.columns if c in kept.columns]).join(fit)
+    # a half-visible column at the edge is detected, and its fit puts the centre outside the
+    # image: the table lists the columns whose centres lie in the image
+    h, w = np.shape(image)[-2:]
+    inside = atoms["y"].between(-0.5, h - 0.5) & atoms["x"].between(-0.5, w - 0.5)
+    atoms, kept = atoms[inside], kept[inside]
     if {"y0", "x0", "y1", "x1"} <= set(atoms.columns):
         dy = atoms["y"] - kept["y"]
         dx = atoms["x"] - kept["x"]
