@@ -38,6 +38,8 @@ def test_lattice_layers_and_table(viewer_with_atoms, qtbot, tmp_path):
     assert n_cells > 350 and len(cells.data) == 2 * n_cells
     for col in ("exx", "eyy", "exy", "rotation", "bsite_y", "disp_y", "fit_ok", "status"):
         assert col in strain.features.columns
+    # the B sites were fitted with the contrast the detection recorded on the Atoms layer
+    assert strain.metadata["napari_atomnet"]["params"]["polarity"] == "bright"
     np.testing.assert_allclose(disp.scale, viewer.layers["perovskite_haadf"].scale[-2:])
     # arrows are the displacements × the scale factor, and they follow the truth
     feats = disp.features

@@ -118,6 +118,9 @@ class LatticeWidget(JobWidget):
             return
         pixel_size = _pixel_size_nm(layer)
         params = {"bsites": bool(self._bsites.value), "tolerance": float(self._tolerance.value)}
+        # B sites are fitted with the atom contrast the detection used, when it is recorded
+        recorded = atoms_layer.metadata.get(METADATA_KEY, {}).get("params", {}).get("polarity")
+        params["polarity"] = recorded if recorded in ("bright", "dark") else "auto"
         scale = float(self._scale.value)
         component = self._strain.value
 
