@@ -149,3 +149,12 @@ def test_every_dock_widget_is_in_the_manifest():
                     docks.add(name)
     assert docks, "no dock widgets found"
     assert docks <= contributed, f"not in napari.yaml: {sorted(docks - contributed)}"
+
+
+def test_manifest_reader_patterns_are_the_readable_file_types():
+    from napari_atomnet._reader import FILENAME_PATTERNS
+    from napari_atomnet.io.formats import IMAGE_SUFFIXES
+
+    manifest = yaml.safe_load(MANIFEST.read_text())
+    (reader,) = manifest["contributions"]["readers"]
+    assert reader["filename_patterns"] == FILENAME_PATTERNS == [f"*{s}" for s in IMAGE_SUFFIXES]
