@@ -288,3 +288,22 @@ def test_labels_keep_columns_inside_the_image_and_map_classes(tmp_path):
     assert set(rows[is_a, 2]) == {0.0} and set(rows[~is_a, 2]) == {1.0}  # B is the weak class
     flipped = read(tmp_path / "named")  # the detector's own names are kept as they are
     assert set(flipped[is_a, 2]) == {1.0} and set(flipped[~is_a, 2]) == {0.0}
+
+
+def test_rotated_copies_keep_labels_on_the_columns():
+    """The extra rotated training copies move the labels with the image; corners carry no loss."""
+    from napari_atomnet.training import data
+    from napari_atomnet.training.finetune import PAD, _Labelled, _user_example
+
+    sim = synth.lattice_image((96, 96), spacing=16, sigma_frac=0.12, dose=2000, seed=2)
+    rows = data.label_atoms(sim.atoms)
+    part = _Labelled("square", sim.image, rows, "bright")
+    for angle in (0.0, 30.0, 75.0):
+        ex = _user_example(part, angle, data.DEFAULT_NORMALIZATION)
+        inside = (ex.atoms[:, :2] >= PAD).all(axis=1) & (ex.atoms[:, :2] < PAD + 96).all(axis=1)
+        yx = np.round(ex.atoms[inside, :2]).astype(int)
+        on = ex.image[yx[:, 0], yx[:, 1]]
+        off = ex.image[yx[:, 0] + 8, yx[:, 1]]  # half a spacing away
+        assert len(yx) > 20 and on.min() > np.percentile(ex.image, 90) > off.max(), angle
+        zero = (ex.targets["weight"] == 0).mean()
+        assert (zero > 0.3) if angle else (zero < 0.01)  # padding + corners vs nothing
