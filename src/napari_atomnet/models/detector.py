@@ -129,6 +129,7 @@ def detect_atoms(
     tile = int(tile or info.get("tile", 512))
     thr = float(info.get("default_threshold", 0.3) if threshold is None else threshold)
     classes = list(info.get("classes", ["atom"]))
+    class_thr = class_thresholds(info, thr)
     norm = info.get("normalization", {})
     if spacing is None:  # once: it serves the polarity guess and the normalisation window
         spacing = estimate_spacing(img, max_crop=SPACING_CROP)
@@ -159,10 +160,12 @@ def detect_atoms(
         )
         peaks = decode_heatmap(
             outputs["heatmap"][0],
-            threshold=thr,
+            threshold=float(class_thr.min()),
             size=outputs["size"][0] if "size" in outputs else None,
             stride=stride,
         )
+        cls = np.clip(peaks["class"].to_numpy(int), 0, len(class_thr) - 1)
+        peaks = peaks[peaks["score"].to_numpy() >= class_thr[cls]]
         # window coordinates -> image coordinates; keep only the peaks in this tile's core
         oy, ox = t.offset
         peaks["y"] += oy
@@ -187,12 +190,41 @@ def detect_atoms(
     table = _finish_table(table, classes, img.shape)
     params = {
         "threshold": thr,
+        "class_thresholds": dict(zip(classes, class_thr.round(4).tolist(), strict=False)),
         "polarity": contrast,
         "tile": tile,
         "lattice_spacing": round(spacing, 4) if np.isfinite(spacing) else None,
         "normalization_sigma": sigma,
     }
     return Detections(table=table, card=card, device=session_device(session), params=params)
+
+
+def class_thresholds(info: dict[str, Any], threshold: float) -> np.ndarray:
+    """Per-class confidence thresholds for an overall ``threshold``.
+
+    A card may set ``class_thresholds`` (chosen on validation images by the training script):
+    the built-in detector needs more confidence for "weak" columns, whose channel otherwise
+    reports faint B sites at the centre of plain square cells (a prior learnt from perovskites).
+    A class keeps its offset from the card's ``default_threshold`` when the caller moves the
+    threshold, so one slider moves all classes together.
+
+    Parameters
+    ----------
+    info : dict
+        Model card.
+    threshold : float
+        Threshold of the classes the card does not list (the default class threshold).
+
+    Returns
+    -------
+    ndarray of float
+        One threshold per class, in the card's class order, clipped to [0, 1].
+    """
+    classes = list(info.get("classes", ["atom"]))
+    default = float(info.get("default_threshold", 0.3))
+    per_class = info.get("class_thresholds", {}) or {}
+    out = [threshold + float(per_class.get(name, default)) - default for name in classes]
+    return np.clip(np.asarray(out, dtype=np.float64), 0.0, 1.0)
 
 
 def _pad_to_multiple(a: np.ndarray, multiple: int) -> np.ndarray:

@@ -101,9 +101,12 @@ def pad_for_tiles(image: NDArray, tile: int, margin: int, multiple: int = 1) -> 
 
 
 def _reflect_pad(image: NDArray, pads: tuple[tuple[int, int], tuple[int, int]]) -> NDArray:
-    # numpy's "symmetric" (d c b a | a b c d) is scipy.ndimage's "reflect", the border rule of
-    # the preprocessing, and it works for pads larger than the image
-    return np.pad(image, pads, mode="symmetric")
+    # numpy's "reflect" (d c b | a b c d) mirrors about the edge pixel's centre, as the
+    # detector's training images are padded: a column centred on the first pixel then stays one
+    # blob centred inside the image.  With "symmetric" (d c b a | a b c d, mirror half a pixel
+    # outside) a column within a pixel of the edge merged with its mirror image into a blob
+    # centred outside the image, and was lost (12 of 1,600 A columns of a 1024² perovskite).
+    return np.pad(image, pads, mode="reflect")
 
 
 def _cores(n: int, tile: int) -> list[tuple[int, int]]:
