@@ -9,7 +9,6 @@ new model to every model picker (:data:`._common.models_changed`).  Neither torc
 from __future__ import annotations
 
 import importlib.util
-import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -108,7 +107,6 @@ class FineTuneWidget(JobWidget):
         super().__init__(labels=True)
         self._viewer = viewer
         self._has_torch = torch_available()
-        self._stop = threading.Event()
         self._steps_seen: list[int] = []
         self._losses: list[float] = []
         self._missing = Label(
@@ -306,7 +304,6 @@ class FineTuneWidget(JobWidget):
             notify_error(f"Fine-tune: {err}")
             return
         self._reset_views()
-        stop = self._stop = threading.Event()
 
         def compute(progress: Any = None, cancelled: Any = None) -> Any:
             from ..training.finetune import FineTuneConfig, fine_tune_detector
@@ -321,7 +318,7 @@ class FineTuneWidget(JobWidget):
                 polarity=args["polarity"],
                 config=FineTuneConfig(**args["config"]),
                 progress=report,
-                cancelled=lambda: stop.is_set() or bool(cancelled and cancelled()),
+                cancelled=cancelled,
             )
 
         self._start_job(
@@ -330,14 +327,6 @@ class FineTuneWidget(JobWidget):
             status=f"Fine-tuning {args['base']} as {args['name']}…",
             on_progress=self._on_progress,
         )
-
-    def _on_cancel(self, *_: Any) -> None:
-        # Cooperative: the job stops at its next step and the worker ends only then, so when
-        # ``run_finished`` fires nothing is running any more and nothing was written.
-        if self._worker is not None:
-            self._stop.set()
-            self._cancel.enabled = False
-            self._status.value = "Cancelling…"
 
     def _on_error(self, err: BaseException) -> None:
         if isinstance(err, InterruptedError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -29,6 +30,7 @@ class JobWidget(Container):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._worker: Any = None
+        self._stop = threading.Event()
 
     def _add_job_controls(self, run_text: str, *extra: Any) -> None:
         """Append Run / Cancel (and ``extra`` widgets after them) and the status line."""
@@ -55,14 +57,25 @@ class JobWidget(Container):
         """Run ``compute(progress=..., cancelled=...)`` in a worker; ``on_result`` on the GUI.
 
         ``on_progress`` gets every progress report ``(done, total, *extra)`` on the GUI thread.
+        Cancel is cooperative: ``cancelled()`` turns True, the job stops at its next check (or
+        finishes), and only then does the worker end; a result that arrives after Cancel is
+        dropped, so a cancelled job never changes the layers.
         """
         self._set_running(True)
         self._status.value = status
+        stop = self._stop = threading.Event()
+
+        def deliver(result: Any) -> None:
+            if stop.is_set():
+                self._on_error(InterruptedError("cancelled"))
+            else:
+                on_result(result)
+
         start_job(
             self,
-            lambda: (yield from progress_generator(compute)),
+            lambda: (yield from progress_generator(compute, cancel=stop)),
             description=self.job_name,
-            on_result=on_result,
+            on_result=deliver,
             on_error=self._on_error,
             on_finished=self._on_finished,
             on_progress=on_progress,
@@ -77,7 +90,8 @@ class JobWidget(Container):
 
     def _on_cancel(self, *_: Any) -> None:
         if self._worker is not None:
-            self._worker.quit()
+            self._stop.set()
+            self._cancel.enabled = False
             self._status.value = "Cancelling…"
 
     def _on_finished(self) -> None:

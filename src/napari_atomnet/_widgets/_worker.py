@@ -16,26 +16,34 @@ _DONE = object()
 
 
 def progress_generator(
-    fn: Callable[..., Any], *args: Any, **kwargs: Any
+    fn: Callable[..., Any],
+    *args: Any,
+    cancel: threading.Event | None = None,
+    **kwargs: Any,
 ) -> Generator[tuple[int, int], None, Any]:
     """Run ``fn(*args, progress=..., cancelled=..., **kwargs)`` and yield its progress.
 
     ``fn`` runs in a helper thread; this generator yields each ``(done, total)`` it reports and
     returns its result (or re-raises its exception).  ``fn`` may pass more values after
     ``done, total`` (e.g. a stage name and a loss); they are yielded as ``(done, total, *extra)``.
-    Closing the generator (napari's ``worker.quit()``) makes ``cancelled()`` return True, so
-    ``fn`` stops at its next check.
+    Setting ``cancel``, or closing the generator, makes ``cancelled()`` return True, so ``fn``
+    stops at its next check.  The thread is not a daemon: a job still running when the program
+    ends is finished (or stops at its next check) before the interpreter shuts down, instead of
+    being killed inside native code (a crash at exit).
     """
     events: queue.Queue = queue.Queue()
     stop = threading.Event()
     outcome: dict[str, Any] = {}
+
+    def cancelled() -> bool:
+        return stop.is_set() or (cancel is not None and cancel.is_set())
 
     def target() -> None:
         try:
             outcome["value"] = fn(
                 *args,
                 progress=lambda done, total, *extra: events.put((int(done), int(total), *extra)),
-                cancelled=stop.is_set,
+                cancelled=cancelled,
                 **kwargs,
             )
         except BaseException as err:  # re-raised in the worker thread below
@@ -43,7 +51,7 @@ def progress_generator(
         finally:
             events.put(_DONE)
 
-    thread = threading.Thread(target=target, name="napari-atomnet-job", daemon=True)
+    thread = threading.Thread(target=target, name="napari-atomnet-job", daemon=False)
     thread.start()
     try:
         while (item := events.get()) is not _DONE:
