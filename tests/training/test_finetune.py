@@ -103,8 +103,9 @@ def test_model_files_card_and_registry(tuned):
     assert card["sha256"] == file_sha256(result.onnx_path)
     base = load_model("atomnet-detect")
     assert card["base"]["name"] == "atomnet-detect" and card["base"]["sha256"] == base.sha256
-    for key in ("classes", "normalization", "margin", "architecture", "default_threshold"):
+    for key in ("classes", "normalization", "margin", "architecture", "default_threshold", "atoms"):
         assert card[key] == base.info[key]
+    assert card.get("class_thresholds") == base.info.get("class_thresholds")
     ft = card["fine_tuning"]
     assert ft["images"][0]["atoms"] == ft["train_atoms"] + ft["heldout_atoms"]
     assert ft["heldout_atoms"] > 20 and ft["images"][0]["polarity"] == "bright"

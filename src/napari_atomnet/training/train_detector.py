@@ -369,7 +369,7 @@ def train_step(
     batch: dict[str, np.ndarray],
     *,
     lr: float,
-    loss: str | Sequence[tuple[str, slice]] = "focal",
+    loss: str | Sequence[tuple[str, slice, float]] = "focal",
     size_weight: float = 0.2,
     clip: float = 5.0,
 ) -> tuple[float, float]:
@@ -385,10 +385,10 @@ def train_step(
         From :func:`~napari_atomnet.training.data.sample_batch`.
     lr : float
         Learning rate of this step.
-    loss : str or sequence of (str, slice)
-        Heatmap loss (see :func:`heatmap_loss`), or one per part of the batch (kind, samples),
-        each normalised by its own columns and summed (fine-tuning distils with "mse" on the
-        simulated crops).
+    loss : str or sequence of (str, slice, float)
+        Heatmap loss (see :func:`heatmap_loss`), or one per part of the batch (kind, samples,
+        weight), each normalised by its own columns, weighted and summed (fine-tuning distils
+        with "mse" on the simulated crops).
     size_weight : float
         Weight of the box-size loss.
     clip : float
@@ -404,8 +404,8 @@ def train_step(
     heat = torch.from_numpy(batch["heat"])
     weight = torch.from_numpy(batch["weight"])
     logits, log_size = model(x)
-    parts = [(loss, slice(None))] if isinstance(loss, str) else loss
-    l_hm = sum(heatmap_loss(logits[i], heat[i], weight[i], kind) for kind, i in parts)
+    parts = [(loss, slice(None), 1.0)] if isinstance(loss, str) else loss
+    l_hm = sum(w * heatmap_loss(logits[i], heat[i], weight[i], kind) for kind, i, w in parts)
     l_sz = size_loss(
         log_size, torch.from_numpy(batch["log_size"]), torch.from_numpy(batch["size_mask"])
     )
