@@ -170,3 +170,12 @@ def test_module_imports_neither_torch_nor_the_training_code():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_default_steps_are_the_library_default(make_napari_viewer):
+    pytest.importorskip("torch")
+    from napari_atomnet._widgets._finetune import FineTuneWidget
+    from napari_atomnet.training.finetune import FineTuneConfig
+
+    widget = FineTuneWidget(make_napari_viewer())
+    assert widget._steps.value == FineTuneConfig().steps
