@@ -91,3 +91,42 @@ def test_suggestions_find_missed_atoms_and_keys_accept_or_reject(curated, qtbot)
     widget.close()
     assert coerce_keybinding(ACCEPT_KEY) not in set(viewer.keymap)
     assert coerce_keybinding(REJECT_KEY) not in set(viewer.keymap)
+
+
+def test_export_then_import_round_trips_the_curated_atoms(curated, make_napari_viewer, tmp_path):
+    import json
+
+    viewer, widget, layer, missed, _ = curated
+    target = missed.iloc[0]
+    layer.add([[target["y"] + 1.0, target["x"] - 1.0]])  # a hand correction, snapped
+    widget._export_dir.value = tmp_path
+    widget._tiles.value = True
+    widget._tile_size.value = 128
+    path = widget.export_labels()
+    assert path is not None and (path / "img.txt").exists() and (path / "img.xml").exists()
+    assert any((path / "tiles").iterdir())
+    prov = json.loads((path / "provenance.json").read_text())
+    assert prov["edits"]["added"] == 1
+    # a second export of the same name is refused and leaves the first one as it was
+    before = sorted(p.name for p in path.iterdir())
+    assert widget.export_labels() is None
+    assert sorted(p.name for p in path.iterdir()) == before
+    # import into a fresh viewer: the same atoms, the manual one marked
+    other = make_napari_viewer()
+    importer = CurateAtomsWidget(other)
+    importer._import_path.value = path
+    image_layer = importer.import_labels()
+    assert image_layer is not None
+    np.testing.assert_array_equal(image_layer.data, viewer.layers["img"].data)
+    atoms = other.layers["Atoms (img)"]
+    np.testing.assert_allclose(atoms.data, layer.data, atol=1e-9)
+    assert (atoms.features["source"] == "manual").sum() == 1
+    assert "Boxes (img)" in other.layers
+
+
+def test_export_and_import_refuse_bad_input(curated, tmp_path):
+    _, widget, _, _, _ = curated
+    assert widget.export_labels() is None  # no folder chosen
+    widget._import_path.value = tmp_path  # an empty folder
+    assert widget.import_labels() is None
+    assert not any(tmp_path.iterdir())

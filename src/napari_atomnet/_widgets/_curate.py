@@ -10,6 +10,11 @@
   widget is open and unbound when it closes.
 - Counts of hand edits (added / deleted / moved / accepted) go into the layer's provenance, and so
   into every export.
+- "Export labels" writes the image and the curated atoms as a folder for retraining (YOLO,
+  Pascal VOC for labelImg, CSV, optional tiles, provenance; see
+  :func:`napari_atomnet.io.labels.export_labels`): written whole or not at all, never over an
+  existing export.  "Import labels" reads such a folder (or a labelImg / YOLO folder) back into
+  an image and its Atoms and Boxes layers.
 """
 
 from __future__ import annotations
@@ -18,7 +23,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-from magicgui.widgets import CheckBox, ComboBox, Container, Label, PushButton
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    Label,
+    LineEdit,
+    PushButton,
+    SpinBox,
+)
 from psygnal import Signal
 
 from .._provenance import METADATA_KEY
@@ -64,6 +78,13 @@ class CurateAtomsWidget(Container):
             value=f"Suggestions: {ACCEPT_KEY} keep, {REJECT_KEY} junk (each moves on to the next)."
         )
         help_text.native.setWordWrap(True)
+        self._export_dir = FileEdit(label="Export to", mode="d")
+        self._export_name = LineEdit(label="Export name")
+        self._tiles = CheckBox(text="Also cut tiles", value=False)
+        self._tile_size = SpinBox(label="Tile size (px)", min=32, max=8192, step=32, value=416)
+        self._export = PushButton(text="Export labels")
+        self._import_path = FileEdit(label="Import from", mode="d")
+        self._import = PushButton(text="Import labels")
         self.extend(
             [
                 self._image,
@@ -74,9 +95,17 @@ class CurateAtomsWidget(Container):
                     widgets=[self._accept_all, self._reject_all], layout="horizontal", labels=False
                 ),
                 help_text,
+                self._export_dir,
+                self._export_name,
+                Container(widgets=[self._tiles, self._tile_size], layout="horizontal"),
+                self._export,
+                self._import_path,
+                self._import,
                 self._status,
             ]
         )
+        self._export.changed.connect(self.export_labels)
+        self._import.changed.connect(self.import_labels)
         self._undo.changed.connect(self.undo)
         self._suggest.changed.connect(self.suggest)
         self._accept_all.changed.connect(lambda *_: self._resolve_all(accept=True))
@@ -104,6 +133,7 @@ class CurateAtomsWidget(Container):
         image = self._image.value
         if image is None:
             return
+        self._export_name.value = image.name
         name = _layers.layer_name("Atoms", image.name)
         if name in self._viewer.layers:
             self._atoms.value = self._viewer.layers[name]
@@ -388,6 +418,76 @@ class CurateAtomsWidget(Container):
         except InvalidImageError as err:
             notify_info(f"Curate: cannot snap on {layer.name}: {err}")
             return None
+
+    # -- export / import for retraining ------------------------------------------------------
+    def export_labels(self, *_: Any) -> Any:
+        """Write the image and the curated atoms as an export folder; returns its path."""
+        from ..io.labels import export_labels
+
+        image, layer = self._image.value, self._layer
+        folder = str(self._export_dir.value or "").strip()
+        name = str(self._export_name.value or "").strip()
+        try:
+            if image is None or layer is None:
+                raise ValueError("choose an image and its Atoms layer")
+            if not folder or folder == ".":
+                raise ValueError("choose a folder to export to")
+            if not name:
+                raise ValueError("enter a name for the export")
+            frame, _ = current_frame(self._viewer, image)
+            prov = dict(layer.metadata.get(METADATA_KEY, {}))
+            scale = float(np.asarray(image.scale)[-1])
+            path = export_labels(
+                as_analysis_image(frame, rgb=image.rgb),
+                _atoms_table(layer),
+                folder,
+                name=name,
+                tiles=int(self._tile_size.value) if self._tiles.value else None,
+                provenance=prov,
+                edits=prov.get("edits"),
+                pixel_size_nm=scale if scale != 1.0 else None,
+                source=image.name,
+            )
+        except (ValueError, OSError) as err:  # ExportExistsError is an OSError
+            notify_error(f"Export labels: {err}")
+            return None
+        self._status.value = f"Exported {len(layer.data)} atoms to {path}"
+        notify_info(f"Labels exported to {path}")
+        return path
+
+    def import_labels(self, *_: Any) -> Any:
+        """Read an export (or a labelImg / YOLO folder) into image, Atoms and Boxes layers."""
+        from napari.layers import Image
+
+        from ..io.labels import import_labels
+
+        path = str(self._import_path.value or "").strip()
+        try:
+            if not path or path == ".":
+                raise ValueError("choose a folder to import")
+            image, atoms, info = import_labels(path)
+            if image is None:
+                raise ValueError(f"{path}: no image found beside the labels")
+        except (ValueError, OSError) as err:
+            notify_error(f"Import labels: {err}")
+            return None
+        from pathlib import Path
+
+        prov = dict(info.get("provenance") or {})
+        name = Path(info.get("image_path") or path).stem
+        px = (prov.get("pixel_size_nm") or 1.0) if isinstance(prov, dict) else 1.0
+        image_layer = _layers.replace_layer(
+            self._viewer, Image(image, name=name, scale=(px, px), metadata={"source": path})
+        )
+        record = dict(prov.get("analysis") or prov)
+        _layers.replace_layer(self._viewer, _layers.atoms_points(atoms, image_layer, record))
+        boxes = _layers.boxes_shapes(atoms, image_layer, record)
+        if boxes is not None:
+            _layers.replace_layer(self._viewer, boxes)
+        self._image.value = image_layer
+        self._select_atoms_for_image()
+        self._status.value = f"Imported {len(atoms)} atoms ({info['format']}) from {path}"
+        return image_layer
 
 
 def _snapshot(layer: Any) -> tuple[np.ndarray, pd.DataFrame]:
