@@ -12,6 +12,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from . import _argtypes as argtypes
 from ._version import __version__
 
 EXIT_BAD_INPUT = 2
@@ -120,7 +121,7 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     detect.add_argument(
         "--threshold",
-        type=_probability,
+        type=argtypes.probability,
         default=None,
         help="confidence threshold (default: the model card's)",
     )
@@ -181,13 +182,6 @@ def _build_parser() -> argparse.ArgumentParser:
     for module in (cli_segment, cli_export, cli_batch, cli_train):
         module.register(sub)
     return parser
-
-
-def _probability(text: str) -> float:
-    value = float(text)
-    if not 0.0 < value < 1.0:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
-    return value
 
 
 def _load_image(path: str):

@@ -7,6 +7,8 @@ import sys
 import time
 from typing import Any
 
+from . import _argtypes as argtypes
+
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``batch`` subcommand to the ``atomnet`` parser's subparsers.
@@ -41,7 +43,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     batch.add_argument("--out", required=True, help="output folder")
     batch.add_argument(
         "--workers",
-        type=_non_negative_int,
+        type=argtypes.count,
         default=None,
         help="local worker processes, one core each (default: the number of CPU cores; 0 runs "
         "in this process)",
@@ -67,7 +69,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         "'classical' for the Gaussian-filter baseline), or of the segmentation model for "
         "--task particles (default: atomnet-particles)",
     )
-    batch.add_argument("--threshold", type=_probability, default=None)
+    batch.add_argument("--threshold", type=argtypes.probability, default=None)
     batch.add_argument("--no-refine", action="store_true", help="skip the Gaussian fits")
     add_polarity_option(batch)
     batch.add_argument("--no-bsites", action="store_true", help="--task cells: skip B sites")
@@ -81,20 +83,6 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     batch.add_argument("--quiet", action="store_true", help="no progress bar")
     batch.set_defaults(func=run_command)
     return batch
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
-
-
-def _probability(text: str) -> float:
-    value = float(text)
-    if not 0.0 < value < 1.0:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
-    return value
 
 
 class ProgressBar:

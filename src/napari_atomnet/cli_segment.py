@@ -8,22 +8,13 @@ command prints it as one line and exits with code 2.
 from __future__ import annotations
 
 import argparse
-import math
 import time
 from pathlib import Path
 from typing import Any
 
+from . import _argtypes as argtypes
+
 __all__ = ["register", "run_segment"]
-
-
-def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return value
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
@@ -59,7 +50,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--pixel-size",
-        type=_positive,
+        type=argtypes.positive,
         default=None,
         metavar="NM",
         help="pixel size in nm (default: from the file when it records one)",

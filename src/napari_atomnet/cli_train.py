@@ -16,47 +16,9 @@ import sys
 import time
 from typing import Any
 
+from . import _argtypes as argtypes
+
 __all__ = ["register", "run_train"]
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
-    return value
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
-    return value
-
-
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not (math.isfinite(value) and 0.0 <= value < 1.0):
-        raise argparse.ArgumentTypeError(f"must lie in [0, 1), got {text}")
-    return value
-
-
-def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return value
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
@@ -99,20 +61,23 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         default="auto",
         help="atom contrast in the images (default: guessed per image; give it for HRTEM)",
     )
-    p.add_argument("--steps", type=_positive_int, default=None, help="training steps (300)")
-    p.add_argument("--batch", type=_positive_int, default=None, help="crops per step (8)")
-    p.add_argument("--lr", type=_positive, default=None, help="peak learning rate (1e-3)")
+    p.add_argument("--steps", type=argtypes.positive_int, default=None, help="training steps (300)")
+    p.add_argument("--batch", type=argtypes.positive_int, default=None, help="crops per step (8)")
+    p.add_argument("--lr", type=argtypes.positive, default=None, help="peak learning rate (1e-3)")
     p.add_argument(
         "--sim-images",
-        type=_count,
+        type=argtypes.count,
         default=None,
         help="simulated images mixed in against forgetting (200)",
     )
     p.add_argument(
-        "--val-fraction", type=_fraction, default=None, help="held-out share of the labels (0.2)"
+        "--val-fraction",
+        type=argtypes.fraction,
+        default=None,
+        help="held-out share of the labels (0.2)",
     )
     p.add_argument("--seed", type=int, default=None, help="seed (0)")
-    p.add_argument("--threads", type=_positive_int, default=None, help="torch threads (2)")
+    p.add_argument("--threads", type=argtypes.positive_int, default=None, help="torch threads (2)")
     p.add_argument("--overwrite", action="store_true", help="replace a user model of that name")
     p.add_argument("--quiet", action="store_true", help="print only the result")
     p.set_defaults(func=run_train)

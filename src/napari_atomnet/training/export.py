@@ -1,10 +1,14 @@
-"""Export a trained detector to ONNX with its model card.
+"""Export trained networks to ONNX with their model cards.
 
-The ONNX file follows the contract of :mod:`napari_atomnet.models.detector`: input ``image``
-float32 (N, 1, H, W), outputs ``heatmap`` (N, C, H, W, sigmoid applied) and, with a size head,
-``size`` (N, 1, H, W, box side in input px); N, H and W are dynamic.  The card is written as JSON
-beside the ONNX file (with the file's sha256) and embedded in the ONNX metadata under
-``napari_atomnet_card`` (without the sha256, which cannot contain itself).
+:func:`export_onnx` is the one writer: legacy TorchScript exporter (``dynamo=False``), input
+``image`` float32 (N, 1, H, W) with N, H and W dynamic, the card embedded in the ONNX metadata
+under ``napari_atomnet_card`` (without the sha256, which cannot contain itself) and written as JSON
+beside the file (with the sha256), both written atomically, at most :data:`MAX_ONNX_BYTES`.
+
+:func:`export_detector` follows the contract of :mod:`napari_atomnet.models.detector`: outputs
+``heatmap`` (N, C, H, W, sigmoid applied) and, with a size head, ``size`` (N, 1, H, W, box side in
+input px).  The segmenter's exporter (:func:`napari_atomnet.training.seg_export.export_segmenter`)
+uses the same writer.
 """
 
 from __future__ import annotations
@@ -14,13 +18,14 @@ import io
 import json
 import os
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from ..io._atomic import atomic_path, write_text_atomic
 from ..models.registry import CARD_KEY, file_sha256
 
-__all__ = ["MAX_ONNX_BYTES", "export_detector"]
+__all__ = ["MAX_ONNX_BYTES", "export_detector", "export_onnx"]
 
 #: Largest ONNX file the exporter accepts (built-in models ship inside the package).
 MAX_ONNX_BYTES = 5 * 1024 * 1024
@@ -37,21 +42,40 @@ _REQUIRED = (
 )
 
 
-def export_detector(
-    model: Any, path: str | os.PathLike, card_info: dict[str, Any], *, opset: int = 17
+def export_onnx(
+    wrapper: Any,
+    size: int,
+    path: str | os.PathLike,
+    card_info: dict[str, Any],
+    *,
+    task: str,
+    required: Sequence[str],
+    outputs: dict[str, str],
+    input_text: str,
+    opset: int = 17,
 ) -> dict[str, Any]:
-    """Export a detector to ``<name>.onnx`` and write its model card ``<name>.json``.
+    """Export ``wrapper`` (a module taking one (N, 1, H, W) image) and write its model card.
 
     Parameters
     ----------
-    model : AtomDetector
-        The trained network (put in eval mode; left in eval mode).
+    wrapper : torch.nn.Module
+        The inference module (put in eval mode).
+    size : int
+        Side of the square example input used for tracing (a multiple of the pad multiple).
     path : path-like
         The ``.onnx`` file to write; the card goes beside it with the suffix ``.json``.
     card_info : dict
-        Card entries; must contain ``name, classes, stride, pad_multiple, margin, tile,
-        default_threshold, normalization``.  ``task`` ("detection"), ``inputs``, ``outputs``,
-        ``torch_version``, ``onnx_version``, ``opset``, ``created`` and ``sha256`` are filled in.
+        Card entries; must contain ``required``.
+    task : str
+        The card's ``task``.
+    required : sequence of str
+        Card entries that must be present.
+    outputs : dict
+        Output names (in the wrapper's order) and their descriptions for the card.
+    input_text : str
+        Description of the input for the card.
+    opset : int
+        ONNX opset.
 
     Returns
     -------
@@ -61,35 +85,30 @@ def export_detector(
     Raises
     ------
     ValueError
-        A required card entry is missing, or the file would exceed :data:`MAX_ONNX_BYTES`.
+        A required card entry is missing, the path does not end in ``.onnx``, or the file would
+        exceed :data:`MAX_ONNX_BYTES`.
     """
     import onnx
     import torch
 
-    from .nets import InferenceWrapper
-
-    missing = [k for k in _REQUIRED if k not in card_info]
+    missing = [k for k in required if k not in card_info]
     if missing:
         raise ValueError(f"model card lacks {', '.join(missing)}")
     path = Path(path)
     if path.suffix != ".onnx":
         raise ValueError(f"{path}: the model file must end in .onnx")
-    model.eval()
-    wrapper = InferenceWrapper(model).eval()
-    outputs = ["heatmap", "size"] if model.size_head else ["heatmap"]
-    dynamic = {"image": {0: "N", 2: "H", 3: "W"}}
-    dynamic.update({name: {0: "N", 2: "H", 3: "W"} for name in outputs})
-    m = model.pad_multiple
-    dummy = torch.zeros(1, 1, 4 * m, 4 * m)
+    wrapper.eval()
+    names = list(outputs)
+    dynamic = {name: {0: "N", 2: "H", 3: "W"} for name in ["image", *names]}
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the legacy exporter's DeprecationWarning
         torch.onnx.export(
             wrapper,
-            (dummy,),
+            (torch.zeros(1, 1, size, size),),
             buf,
             input_names=["image"],
-            output_names=outputs,
+            output_names=names,
             dynamic_axes=dynamic,
             opset_version=opset,
             do_constant_folding=True,
@@ -97,17 +116,10 @@ def export_detector(
         )
     proto = onnx.load_from_string(buf.getvalue())
     card = {
-        "task": "detection",
+        "task": task,
         **card_info,
-        "inputs": {
-            "image": "float32 (N, 1, H, W), locally normalised; H, W multiples of "
-            f"{card_info['pad_multiple']}"
-        },
-        "outputs": {
-            "heatmap": f"float32 (N, {len(card_info['classes'])}, H, W), sigmoid centre "
-            "probabilities, Gaussian blobs at column centres",
-            **({"size": "float32 (N, 1, H, W), box side in input px"} if model.size_head else {}),
-        },
+        "inputs": {"image": input_text},
+        "outputs": dict(outputs),
         "opset": opset,
         "torch_version": torch.__version__,
         "onnx_version": onnx.__version__,
@@ -128,3 +140,55 @@ def export_detector(
     for p in (path, card_path):  # package data: readable by everyone (mkstemp makes 0600)
         p.chmod(0o644)
     return card
+
+
+def export_detector(
+    model: Any, path: str | os.PathLike, card_info: dict[str, Any], *, opset: int = 17
+) -> dict[str, Any]:
+    """Export a detector to ``<name>.onnx`` and write its model card ``<name>.json``.
+
+    Parameters
+    ----------
+    model : AtomDetector
+        The trained network (put in eval mode; left in eval mode).
+    path : path-like
+        The ``.onnx`` file to write; the card goes beside it with the suffix ``.json``.
+    card_info : dict
+        Card entries; must contain ``name, classes, stride, pad_multiple, margin, tile,
+        default_threshold, normalization``.  ``task`` ("detection"), ``inputs``, ``outputs``,
+        ``torch_version``, ``onnx_version``, ``opset``, ``created`` and ``sha256`` are filled in.
+    opset : int
+        ONNX opset.
+
+    Returns
+    -------
+    dict
+        The card as written (with ``sha256``).
+
+    Raises
+    ------
+    ValueError
+        A required card entry is missing, or the file would exceed :data:`MAX_ONNX_BYTES`.
+    """
+    from .nets import InferenceWrapper
+
+    model.eval()
+    n_classes = len(card_info.get("classes", ()))
+    outputs = {
+        "heatmap": f"float32 (N, {n_classes}, H, W), sigmoid centre probabilities, Gaussian "
+        "blobs at column centres"
+    }
+    if model.size_head:
+        outputs["size"] = "float32 (N, 1, H, W), box side in input px"
+    return export_onnx(
+        InferenceWrapper(model),
+        4 * model.pad_multiple,
+        path,
+        card_info,
+        task="detection",
+        required=_REQUIRED,
+        outputs=outputs,
+        input_text="float32 (N, 1, H, W), locally normalised; H, W multiples of "
+        f"{card_info.get('pad_multiple')}",
+        opset=opset,
+    )
