@@ -32,6 +32,7 @@ from ._common import (
     notify_error,
     notify_info,
 )
+from ._detect import contrast_combo
 from ._job import JobWidget
 
 if TYPE_CHECKING:
@@ -39,12 +40,6 @@ if TYPE_CHECKING:
 
 #: How to install what fine-tuning needs.
 INSTALL_HINT = 'pip install "napari-atomnet[train]"'
-#: Atom contrast choices: (label, ``polarity`` argument).
-POLARITY_CHOICES = [
-    ("Auto (guess from the images)", "auto"),
-    ("Bright atoms (HAADF)", "bright"),
-    ("Dark atoms (ABF, BF)", "dark"),
-]
 #: Progress stages reported by the fine-tuning function: (stage, label, what is counted).
 STAGES = (
     ("data", "Data", "images"),
@@ -137,13 +132,7 @@ class FineTuneWidget(JobWidget):
             label="New model name",
             tooltip="File name of the new model in the user model folder, e.g. 'srtio3-abf'",
         )
-        self._polarity = ComboBox(
-            label="Atom contrast",
-            choices=POLARITY_CHOICES,
-            value="auto",
-            tooltip="Bright atoms on a dark background (HAADF) or dark atoms on a bright one "
-            "(ABF, BF); auto guesses from the images",
-        )
+        self._polarity = contrast_combo()
         self._steps = SpinBox(
             label="Training steps",
             min=1,
