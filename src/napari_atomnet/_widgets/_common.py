@@ -118,3 +118,22 @@ def follow_models(combo: Any) -> None:
             models_changed.disconnect(refresh)
 
     models_changed.connect(refresh)
+
+
+def pixel_size_of(layer: Any) -> float | None:
+    """Pixel size (nm) of an image layer when its scale is a calibration, else None.
+
+    The scale counts as nm when the layer's units are nm or unset/pixel (the sample data and
+    the readers set nm scales without units), as Å when they are Å; a scale of 1 means
+    uncalibrated.
+    """
+    scale = float(np.asarray(layer.scale)[-1])
+    units = getattr(layer, "units", None)
+    unit = str(units[-1]) if units is not None and len(units) else ""
+    if scale == 1.0 or not np.isfinite(scale) or scale <= 0:
+        return None
+    if unit in ("nanometer", "nm", "pixel", "px", ""):
+        return scale
+    if unit in ("angstrom", "Å"):
+        return scale / 10.0
+    return None

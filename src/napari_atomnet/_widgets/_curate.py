@@ -38,7 +38,7 @@ from psygnal import Signal
 from .._provenance import METADATA_KEY
 from ..core.image import InvalidImageError, as_analysis_image
 from . import _layers
-from ._common import current_frame, image_layers, notify_error, notify_info
+from ._common import current_frame, image_layers, notify_error, notify_info, pixel_size_of
 from ._lattice import points_layers
 
 if TYPE_CHECKING:
@@ -436,7 +436,6 @@ class CurateAtomsWidget(Container):
                 raise ValueError("enter a name for the export")
             frame, _ = current_frame(self._viewer, image)
             prov = dict(layer.metadata.get(METADATA_KEY, {}))
-            scale = float(np.asarray(image.scale)[-1])
             path = export_labels(
                 as_analysis_image(frame, rgb=image.rgb),
                 _atoms_table(layer),
@@ -445,7 +444,7 @@ class CurateAtomsWidget(Container):
                 tiles=int(self._tile_size.value) if self._tiles.value else None,
                 provenance=prov,
                 edits=prov.get("edits"),
-                pixel_size_nm=scale if scale != 1.0 else None,
+                pixel_size_nm=pixel_size_of(image),
                 source=image.name,
             )
         except (ValueError, OSError) as err:  # ExportExistsError is an OSError

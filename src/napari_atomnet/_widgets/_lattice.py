@@ -11,7 +11,7 @@ from magicgui.widgets import CheckBox, ComboBox, FloatSpinBox
 from .._provenance import METADATA_KEY
 from ..core.image import InvalidImageError, as_analysis_image
 from . import _layers
-from ._common import current_frame, image_layers, notify_error
+from ._common import current_frame, image_layers, notify_error, pixel_size_of
 from ._job import JobWidget
 
 if TYPE_CHECKING:
@@ -116,7 +116,7 @@ class LatticeWidget(JobWidget):
         except (InvalidImageError, ValueError) as err:
             notify_error(f"Lattice: {err}")
             return
-        pixel_size = _pixel_size_nm(layer)
+        pixel_size = pixel_size_of(layer)
         params = {"bsites": bool(self._bsites.value), "tolerance": float(self._tolerance.value)}
         # B sites are fitted with the atom contrast the detection used, when it is recorded
         recorded = atoms_layer.metadata.get(METADATA_KEY, {}).get("params", {}).get("polarity")
@@ -296,19 +296,3 @@ def _direction_colours(angle_deg: np.ndarray) -> np.ndarray:
     hue = (np.nan_to_num(angle_deg) % 360.0) / 360.0
     rgb = hsv_to_rgb(np.stack([hue, np.ones_like(hue), np.ones_like(hue)], axis=1))
     return np.concatenate([rgb, np.ones((len(hue), 1))], axis=1)
-
-
-def _pixel_size_nm(layer: napari.layers.Image) -> float | None:
-    """Pixel size when the layer is calibrated in nm (scale ≠ 1 and units nm or unset)."""
-    scale = float(np.asarray(layer.scale)[-1])
-    units = getattr(layer, "units", None)
-    unit = str(units[-1]) if units is not None and len(units) else ""
-    if scale == 1.0:
-        return None
-    if unit in ("nanometer", "nm"):
-        return scale
-    if unit in ("pixel", "", "px"):
-        return scale  # sample data and readers set nm scales without units
-    if unit in ("angstrom", "Å"):
-        return scale / 10
-    return None

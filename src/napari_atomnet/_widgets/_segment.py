@@ -13,7 +13,14 @@ from .._provenance import METADATA_KEY, make_provenance
 from ..core.image import InvalidImageError, as_analysis_image
 from ..core.segment import particle_table, size_statistics
 from . import _layers
-from ._common import current_frame, follow_models, image_layers, notify_error, notify_info
+from ._common import (
+    current_frame,
+    follow_models,
+    image_layers,
+    notify_error,
+    notify_info,
+    pixel_size_of,
+)
 from ._job import JobWidget
 
 if TYPE_CHECKING:
@@ -29,25 +36,6 @@ HISTOGRAMS = (
 )
 #: Seconds of quiet after the last label edit before the table is recomputed.
 EDIT_DEBOUNCE_MS = 250
-
-
-def pixel_size_of(layer: Any) -> float | None:
-    """Pixel size (nm) of an image layer when its scale is a calibration, else None.
-
-    The scale counts as nm when the layer's units are nm or unset/pixel (the sample data and
-    the readers set nm scales without units), as Å when they are Å; a scale of 1 means
-    uncalibrated.
-    """
-    scale = float(np.asarray(layer.scale)[-1])
-    units = getattr(layer, "units", None)
-    unit = str(units[-1]) if units is not None and len(units) else ""
-    if scale == 1.0 or not np.isfinite(scale) or scale <= 0:
-        return None
-    if unit in ("nanometer", "nm", "pixel", "px", ""):
-        return scale
-    if unit in ("angstrom", "Å"):
-        return scale / 10.0
-    return None
 
 
 def _column(table: pd.DataFrame, stem: str, calibrated: bool) -> tuple[str, str]:
