@@ -164,8 +164,7 @@ def detect_atoms(
             size=outputs["size"][0] if "size" in outputs else None,
             stride=stride,
         )
-        cls = np.clip(peaks["class"].to_numpy(int), 0, len(class_thr) - 1)
-        peaks = peaks[peaks["score"].to_numpy() >= class_thr[cls]]
+        peaks = confident(peaks, class_thr)
         # window coordinates -> image coordinates; keep only the peaks in this tile's core
         oy, ox = t.offset
         peaks["y"] += oy
@@ -225,6 +224,25 @@ def class_thresholds(info: dict[str, Any], threshold: float) -> np.ndarray:
     per_class = info.get("class_thresholds", {}) or {}
     out = [threshold + float(per_class.get(name, default)) - default for name in classes]
     return np.clip(np.asarray(out, dtype=np.float64), 0.0, 1.0)
+
+
+def confident(peaks: pd.DataFrame, thresholds: ArrayLike) -> pd.DataFrame:
+    """Keep the peaks whose score reaches the threshold of their class.
+
+    Parameters
+    ----------
+    peaks : pandas.DataFrame
+        Decoded peaks with ``score`` and ``class``.
+    thresholds : array_like of float
+        One threshold per class (:func:`class_thresholds`).
+
+    Returns
+    -------
+    pandas.DataFrame
+    """
+    per_class = np.asarray(thresholds, dtype=np.float64)
+    cls = np.clip(peaks["class"].to_numpy(int), 0, len(per_class) - 1)
+    return peaks[peaks["score"].to_numpy() >= per_class[cls]]
 
 
 def _pad_to_multiple(a: np.ndarray, multiple: int) -> np.ndarray:

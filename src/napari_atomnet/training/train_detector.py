@@ -310,6 +310,8 @@ def best_class_thresholds(
     mean_f1 : float
         Mean F1 over the cases at those thresholds.
     """
+    from ..models.detector import confident
+
     runs = []
     for case in cases:
         for k in range(n_images):
@@ -321,9 +323,8 @@ def best_class_thresholds(
         for weak in grid:
             sums: dict[str, dict[str, float]] = {}
             for case, peaks, truth, dont_care in runs:
-                cls = peaks["class"].to_numpy(int)
-                keep = peaks["score"].to_numpy() >= np.where(cls == 1, weak, strong)
-                s = scores_by_threshold(peaks[keep], truth, dont_care, (THRESHOLDS[0],))
+                kept = confident(peaks, [strong, weak])
+                s = scores_by_threshold(kept, truth, dont_care, (THRESHOLDS[0],))
                 acc = sums.setdefault(case, {"tp": 0.0, "fp": 0.0, "fn": 0.0})
                 for key in acc:
                     acc[key] += s[THRESHOLDS[0]][key]
@@ -714,7 +715,7 @@ def main(argv: list[str] | None = None) -> int:
     export_detector(model, onnx_path, card)
 
     # threshold on the validation images, metrics on the test images (both held out)
-    from ..models.detector import detect_atoms
+    from ..models.detector import confident, detect_atoms
 
     def predict(img: np.ndarray) -> Any:
         # validation images come oriented (atoms bright): tell detect_atoms, do not guess
@@ -735,9 +736,7 @@ def main(argv: list[str] | None = None) -> int:
     test = evaluate_model(predict, cases, TEST_SEED, cfg.test_images, shape)
 
     def predict_at_class_thresholds(img: np.ndarray) -> Any:
-        peaks = predict(img)
-        cls = peaks["class"].to_numpy(int)
-        return peaks[peaks["score"].to_numpy() >= np.where(cls == 1, weak_thr, thr)]
+        return confident(predict(img), [thr, weak_thr])
 
     chosen = evaluate_model(predict_at_class_thresholds, cases, TEST_SEED, cfg.test_images, shape)
     metrics = {
