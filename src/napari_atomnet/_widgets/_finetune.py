@@ -72,18 +72,13 @@ def check_new_model_name(name: str) -> str:
         Empty, not usable as a file name, or a model of that name exists already (built-in or
         in the user model folder).
     """
-    from ..models.registry import list_models, user_model_dir
+    from ..models.registry import user_model_dir
     from ..training.finetune import check_model_name
 
     name = name.strip()
     if not name:
         raise ValueError("enter a name for the new model")
-    check_model_name(name)
-    folder = user_model_dir()
-    taken = {card.name for card in list_models()}
-    if name in taken or any((folder / f"{name}{ext}").exists() for ext in (".onnx", ".json")):
-        raise ValueError(f"a model named {name!r} exists already; choose another name")
-    return name
+    return check_model_name(name, user_model_dir())
 
 
 class FineTuneWidget(JobWidget):

@@ -219,7 +219,7 @@ def require_train_extra() -> None:
         raise ImportError(TRAIN_EXTRA_HINT) from err
 
 
-def check_model_name(name: str) -> str:
+def check_model_name(name: str, folder: str | os.PathLike | None = None) -> str:
     """Check that ``name`` can name a new model: a safe file stem, not a built-in model's.
 
     Parameters
@@ -227,6 +227,8 @@ def check_model_name(name: str) -> str:
     name : str
         Proposed name (letters, digits, ``.``, ``_``, ``-``; starts with a letter or digit; at
         most 64 characters; no ``.onnx`` suffix).
+    folder : path-like, optional
+        Also check that no model of that name is in this folder.
 
     Returns
     -------
@@ -253,6 +255,8 @@ def check_model_name(name: str) -> str:
     builtin = {p.stem.lower() for p in builtin_dir().glob("*.onnx")}
     if name.lower() in builtin:
         raise ValueError(f"{name!r} is a built-in model's name; choose another name")
+    if folder is not None:
+        _check_free(Path(folder), name, overwrite=False)
     return name
 
 
@@ -848,8 +852,8 @@ def _check_free(out: Path, name: str, overwrite: bool) -> None:
     taken = [out / f"{name}{s}" for s in _SUFFIXES if (out / f"{name}{s}").exists()]
     if taken:
         raise ValueError(
-            f"a model named {name!r} exists in {out} ({taken[0].name}); choose another name or "
-            "allow overwriting"
+            f"a model named {name!r} exists already in {out} ({taken[0].name}); choose another "
+            "name or allow overwriting"
         )
 
 
