@@ -19,6 +19,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -470,11 +471,9 @@ class CurateAtomsWidget(Container):
         except (ValueError, OSError) as err:
             notify_error(f"Import labels: {err}")
             return None
-        from pathlib import Path
-
         prov = dict(info.get("provenance") or {})
         name = Path(info.get("image_path") or path).stem
-        px = (prov.get("pixel_size_nm") or 1.0) if isinstance(prov, dict) else 1.0
+        px = prov.get("pixel_size_nm") or 1.0
         image_layer = _layers.replace_layer(
             self._viewer, Image(image, name=name, scale=(px, px), metadata={"source": path})
         )
