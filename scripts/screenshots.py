@@ -57,6 +57,21 @@ def save(viewer: napari.Viewer, name: str) -> None:
     viewer.close()
 
 
+def run(widget, viewer: napari.Viewer, layer: str) -> None:
+    """Press the widget's Run and wait until its job is done and ``layer`` exists."""
+    widget._on_run()
+    wait(lambda: widget._worker is None and layer in viewer.layers)
+
+
+def detected(sample: str = "perovskite_haadf") -> napari.Viewer:
+    """Open ``sample`` in a viewer and detect its atoms with the Detect widget (not docked)."""
+    from napari_atomnet._widgets import DetectAtomsWidget
+
+    viewer = viewer_with(sample)
+    run(DetectAtomsWidget(viewer), viewer, f"Atoms ({sample})")
+    return viewer
+
+
 def detect() -> None:
     from napari_atomnet._widgets import DetectAtomsWidget
 
@@ -64,23 +79,18 @@ def detect() -> None:
     widget = DetectAtomsWidget(viewer)
     viewer.window.add_dock_widget(widget, name="Detect atoms")
     widget._image.value = viewer.layers["perovskite_haadf"]
-    widget._on_run()
-    wait(lambda: widget._worker is None and "Atoms (perovskite_haadf)" in viewer.layers)
+    run(widget, viewer, "Atoms (perovskite_haadf)")
     zoom(viewer, 3.0, (0.3, 0.3))
     save(viewer, "detect_widget")
 
 
 def lattice() -> None:
-    from napari_atomnet._widgets import DetectAtomsWidget, LatticeWidget
+    from napari_atomnet._widgets import LatticeWidget
 
-    viewer = viewer_with("perovskite_haadf")
-    det = DetectAtomsWidget(viewer)
-    det._on_run()
-    wait(lambda: det._worker is None and "Atoms (perovskite_haadf)" in viewer.layers)
+    viewer = detected()
     widget = LatticeWidget(viewer)
     viewer.window.add_dock_widget(widget, name="Lattice")
-    widget._on_run()
-    wait(lambda: widget._worker is None and "Displacements (perovskite_haadf)" in viewer.layers)
+    run(widget, viewer, "Displacements (perovskite_haadf)")
     for name in ("Atoms", "Boxes"):
         viewer.layers[f"{name} (perovskite_haadf)"].visible = False
     zoom(viewer, 2.2, (0.7, 0.65))
@@ -88,17 +98,13 @@ def lattice() -> None:
 
 
 def strain() -> None:
-    from napari_atomnet._widgets import DetectAtomsWidget, LatticeWidget
+    from napari_atomnet._widgets import LatticeWidget
 
-    viewer = viewer_with("perovskite_haadf")
-    det = DetectAtomsWidget(viewer)
-    det._on_run()
-    wait(lambda: det._worker is None and "Atoms (perovskite_haadf)" in viewer.layers)
+    viewer = detected()
     widget = LatticeWidget(viewer)
     viewer.window.add_dock_widget(widget, name="Lattice")
     widget._strain.value = "rotation"
-    widget._on_run()
-    wait(lambda: widget._worker is None and "Strain (perovskite_haadf)" in viewer.layers)
+    run(widget, viewer, "Strain (perovskite_haadf)")
     for name in ("Atoms", "Boxes", "Unit cells", "B sites"):
         viewer.layers[f"{name} (perovskite_haadf)"].visible = False
     viewer.layers["Strain (perovskite_haadf)"].visible = True
@@ -109,12 +115,9 @@ def strain() -> None:
 def curate() -> None:
     import numpy as np
 
-    from napari_atomnet._widgets import CurateAtomsWidget, DetectAtomsWidget
+    from napari_atomnet._widgets import CurateAtomsWidget
 
-    viewer = viewer_with("perovskite_haadf")
-    det = DetectAtomsWidget(viewer)
-    det._on_run()
-    wait(lambda: det._worker is None and "Atoms (perovskite_haadf)" in viewer.layers)
+    viewer = detected()
     atoms = viewer.layers["Atoms (perovskite_haadf)"]
     # stand in for what a model misses: drop a handful of atoms
     rng = np.random.default_rng(0)
@@ -135,8 +138,7 @@ def segment() -> None:
         layer.visible = False
     widget = SegmentParticlesWidget(viewer)
     viewer.window.add_dock_widget(widget, name="Segment particles")
-    widget._on_run()
-    wait(lambda: widget._worker is None and "Particles (core_shell_particles)" in viewer.layers)
+    run(widget, viewer, "Particles (core_shell_particles)")
     viewer.layers["Particles (core_shell_particles)"].opacity = 0.45
     zoom(viewer, 1.6, (0.4, 0.4))
     save(viewer, "segment_widget")
