@@ -36,25 +36,13 @@ from napari_atomnet.core.metrics import detection_scores
 
 #: Lattice rotations of the new images (the corrected image's is 12°).
 NEW_ROTATIONS = (20.0, 5.0, -33.0)
+
+
 #: GaAs-like <110> dumbbells on a centred rectangular cell (b/a = 1/sqrt 2, pair along a).
-DUMBBELL_BASIS = [
-    (0.0, 0.0, 0.9, "Ga"),
-    (0.25, 0.0, 1.0, "As"),
-    (0.5, 0.5, 0.9, "Ga"),
-    (0.75, 0.5, 1.0, "As"),
-]
-
-
 def dumbbells(shape: tuple[int, int], seed: int, rotation_deg: float):
     """Simulate <110> dumbbells: separation 7 px, σ = 0.5 × separation, 300 counts."""
-    return synth.lattice_image(
+    return synth.dumbbell_image(
         shape,
-        lattice="rectangular",
-        aspect=2**-0.5,
-        basis=DUMBBELL_BASIS,
-        spacing=7.0,
-        sigma_frac=0.5,
-        dose=300,
         rotation_deg=rotation_deg,
         position_jitter=0.02,
         amplitude_spread=0.05,

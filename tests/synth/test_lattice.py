@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy.spatial import cKDTree
 
-from napari_atomnet.synth import lattice_image, render_gaussians
+from napari_atomnet.synth import dumbbell_image, lattice_image, render_gaussians
 from napari_atomnet.synth.lattice import LATTICE_TYPES, random_lattice_params
 
 
@@ -314,3 +314,15 @@ def test_random_params_render():
             assert np.median(nn) == pytest.approx(p["spacing"], rel=0.15)
             n_checked += 1
     assert n_checked >= 2
+
+
+def test_dumbbells_are_pairs_at_the_given_separation():
+    sim = dumbbell_image((160, 160), separation=8.0, seed=2)
+    pos = sim.atoms[["y", "x"]].to_numpy()
+    dist, idx = cKDTree(pos).query(pos, k=2)
+    np.testing.assert_allclose(dist[:, 1][dist[:, 1] < 9.0], 8.0, atol=1e-6)
+    names = sim.atoms["class_name"].to_numpy()
+    paired = dist[:, 1] < 9.0
+    assert paired.mean() > 0.8  # all but columns whose partner lies outside the image
+    assert (names[paired] != names[idx[paired, 1]]).all()  # a Ga next to an As
+    assert sim.atoms["sigma"].iloc[0] == 4.0

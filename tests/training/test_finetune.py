@@ -36,29 +36,13 @@ from napari_atomnet.training.finetune import (  # noqa: E402
 )
 from napari_atomnet.training.train_detector import _spacing  # noqa: E402
 
-BASIS = [
-    (0.0, 0.0, 0.9, "Ga"),
-    (0.25, 0.0, 1.0, "As"),
-    (0.5, 0.5, 0.9, "Ga"),
-    (0.75, 0.5, 1.0, "As"),
-]
 # A few dozen steps, one torch thread: on a shared 2-core CPU two threads that spin while they
 # wait for each other were several times slower.
 QUICK = {"steps": 40, "sim_images": 3, "threads": 1}
 
 
 def dumbbells(shape=(192, 192), seed=0, rotation_deg=10.0):
-    return synth.lattice_image(
-        shape,
-        lattice="rectangular",
-        aspect=2**-0.5,
-        basis=BASIS,
-        spacing=7.0,
-        sigma_frac=0.5,
-        dose=300,
-        rotation_deg=rotation_deg,
-        seed=seed,
-    )
+    return synth.dumbbell_image(shape, rotation_deg=rotation_deg, seed=seed)
 
 
 def export(sim, folder, name="img"):

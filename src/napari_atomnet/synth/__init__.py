@@ -13,6 +13,8 @@ lattice_image
     The general parameter space for training and benchmarks: any 2D Bravais lattice with a
     basis, spacing 6-40 px, column width, dose, bright or dark contrast (HAADF / ABF-like),
     interfaces between two lattices, surfaces (vacuum regions), vacancies.
+dumbbell_image
+    ⟨110⟩ dumbbells (Si, GaAs) at the resolution limit, a lattice_image with a two-column basis.
 graphene_hrtem
     Graphene-like HRTEM after seed 003: Poisson-disc points, Voronoi vertices, Lloyd relaxation,
     holes; contrast from a CTF with random defocus / Cs / astigmatism / focal spread, the MTF of
@@ -25,7 +27,7 @@ core_shell_particles, haadf_particles
 from ._render import apply_mtf, mtf, poisson_counts, render_gaussians
 from ._types import AtomImage, ParticleImage
 from .hrtem import ctf, graphene_hrtem, graphene_structure
-from .lattice import LATTICE_TYPES, lattice_image, random_lattice_params
+from .lattice import LATTICE_TYPES, dumbbell_image, lattice_image, random_lattice_params
 from .particles import core_shell_particles, haadf_particles
 from .perovskite import perovskite_haadf
 
@@ -36,6 +38,7 @@ __all__ = [
     "apply_mtf",
     "core_shell_particles",
     "ctf",
+    "dumbbell_image",
     "graphene_hrtem",
     "graphene_structure",
     "haadf_particles",
