@@ -55,11 +55,6 @@ def torch_available() -> bool:
     return importlib.util.find_spec("torch") is not None
 
 
-def weights_of(card: Any) -> Path:
-    """Return the torch weights (``<model>.pt``) beside a model's ONNX file."""
-    return Path(card.path).with_suffix(".pt")
-
-
 def check_new_model_name(name: str) -> str:
     """Return ``name`` stripped if it can name a new model, else raise ValueError.
 
@@ -216,10 +211,10 @@ class FineTuneWidget(JobWidget):
         note = ""
         if choice is None:
             note = "No detection model is installed; choose a custom .onnx with its .pt."
-        elif choice != CUSTOM_MODEL and not weights_of(choice).is_file():
+        elif choice != CUSTOM_MODEL and not choice.weights.is_file():
             note = (
                 f"{choice.name} cannot be fine-tuned: its torch weights "
-                f"({weights_of(choice).name}) are not beside {Path(choice.path).name}."
+                f"({choice.weights.name}) are not beside {Path(choice.path).name}."
             )
         self._base_note.value = note
         self._base_note.visible = bool(note)
@@ -261,7 +256,7 @@ class FineTuneWidget(JobWidget):
         elif base is None:
             raise ValueError("no detection model to start from; choose a custom .onnx")
         else:
-            base_arg, weights = base.name, weights_of(base)
+            base_arg, weights = base.name, base.weights
         if not weights.is_file():
             raise ValueError(
                 f"{Path(base_arg).stem} has no torch weights ({weights.name} beside its .onnx); "

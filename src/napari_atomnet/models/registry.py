@@ -59,6 +59,11 @@ class ModelCard:
         """Name shown in pickers."""
         return f"{self.name} (built-in)" if self.builtin else self.name
 
+    @property
+    def weights(self) -> Path:
+        """Torch weights (``<model>.pt``) beside the ONNX file; fine-tuning starts from them."""
+        return Path(self.path).with_suffix(".pt")
+
     def provenance(self) -> dict[str, Any]:
         """Return the ``model`` entry of a provenance record."""
         return {

@@ -331,7 +331,7 @@ def fine_tune_detector(
     _check_free(out, name, overwrite)
     require_train_extra()
     card = load_model(base, task="detection")
-    weights = card.path.with_suffix(".pt")
+    weights = card.weights
     if not weights.is_file():
         raise ValueError(
             f"{card.name} has no torch weights ({weights.name} beside its .onnx); only models "
