@@ -9,6 +9,7 @@ Model contract (written by ``napari_atomnet.training.export``; read from the mod
   (s = ``stride``), Gaussian blobs at atom centres;
 - output ``size`` (optional): float32 (N, 2, H/s, W/s), box height and width in input pixels;
 - card keys: ``stride``, ``pad_multiple``, ``margin`` (context px ≥ half the receptive field),
+  ``border`` (reflection padding at the image's own borders, as in training; default ``margin``),
   ``tile``, ``classes``, ``default_threshold``, ``normalization`` {``factor``, ``minimum``,
   ``maximum``, ``fallback``}.
 """
@@ -126,6 +127,7 @@ def detect_atoms(
     stride = int(info.get("stride", 1))
     multiple = int(info.get("pad_multiple", 8))
     margin = int(info.get("margin", 32))
+    border = int(info.get("border", margin))
     tile = int(tile or info.get("tile", 512))
     thr = float(info.get("default_threshold", 0.3) if threshold is None else threshold)
     classes = list(info.get("classes", ["atom"]))
@@ -149,9 +151,9 @@ def detect_atoms(
     input_name = session.get_inputs()[0].name
     out_names = [o.name for o in session.get_outputs()]
 
-    tiles, _ = plan_tiles(img.shape, tile, margin, multiple)
+    tiles, _ = plan_tiles(img.shape, tile, margin, multiple, border)
     parts = []
-    for done, (t, window) in enumerate(iter_windows(img, tile, margin, multiple), 1):
+    for done, (t, window) in enumerate(iter_windows(img, tile, margin, multiple, border), 1):
         if cancelled is not None and cancelled():
             raise InterruptedError("detection cancelled")
         net_in = _pad_to_multiple(sign * normalizer.apply(window, t.offset), multiple)

@@ -210,10 +210,10 @@ def scores_by_threshold(
     return out
 
 
-def torch_peaks(model: Any, image: np.ndarray, normalization: dict, margin: int = 96) -> Any:
+def torch_peaks(model: Any, image: np.ndarray, normalization: dict, border: int = 32) -> Any:
     """Run the torch model on a whole image as inference does and decode its peaks.
 
-    The image is normalised, reflection-padded by ``margin`` (and to a multiple of the stride),
+    The image is normalised, reflection-padded by ``border`` (and to a multiple of the stride),
     the whole output decoded at threshold 0.05, and the peaks inside the image kept (as
     :func:`~napari_atomnet.models.detector.detect_atoms` keeps the peaks in a tile's core).
     """
@@ -222,7 +222,7 @@ def torch_peaks(model: Any, image: np.ndarray, normalization: dict, margin: int 
     from ..core.detect import decode_heatmap
 
     h, w = np.shape(image)
-    norm = data.normalize_image(image, normalization, pad=margin)
+    norm = data.normalize_image(image, normalization, pad=border)
     m = model.pad_multiple
     ph, pw = norm.shape
     norm = np.pad(norm, ((0, (-ph) % m), (0, (-pw) % m)), mode="reflect")
@@ -230,8 +230,8 @@ def torch_peaks(model: Any, image: np.ndarray, normalization: dict, margin: int 
     with torch.no_grad():
         heat, size = model.inference(torch.from_numpy(norm)[None, None])
     peaks = decode_heatmap(heat[0].numpy(), threshold=THRESHOLDS[0], size=size[0].numpy())
-    peaks["y"] -= margin
-    peaks["x"] -= margin
+    peaks["y"] -= border
+    peaks["x"] -= border
     inside = peaks["y"].between(-0.5, h - 0.5, inclusive="left") & peaks["x"].between(
         -0.5, w - 0.5, inclusive="left"
     )
@@ -513,7 +513,7 @@ def quick_validation(model: Any, cfg: TrainConfig) -> dict[str, float]:
     """F1 at threshold 0.3 per validation case with the torch model (a few images each)."""
     norm = dict(data.DEFAULT_NORMALIZATION)
     res = evaluate_model(
-        lambda img: torch_peaks(model, img, norm, cfg.margin),
+        lambda img: torch_peaks(model, img, norm, cfg.pad),
         list(data.VALIDATION_CASES),
         VAL_SEED,
         cfg.val_images,
@@ -700,6 +700,7 @@ def main(argv: list[str] | None = None) -> int:
         "stride": 1,
         "pad_multiple": model.pad_multiple,
         "margin": cfg.margin,
+        "border": cfg.pad,  # reflection at image borders, as the training crops were padded
         "tile": cfg.tile,
         "default_threshold": 0.3,
         "normalization": dict(data.DEFAULT_NORMALIZATION),
