@@ -1,4 +1,4 @@
-"""Tile planning: cores partition the image, windows cover the context, borders padded as trained."""
+"""Tile planning: cores partition the image, windows hold the context, borders as trained."""
 
 from __future__ import annotations
 

@@ -2,13 +2,14 @@
 
 The image is cut into tiles whose *cores* partition it exactly (half-open intervals), and each tile
 is read with a context *margin* around its core.  When the margin covers the network's receptive
-field, and the windows lie on the network's pooling grid (``border`` mode below), a tile's output
-over its core equals the whole-image output there, so stitched maps have no seams, and a peak is
-reported by exactly one tile (the one whose core holds it): no duplicates.  Borders are padded by reflection, as a whole-image pass would pad them: by the margin, or by a
-narrower ``border`` when the network was trained with less padding at image borders than it needs
-context between tiles (the detector: 32 px of reflection in training, 96 px of context).  A
-narrower border makes the border tiles' windows smaller (less work) and shows the network borders
-as it saw them in training.
+field and the windows lie on the network's pooling grid (``border`` mode of :func:`plan_tiles`),
+a tile's output over its core equals the whole-image output there, so stitched maps have no
+seams, and a peak is reported by exactly one tile (the one whose core holds it): no duplicates.
+Borders are padded by reflection, as a whole-image pass would pad them: by the margin, or by a
+narrower ``border`` when the network was trained with less padding at image borders than it
+needs context between tiles (the detector: 32 px of reflection in training, 96 px of context).
+A narrower border makes the border tiles' windows smaller (less work) and shows the network
+borders as it saw them in training.
 """
 
 from __future__ import annotations
@@ -69,8 +70,8 @@ def plan_tiles(
         Window sizes are rounded up to a multiple of this (a U-Net's downsampling factor).
     border : int, optional
         Reflection padding at the image's own borders (px, at most ``margin``).  ``None``:
-        ``margin``, and every window has the same size.  Given: windows stop ``border`` px outside the image
-        (border tiles are smaller) and lie on the pooling grid of a whole-image window, so the
+        ``margin``, and every window has the same size.  Given: windows stop ``border`` px
+        outside the image (border tiles are smaller) and lie on the pooling grid of a whole-image window, so the
         output does not depend on how the image is cut into tiles.
 
     Returns
