@@ -71,8 +71,8 @@ def plan_tiles(
     border : int, optional
         Reflection padding at the image's own borders (px, at most ``margin``).  ``None``:
         ``margin``, and every window has the same size.  Given: windows stop ``border`` px
-        outside the image (border tiles are smaller) and lie on the pooling grid of a whole-image window, so the
-        output does not depend on how the image is cut into tiles.
+        outside the image (border tiles are smaller) and lie on the pooling grid of a
+        whole-image window, so the output does not depend on how the image is cut into tiles.
 
     Returns
     -------
