@@ -128,9 +128,12 @@ def atomap_comparison(quick: bool) -> tuple[list[dict], str]:
     start = truth + np.random.default_rng(1).uniform(-1, 1, truth.shape)
     image = sim.image.astype(np.float64)
     fit_gaussians(image, start[:100])  # warm-up
-    t0 = time.perf_counter()
-    ours = fit_gaussians(image, start, drop_merged=False)
-    t_ours = time.perf_counter() - t0
+    times = []
+    for _ in range(1 if quick else 3):  # best of 3: a sub-second run is at the mercy of the OS
+        t0 = time.perf_counter()
+        ours = fit_gaussians(image, start, drop_merged=False)
+        times.append(time.perf_counter() - t0)
+    t_ours = min(times)
     rows = [
         {
             "method": "napari-atomnet `fit_gaussians`",
@@ -182,7 +185,10 @@ def atomap_comparison(quick: bool) -> tuple[list[dict], str]:
             "benchmarks/_work/atomap-venv && benchmarks/_work/atomap-venv/bin/pip install "
             "atomap`)."
         )
-    return rows, f"{size}² perovskite, 200 counts/A peak, same starts (truth ± 1 px). " + note
+    return rows, (
+        f"{size}² perovskite, 200 counts/A peak, same starts (truth ± 1 px); napari-atomnet: "
+        "best of 3 runs, Atomap: one run (tens of seconds). " + note
+    )
 
 
 def file_to_atoms(quick: bool) -> str:

@@ -1005,7 +1005,7 @@ def fit_gaussians(
 
 
 def _pass_cfg(cfg: _Cfg, pss: int, n_passes: int) -> _Cfg:
-    """The settings of one pass: passes before the last stop at a looser tolerance.
+    """Return the settings of one pass: passes before the last stop at a looser tolerance.
 
     An early pass only has to bring the peaks close enough for the neighbour models that the
     next pass subtracts; the next pass starts from its result and converges to ``tol``.
