@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
 from napari_atomnet import synth
 from napari_atomnet.core.metrics import match_points
-from napari_atomnet.models.detector import detect_atoms
+from napari_atomnet.models.detector import _zero_outside, detect_atoms
 from napari_atomnet.models.registry import load_model
 from napari_atomnet.models.tiling import iter_windows, pad_for_tiles, plan_tiles
 
@@ -61,3 +63,21 @@ def test_builtin_detector_tiled_equals_whole_with_narrow_border():
     np.testing.assert_allclose(
         tiled["score"].to_numpy()[pairs[:, 0]], whole["score"].to_numpy()[pairs[:, 1]], atol=1e-4
     )
+
+
+def test_zero_border_fill_tiled_equals_whole_and_blanks_the_outside():
+    """A card with ``border_fill: zero``: the padding is blank, and tiles still match one pass."""
+    card = load_model("atomnet-detect", task="detection")
+    card = replace(card, info={**card.info, "border_fill": "zero"})
+    sim = synth.perovskite_haadf((300, 260), spacing=18, dose=100, seed=7124)
+    whole = detect_atoms(sim.image, card, tile=4096, polarity="bright").table
+    tiled = detect_atoms(sim.image, card, tile=128, polarity="bright").table
+    a, b = tiled[["y", "x"]].to_numpy(), whole[["y", "x"]].to_numpy()
+    pairs, lone_a, lone_b = match_points(a, b, 0.5)
+    assert len(pairs) == len(whole) > 100 and not len(lone_a) and not len(lone_b)
+    assert np.abs(a[pairs[:, 0]] - b[pairs[:, 1]]).max() < 1e-3
+    window = np.ones((10, 12))
+    _zero_outside(window, (-2, 5), (6, 15))  # rows -2..7 and cols 5..16 of a 6 x 15 image
+    expect = np.zeros((10, 12))
+    expect[2:8, :10] = 1.0
+    np.testing.assert_array_equal(window, expect)

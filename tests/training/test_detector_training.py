@@ -12,8 +12,9 @@ onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
 from napari_atomnet.core.detect import decode_heatmap  # noqa: E402
-from napari_atomnet.models.detector import _pad_to_multiple, detect_atoms  # noqa: E402
+from napari_atomnet.models.detector import detect_atoms  # noqa: E402
 from napari_atomnet.models.registry import CARD_KEY, file_sha256, load_model  # noqa: E402
+from napari_atomnet.models.tiling import iter_windows  # noqa: E402
 from napari_atomnet.training import data  # noqa: E402
 from napari_atomnet.training.export import export_detector  # noqa: E402
 from napari_atomnet.training.nets import AtomDetector, receptive_field  # noqa: E402
@@ -70,8 +71,10 @@ def test_onnx_matches_torch_on_several_sizes(net, exported, shape):
 def test_onnx_matches_torch_on_padded_odd_size(net, exported):
     path, _ = exported
     img = np.random.default_rng(2).normal(size=(37, 53)).astype(np.float32)
-    padded = _pad_to_multiple(img, net.pad_multiple)  # what detect_atoms feeds the model
-    assert padded.shape == (48, 64)
+    # what detect_atoms feeds the model: the one window of a lone tile, 32 px border padding
+    ((_, padded),) = list(iter_windows(img, 1024, 96, net.pad_multiple, border=32))
+    assert padded.shape == (112, 128)  # 37 + 64 and 53 + 64, rounded up to a multiple of 16
+    padded = np.ascontiguousarray(padded)
     heat_o, size_o = _onnx_outputs(path, padded[None, None])
     with torch.no_grad():
         heat_t, size_t = net.inference(torch.from_numpy(padded)[None, None])
@@ -202,3 +205,23 @@ def test_hrtem_images_without_recognisable_atoms_are_not_learnt():
         ex = data.make_example("graphene", rng, pad=0, augment=False, sim=sim)
         weak = abs(sim.extras["contrast"]) < data.MIN_HRTEM_CONTRAST
         assert (ex.atoms[:, 2] == (-1.0 if weak else 0.0)).all()
+
+
+def test_zero_border_fill_pads_with_zeros_and_keeps_labels_inside():
+    from napari_atomnet import synth
+
+    sim = synth.lattice_image((64, 64), lattice="square", spacing=10.0, dose=200, seed=3)
+    labels = data.label_atoms(sim.atoms)
+    truth = sim.atoms[["y", "x"]].to_numpy()
+    zero = data.labelled_example(sim.image, labels, truth, pad=8, border_fill="zero")
+    mirror = data.labelled_example(sim.image, labels, truth, pad=8, border_fill="reflect")
+    inner = np.s_[8:-8, 8:-8]
+    np.testing.assert_array_equal(zero.image[inner], mirror.image[inner])
+    frame = np.ones(zero.image.shape, bool)
+    frame[inner] = False
+    assert (zero.image[frame] == 0).all() and np.abs(mirror.image[frame]).max() > 0.5
+    # labels: the columns themselves (shifted by the padding), no mirror images
+    np.testing.assert_allclose(zero.atoms[:, :2], labels[:, :2] + 8)
+    assert len(mirror.atoms) > len(zero.atoms)
+    with pytest.raises(ValueError, match="fill"):
+        data.normalize_image(sim.image, pad=4, fill="wrap")

@@ -9,7 +9,9 @@ Model contract (written by ``napari_atomnet.training.export``; read from the mod
   (s = ``stride``), Gaussian blobs at atom centres;
 - output ``size`` (optional): float32 (N, 2, H/s, W/s), box height and width in input pixels;
 - card keys: ``stride``, ``pad_multiple``, ``margin`` (context px ≥ half the receptive field),
-  ``border`` (reflection padding at the image's own borders, as in training; default ``margin``),
+  ``border`` (padding at the image's own borders, as in training; default ``margin``),
+  ``border_fill`` (``"reflect"``, the default, or ``"zero"``: the padding is 0 after
+  normalisation),
   ``tile``, ``classes``, ``default_threshold``, ``normalization`` {``factor``, ``minimum``,
   ``maximum``, ``fallback``}.
 """
@@ -128,6 +130,7 @@ def detect_atoms(
     multiple = int(info.get("pad_multiple", 8))
     margin = int(info.get("margin", 32))
     border = int(info.get("border", margin))
+    zero_fill = info.get("border_fill", "reflect") == "zero"
     tile = int(tile or info.get("tile", 512))
     thr = float(info.get("default_threshold", 0.3) if threshold is None else threshold)
     classes = list(info.get("classes", ["atom"]))
@@ -156,7 +159,10 @@ def detect_atoms(
     for done, (t, window) in enumerate(iter_windows(img, tile, margin, multiple, border), 1):
         if cancelled is not None and cancelled():
             raise InterruptedError("detection cancelled")
-        net_in = _pad_to_multiple(sign * normalizer.apply(window, t.offset), multiple)
+        # windows are multiples of pad_multiple already (plan_tiles puts them on the grid)
+        net_in = np.ascontiguousarray(sign * normalizer.apply(window, t.offset), dtype=np.float32)
+        if zero_fill:  # the network sees nothing beyond the image's own edges
+            _zero_outside(net_in, t.offset, img.shape)
         outputs = dict(
             zip(out_names, session.run(out_names, {input_name: net_in[None, None]}), strict=True)
         )
@@ -247,12 +253,13 @@ def confident(peaks: pd.DataFrame, thresholds: ArrayLike) -> pd.DataFrame:
     return peaks[peaks["score"].to_numpy() >= per_class[cls]]
 
 
-def _pad_to_multiple(a: np.ndarray, multiple: int) -> np.ndarray:
-    h, w = a.shape
-    ph, pw = (-h) % multiple, (-w) % multiple
-    if ph or pw:
-        a = np.pad(a, ((0, ph), (0, pw)), mode="reflect")
-    return np.ascontiguousarray(a, dtype=np.float32)
+def _zero_outside(window: np.ndarray, offset: tuple[int, int], shape: tuple[int, int]) -> None:
+    """Set the pixels of a window that lie outside the image to 0, in place."""
+    oy, ox = offset
+    window[: max(0, -oy)] = 0.0
+    window[:, : max(0, -ox)] = 0.0
+    window[max(0, shape[0] - oy) :] = 0.0
+    window[:, max(0, shape[1] - ox) :] = 0.0
 
 
 def _finish_table(table: pd.DataFrame, classes: list[str], shape: tuple[int, int]) -> pd.DataFrame:

@@ -36,6 +36,7 @@ from numpy.typing import NDArray
 from scipy.spatial import cKDTree
 
 __all__ = [
+    "BORDER_FILLS",
     "CLASSES",
     "DEFAULT_MIX",
     "DEFAULT_NORMALIZATION",
@@ -60,6 +61,12 @@ WEAK_RATIO = 0.6
 MIN_SNR = 4.0
 #: Heatmap loss weight of the pixels within 3 px of an image border (see Example.prerender).
 BORDER_WEIGHT = 10.0
+#: What a training image's padding holds, as inference fills the pixels beyond an image's edge
+#: (card key ``border_fill``).  "reflect": the mirrored image, with mirrored labels.  "zero":
+#: nothing (0 after normalisation), no labels.  With reflection a column d px inside the edge and
+#: one d px outside it (a negative) give nearly the same padded image when d is below the column
+#: width, and the reflection-trained model lost columns 1.6-2 px inside the edge.
+BORDER_FILLS = ("reflect", "zero")
 #: Normalisation rule written into the model card (keywords of ``normalization_sigma``).
 DEFAULT_NORMALIZATION: dict[str, float] = {
     "factor": 3.0,
@@ -148,9 +155,13 @@ def target_sigma(nn: NDArray | float) -> NDArray[np.float64]:
 
 
 def normalize_image(
-    image: NDArray, normalization: Mapping[str, float] | None = None, *, pad: int = 0
+    image: NDArray,
+    normalization: Mapping[str, float] | None = None,
+    *,
+    pad: int = 0,
+    fill: str = "reflect",
 ) -> NDArray[np.float32]:
-    """Normalise an image as inference does, optionally reflection-padded by ``pad`` px.
+    """Normalise an image as inference does, optionally padded by ``pad`` px.
 
     Parameters
     ----------
@@ -160,22 +171,28 @@ def normalize_image(
         Keywords of :func:`~napari_atomnet.core.preprocess.normalization_sigma`
         (default :data:`DEFAULT_NORMALIZATION`).
     pad : int
-        Reflection padding on every side (statistics are those of the unpadded image).
+        Padding on every side (statistics are those of the unpadded image).
+    fill : {"reflect", "zero"}
+        What the padding holds: the normalised reflection of the image, or 0 (the normalised
+        mean: the network sees nothing beyond the image's edge; see :data:`BORDER_FILLS`).
 
     Returns
     -------
     ndarray of float32, shape (H + 2 pad, W + 2 pad)
     """
+    if fill not in BORDER_FILLS:
+        raise ValueError(f"fill must be one of {', '.join(BORDER_FILLS)}; got {fill!r}")
     from ..core import preprocess
 
     img = np.asarray(image, dtype=np.float32)
     norm = dict(DEFAULT_NORMALIZATION if normalization is None else normalization)
     sigma = preprocess.normalization_sigma(img, **norm)
     padded = np.pad(img, pad, mode="reflect") if pad else img
-    normalizer = getattr(preprocess, "LocalNormalizer", None)
-    if normalizer is not None:
-        return normalizer(img, sigma).apply(padded, (-pad, -pad))
-    return preprocess.local_normalize(padded, sigma)  # pragma: no cover - older core
+    out = preprocess.LocalNormalizer(img, sigma).apply(padded, (-pad, -pad))
+    if pad and fill == "zero":
+        out[:pad] = out[-pad:] = 0.0
+        out[:, :pad] = out[:, -pad:] = 0.0
+    return out
 
 
 def label_atoms(
@@ -239,12 +256,16 @@ def label_atoms(
     return out
 
 
-def _mirror(atoms: NDArray[np.float32], shape: tuple[int, int], pad: int) -> NDArray[np.float32]:
-    """Shift labels into padded coordinates and add their reflections across the borders."""
+def _mirror(
+    atoms: NDArray[np.float32], shape: tuple[int, int], pad: int, reflect: bool = True
+) -> NDArray[np.float32]:
+    """Shift labels into padded coordinates and (``reflect``) add their mirror images."""
     h, w = shape
     out = []
-    for fy in (None, 0, h - 1):
-        for fx in (None, 0, w - 1):
+    flips_y = (None, 0, h - 1) if reflect else (None,)
+    flips_x = (None, 0, w - 1) if reflect else (None,)
+    for fy in flips_y:
+        for fx in flips_x:
             a = atoms.copy()
             if fy is not None:
                 a[:, _Y] = 2 * fy - a[:, _Y]
@@ -431,6 +452,7 @@ def make_example(
     normalization: Mapping[str, float] | None = None,
     augment: bool = True,
     sim: Any = None,
+    border_fill: str = "reflect",
 ) -> Example:
     """Simulate, augment, normalise and label one training image.
 
@@ -498,6 +520,7 @@ def make_example(
         normalization=normalization,
         source=kind,
         meta=meta,
+        border_fill=border_fill,
     )
 
 
@@ -511,6 +534,7 @@ def labelled_example(
     normalization: Mapping[str, float] | None = None,
     source: str = "labels",
     meta: dict[str, Any] | None = None,
+    border_fill: str = "reflect",
 ) -> Example:
     """Normalise, orient and pad one labelled image (simulated or a user's corrected labels).
 
@@ -533,18 +557,25 @@ def labelled_example(
         Where the image came from.
     meta : dict, optional
         Recorded in the example.
+    border_fill : {"reflect", "zero"}
+        What the padding holds (:data:`BORDER_FILLS`); labels are mirrored with a reflection.
 
     Returns
     -------
     Example
     """
     shape = np.shape(image)
-    norm = normalize_image(image, normalization, pad=pad) * polarity  # atoms bright
+    norm = normalize_image(image, normalization, pad=pad, fill=border_fill) * polarity
     truth = np.asarray(truth, dtype=np.float64).reshape(-1, 2)
     nn = cKDTree(truth).query(truth, k=2)[0][:, 1] if len(truth) > 1 else np.full(1, 20.0)
     return Example(
         image=np.ascontiguousarray(norm, dtype=np.float32),
-        atoms=_mirror(np.asarray(atoms, dtype=np.float32).reshape(-1, 5), shape, pad),
+        atoms=_mirror(
+            np.asarray(atoms, dtype=np.float32).reshape(-1, 5),
+            shape,
+            pad,
+            reflect=border_fill == "reflect",
+        ),
         truth=truth,
         spacing=float(np.median(nn)),
         pad=pad,
@@ -564,6 +595,7 @@ def make_pool(
     prerender: bool = True,
     workers: int = 1,
     progress: Any = None,
+    border_fill: str = "reflect",
 ) -> list[Example]:
     """Pre-generate a fixed, seeded pool of training images.
 
@@ -576,7 +608,7 @@ def make_pool(
     mix : dict, optional
         Share of each simulator (default :data:`DEFAULT_MIX`); the counts are rounded and the
         images interleaved.
-    shape, pad, normalization
+    shape, pad, normalization, border_fill
         See :func:`make_example`.
     prerender : bool
         Render each image's targets once (:meth:`Example.prerender`).
@@ -594,7 +626,7 @@ def make_pool(
     ss = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(int(seed))
     norm = dict(DEFAULT_NORMALIZATION if normalization is None else normalization)
     jobs = [
-        (kind, child, tuple(shape), int(pad), norm, bool(prerender))
+        (kind, child, tuple(shape), int(pad), norm, bool(prerender), border_fill)
         for kind, child in zip(kinds, ss.spawn(n), strict=True)
     ]
     pool: list[Example] = []
@@ -616,8 +648,15 @@ def make_pool(
 
 
 def _pool_item(job: tuple) -> Example:
-    kind, child, shape, pad, norm, prerender = job
-    ex = make_example(kind, np.random.default_rng(child), shape=shape, pad=pad, normalization=norm)
+    kind, child, shape, pad, norm, prerender, fill = job
+    ex = make_example(
+        kind,
+        np.random.default_rng(child),
+        shape=shape,
+        pad=pad,
+        normalization=norm,
+        border_fill=fill,
+    )
     return ex.prerender() if prerender else ex
 
 

@@ -340,13 +340,14 @@ def fine_tune_detector(
     report = progress or (lambda *_: None)
     stop = cancelled or (lambda: False)
     norm = dict(card.info.get("normalization") or data.DEFAULT_NORMALIZATION)
+    fill = str(card.info.get("border_fill", "reflect"))  # the base model's border padding
 
     n_sim = cfg.sim_images if cfg.user_fraction < 1.0 else 0
     images = _read_labelled(Path(data_dir), polarity, norm, n_sim, report, stop)
     train_parts, val_parts, split = _split(images, cfg)
     total_data = len(images) + n_sim
     user_pool = [
-        _user_example(p, angle, norm)
+        _user_example(p, angle, norm, fill)
         for p in train_parts
         for angle in 90.0 * np.arange(cfg.rotations + 1) / (cfg.rotations + 1)
     ]
@@ -362,7 +363,13 @@ def fine_tune_detector(
     sim_ss, batch_ss = ss.spawn(2)
     sim_pool = (
         data.make_pool(
-            n_sim, sim_ss, shape=SIM_SHAPE, pad=PAD, normalization=norm, progress=sim_progress
+            n_sim,
+            sim_ss,
+            shape=SIM_SHAPE,
+            pad=PAD,
+            normalization=norm,
+            border_fill=fill,
+            progress=sim_progress,
         )
         if n_sim
         else []
@@ -537,7 +544,9 @@ def _label_rows(atoms: pd.DataFrame, oriented: NDArray[np.float32]) -> NDArray[n
     return rows
 
 
-def _user_example(part: _Labelled, angle: float, norm: dict[str, float]) -> data.Example:
+def _user_example(
+    part: _Labelled, angle: float, norm: dict[str, float], fill: str = "reflect"
+) -> data.Example:
     """Training example of a labelled image part, rotated by ``angle`` degrees (0: as is)."""
     from scipy import ndimage
 
@@ -575,6 +584,7 @@ def _user_example(part: _Labelled, angle: float, norm: dict[str, float]) -> data
         normalization=norm,
         source="user",
         meta={"name": part.name, "rotation_deg": float(angle)},
+        border_fill=fill,
     ).prerender(len(data.CLASSES))
     if valid is not None and ex.targets is not None:
         ex.targets["weight"][~np.pad(valid, PAD)] = 0  # no loss where the rotation has no data

@@ -69,6 +69,7 @@ class TrainConfig:
         self.pool: int = 2400
         self.sim_shape: int = 256
         self.pad: int = 32
+        self.border_fill: str = "reflect"  # what the padding holds (data.BORDER_FILLS)
         self.lr: float = 3e-3
         self.weight_decay: float = 1e-4
         self.warmup: int = 300
@@ -210,10 +211,17 @@ def scores_by_threshold(
     return out
 
 
-def torch_peaks(model: Any, image: np.ndarray, normalization: dict, border: int = 32) -> Any:
+def torch_peaks(
+    model: Any,
+    image: np.ndarray,
+    normalization: dict,
+    border: int = 32,
+    fill: str = "reflect",
+) -> Any:
     """Run the torch model on a whole image as inference does and decode its peaks.
 
-    The image is normalised, reflection-padded by ``border`` (and to a multiple of the stride),
+    The image is normalised, padded by ``border`` (``fill``: see :func:`.data.normalize_image`)
+    and to a multiple of the stride,
     the whole output decoded at threshold 0.05, and the peaks inside the image kept (as
     :func:`~napari_atomnet.models.detector.detect_atoms` keeps the peaks in a tile's core).
     """
@@ -222,7 +230,7 @@ def torch_peaks(model: Any, image: np.ndarray, normalization: dict, border: int 
     from ..core.detect import decode_heatmap
 
     h, w = np.shape(image)
-    norm = data.normalize_image(image, normalization, pad=border)
+    norm = data.normalize_image(image, normalization, pad=border, fill=fill)
     m = model.pad_multiple
     ph, pw = norm.shape
     norm = np.pad(norm, ((0, (-ph) % m), (0, (-pw) % m)), mode="reflect")
@@ -460,6 +468,7 @@ def train(cfg: TrainConfig, pool: list[data.Example] | None = None) -> tuple[Any
             pool_ss,
             shape=(cfg.sim_shape, cfg.sim_shape),
             pad=cfg.pad,
+            border_fill=cfg.border_fill,
             workers=cfg.workers,
             progress=progress,
         )
@@ -513,7 +522,7 @@ def quick_validation(model: Any, cfg: TrainConfig) -> dict[str, float]:
     """F1 at threshold 0.3 per validation case with the torch model (a few images each)."""
     norm = dict(data.DEFAULT_NORMALIZATION)
     res = evaluate_model(
-        lambda img: torch_peaks(model, img, norm, cfg.pad),
+        lambda img: torch_peaks(model, img, norm, cfg.pad, cfg.border_fill),
         list(data.VALIDATION_CASES),
         VAL_SEED,
         cfg.val_images,
@@ -579,7 +588,12 @@ def _recipe(cfg: TrainConfig) -> dict[str, Any]:
         "mix": data.DEFAULT_MIX,
         "pool_images": cfg.pool,
         "image_size": cfg.sim_shape,
-        "border": f"reflection padding {cfg.pad} px, mirrored labels (as tiles see borders)",
+        "border": (
+            f"reflection padding {cfg.pad} px, mirrored labels (as tiles see borders)"
+            if cfg.border_fill == "reflect"
+            else f"padding {cfg.pad} px of zeros after normalisation (inference zeroes what lies "
+            "beyond the image), no labels there"
+        ),
         "augmentation": f"random {cfg.crop} px crops, flips, 90 degree rotations, gamma 0.7-1.4 "
         "(30 %)",
         "orientation": "images with dark atoms (ABF, dark lattices, HRTEM at the other CTF "
@@ -618,6 +632,13 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="safety stop of the training loop after this many minutes (default: none)",
     )
+    parser.add_argument(
+        "--border-fill",
+        choices=data.BORDER_FILLS,
+        default=None,
+        help="what the padding beyond an image's edge holds in training and inference "
+        "(default reflect)",
+    )
     parser.add_argument("--save-torch", type=Path, default=None, help="also save the weights")
     parser.add_argument(
         "--weights",
@@ -655,7 +676,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg.threads = args.threads
     if args.time_limit:
         cfg.time_limit_min = args.time_limit
-    for key in ("steps", "pool", "loss", "lr", "batch", "val_every", "test_images"):
+    for key in ("steps", "pool", "loss", "lr", "batch", "val_every", "test_images", "border_fill"):
         value = getattr(args, key)
         if value is not None:
             setattr(cfg, key, value)
@@ -700,7 +721,8 @@ def main(argv: list[str] | None = None) -> int:
         "stride": 1,
         "pad_multiple": model.pad_multiple,
         "margin": cfg.margin,
-        "border": cfg.pad,  # reflection at image borders, as the training crops were padded
+        "border": cfg.pad,  # padding at image borders, as the training images were padded
+        "border_fill": cfg.border_fill,
         "tile": cfg.tile,
         "default_threshold": 0.3,
         "normalization": dict(data.DEFAULT_NORMALIZATION),
