@@ -11,10 +11,10 @@ from napari_atomnet.core.segment import segmentation_scores
 from napari_atomnet.models.registry import ModelError, list_models, load_model
 from napari_atomnet.models.segmenter import (
     DEFAULT_SEGMENTER,
-    aligned_tiles,
     normalize_image,
     segment_particles,
 )
+from napari_atomnet.models.tiling import iter_windows
 
 
 @pytest.fixture(scope="module")
@@ -37,23 +37,19 @@ def test_builtin_model_is_registered_with_a_complete_card(card):
     assert set(info["validation"]["metrics"]) >= {"core_shell", "haadf"}
 
 
-def test_aligned_tiles_cover_the_image_on_the_pooling_grid():
+def test_segmenter_tiles_cover_the_image_on_the_pooling_grid():
+    # the segmenter's tiling: margin-wide symmetric padding, windows on the 32 px pooling grid
     img = np.arange(300 * 470, dtype=np.float32).reshape(300, 470)
-    tiles, padded = aligned_tiles(img, 128, 40, 32)
     covered = np.zeros(img.shape, int)
-    for t in tiles:
+    for t, window in iter_windows(img, 128, 40, 32, border=40, mode="symmetric"):
         r, c = t.core
-        assert r.start % 32 == 0 and c.start % 32 == 0  # on the pooling grid
-        assert (t.window[0].stop - t.window[0].start) % 32 == 0
-        window = padded[t.window]
+        assert (t.offset[0] + 40) % 32 == 0 and (t.offset[1] + 40) % 32 == 0  # on the grid
+        assert window.shape[0] % 32 == 0 and window.shape[1] % 32 == 0
         (wr, wc) = t.core_in_window()
-        rows, cols = min(r.stop, 300) - r.start, min(c.stop, 470) - c.start
-        if rows > 0 and cols > 0:
-            covered[r.start : r.start + rows, c.start : c.start + cols] += 1
-            np.testing.assert_array_equal(
-                window[wr.start : wr.start + rows, wc.start : wc.start + cols],
-                img[r.start : r.start + rows, c.start : c.start + cols],
-            )
+        covered[r, c] += 1
+        np.testing.assert_array_equal(window[wr, wc], img[r, c])
+        if t.offset[0] < 0:  # mirrored half a pixel outside ("symmetric"), as in training
+            np.testing.assert_array_equal(window[-t.offset[0] - 1, wc], img[0, c])
     assert (covered == 1).all()
 
 

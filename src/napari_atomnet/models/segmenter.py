@@ -20,7 +20,6 @@ are not known in advance; the network learns the remaining slow illumination gra
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,7 +33,7 @@ from ..core.image import as_analysis_image
 from ..core.segment import label_particles, particle_table, size_statistics
 from .registry import ModelCard, load_model
 from .runtime import create_session, session_device
-from .tiling import Tile, plan_tiles
+from .tiling import iter_windows, plan_tiles
 
 __all__ = [
     "DEFAULT_SEGMENTER",
@@ -179,13 +178,14 @@ def predict_probability(
     if output_name not in [o.name for o in session.get_outputs()]:
         output_name = session.get_outputs()[0].name
     norm = normalize_image(img)
-    tiles, padded = aligned_tiles(norm, tile, margin, multiple)
+    # windows on the U-Net's pooling grid (tiles reproduce one pass), mirrored as in training
+    tiles, _ = plan_tiles(img.shape, tile, margin, multiple, border=margin)
     h, w = img.shape
     prob = np.zeros((n_classes, h, w), dtype=np.float32)
-    for done, t in enumerate(tiles, 1):
+    windows = iter_windows(norm, tile, margin, multiple, border=margin, mode="symmetric")
+    for done, (t, window) in enumerate(windows, 1):
         if cancelled is not None and cancelled():
             raise InterruptedError("segmentation cancelled")
-        window = padded[t.window]
         x = np.ascontiguousarray(window, dtype=np.float32)[None, None]
         out = session.run([output_name], {input_name: x})[0][0]
         if out.shape[0] != n_classes or out.shape[1:] != window.shape:
@@ -193,72 +193,10 @@ def predict_probability(
                 f"{card.name}: output shape {out.shape} does not match the card "
                 f"({n_classes} classes) and the input window {window.shape}"
             )
-        (r, c), (wr, wc) = t.core, t.core_in_window()
-        rows, cols = min(r.stop, h) - r.start, min(c.stop, w) - c.start
-        if rows > 0 and cols > 0:  # cores of the alignment padding are dropped
-            prob[:, r.start : r.start + rows, c.start : c.start + cols] = out[
-                :, wr.start : wr.start + rows, wc.start : wc.start + cols
-            ]
+        prob[(slice(None), *t.core)] = out[(slice(None), *t.core_in_window())]
         if progress is not None:
             progress(done, len(tiles))
     return prob, card, session_device(session)
-
-
-def aligned_tiles(
-    image: NDArray, tile: int, margin: int, multiple: int
-) -> tuple[list[Tile], NDArray]:
-    """Plan tiles whose cores start at multiples of ``multiple``, and pad the image for them.
-
-    A U-Net's max-pooling grid has a period of ``multiple`` px, so a tile's output equals the
-    whole-image output over its core only when the tile starts on that grid (and the margin
-    covers the network's reach).  The cores are squares of side ``t`` (``tile`` rounded to a
-    multiple of ``multiple``, shrunk to spread the image evenly over the tiles); the plan of
-    :func:`~napari_atomnet.models.tiling.plan_tiles` is made for the image extended to a whole
-    number of cores, and the image is padded by reflection once, far enough for every window
-    (cores in the extension are computed and dropped).  A whole-image pass is the one-tile case
-    of the same rule, so any two tile sizes give the same map where the margin suffices.
-
-    Parameters
-    ----------
-    image : ndarray, shape (H, W)
-        The (normalised) image.
-    tile : int
-        Requested core size (px).
-    margin : int
-        Context read around each core (px).
-    multiple : int
-        Alignment of cores and window sizes (the network's ``pad_multiple``).
-
-    Returns
-    -------
-    tiles : list of Tile
-        Cores in image coordinates (the last ones may reach beyond the image); windows are
-        slices of ``padded``.
-    padded : ndarray
-        The image padded by ``margin`` before and enough after (``numpy`` "symmetric" mode).
-    """
-    h, w = image.shape
-    t = core_side((h, w), tile, multiple)
-    ext = (_round_up(h, t), _round_up(w, t))
-    tiles, _ = plan_tiles(ext, t, margin, multiple)
-    stop_r = max(tl.window[0].stop for tl in tiles)
-    stop_c = max(tl.window[1].stop for tl in tiles)
-    padded = np.pad(
-        image, ((margin, stop_r - margin - h), (margin, stop_c - margin - w)), mode="symmetric"
-    )
-    return tiles, padded
-
-
-def core_side(shape: tuple[int, int], tile: int, multiple: int) -> int:
-    """Side of the aligned square cores for an image (see :func:`aligned_tiles`)."""
-    h, w = shape
-    tile = max(int(tile), multiple)
-    side = max(math.ceil(h / math.ceil(h / tile)), math.ceil(w / math.ceil(w / tile)))
-    return _round_up(side, multiple)
-
-
-def _round_up(n: int, multiple: int) -> int:
-    return int(math.ceil(n / multiple) * multiple)
 
 
 def segment_particles(
@@ -321,8 +259,7 @@ def segment_particles(
     tile_used = int(tile or info.get("tile", 1024))
     multiple = int(info.get("pad_multiple", 32))
     margin = int(info.get("margin", 160))
-    side = core_side(img.shape, tile_used, multiple)
-    n_tiles = math.ceil(img.shape[0] / side) * math.ceil(img.shape[1] / side)
+    n_tiles = len(plan_tiles(img.shape, tile_used, margin, multiple, border=margin)[0])
     total = n_tiles + 1
 
     def tile_progress(done: int, _total: int) -> None:

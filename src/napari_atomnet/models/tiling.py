@@ -140,23 +140,28 @@ def _spans(
 
 
 def pad_for_tiles(
-    image: NDArray, tile: int, margin: int, multiple: int = 1, border: int | None = None
+    image: NDArray,
+    tile: int,
+    margin: int,
+    multiple: int = 1,
+    border: int | None = None,
+    mode: str = "reflect",
 ) -> NDArray:
-    """Pad an image by reflection so every window of :func:`plan_tiles` lies inside it."""
+    """Pad an image so every window of :func:`plan_tiles` lies inside it.
+
+    ``mode`` is numpy's padding mode: "reflect" (mirror about the edge pixel, as the detector
+    was trained) or "symmetric" (mirror half a pixel outside, as the segmenter was trained).
+    """
     tiles, (pad_r, pad_c) = plan_tiles(image.shape, tile, margin, multiple, border)
     h, w = image.shape
     after_r = max(0, max(t.window[0].stop for t in tiles) - pad_r - h)
     after_c = max(0, max(t.window[1].stop for t in tiles) - pad_c - w)
-    return _reflect_pad(image, ((pad_r, after_r), (pad_c, after_c)))
-
-
-def _reflect_pad(image: NDArray, pads: tuple[tuple[int, int], tuple[int, int]]) -> NDArray:
-    # numpy's "reflect" (d c b | a b c d) mirrors about the edge pixel's centre, as the
-    # detector's training images are padded: a column centred on the first pixel then stays one
-    # blob centred inside the image.  With "symmetric" (d c b a | a b c d, mirror half a pixel
+    # The detector needs "reflect" (d c b | a b c d, about the edge pixel's centre), as its
+    # training images are padded: a column centred on the first pixel then stays one blob
+    # centred inside the image.  With "symmetric" (d c b a | a b c d, mirror half a pixel
     # outside) a column within a pixel of the edge merged with its mirror image into a blob
     # centred outside the image, and was lost (12 of 1,600 A columns of a 1024² perovskite).
-    return np.pad(image, pads, mode="reflect")
+    return np.pad(image, ((pad_r, after_r), (pad_c, after_c)), mode=mode)
 
 
 def _cores(n: int, tile: int) -> list[tuple[int, int]]:
@@ -170,10 +175,15 @@ def _round_up(n: int, multiple: int) -> int:
 
 
 def iter_windows(
-    image: NDArray, tile: int, margin: int, multiple: int = 1, border: int | None = None
+    image: NDArray,
+    tile: int,
+    margin: int,
+    multiple: int = 1,
+    border: int | None = None,
+    mode: str = "reflect",
 ) -> Iterator[tuple[Tile, NDArray]]:
-    """Yield each tile with its window of the (reflection-padded) image."""
+    """Yield each tile with its window of the padded image (see :func:`pad_for_tiles`)."""
     tiles, _ = plan_tiles(image.shape, tile, margin, multiple, border)
-    padded = pad_for_tiles(image, tile, margin, multiple, border)
+    padded = pad_for_tiles(image, tile, margin, multiple, border, mode)
     for t in tiles:
         yield t, padded[t.window]
