@@ -299,11 +299,16 @@ def _peek(path: Path) -> list[Any]:
 
 
 def _movie_constants(data: Any, params: dict[str, Any]) -> tuple[str, float, str | None]:
-    """Atom contrast, lattice spacing and Gaussian model of a movie, from its first frame."""
-    from .pipeline import find_atoms
+    """Atom contrast, lattice spacing and Gaussian model of a movie, from its first frame.
+
+    The frame is detected (not refined: a worker analyses it in full) and the Gaussian model
+    chosen from the detections as :func:`napari_atomnet.pipeline.refine_atoms` would.
+    """
+    from .core.image import as_analysis_image
+    from .pipeline import find_atoms, gaussian_model
     from .sequences import movie_constants
 
-    frame = _read_frame(data, 0)
+    frame = as_analysis_image(_read_frame(data, 0))
     polarity, spacing = movie_constants(frame, polarity=params.get("polarity") or "auto")
     if not params.get("refine", True):
         return polarity, spacing, None
@@ -311,11 +316,15 @@ def _movie_constants(data: Any, params: dict[str, Any]) -> tuple[str, float, str
         frame,
         detector=_detector(params.get("detector")),
         threshold=params.get("threshold"),
+        refine=False,
         polarity=polarity,
         spacing=spacing,
         device=params.get("device"),
     )
-    return polarity, spacing, first.provenance["params"].get("gaussian_model")
+    if not len(first.atoms):
+        return polarity, spacing, None
+    signal = frame if polarity == "bright" else -frame
+    return polarity, spacing, gaussian_model(signal, first.atoms[["y", "x"]].to_numpy(float))
 
 
 def _read_frame(data: Any, frame: int | None) -> Any:

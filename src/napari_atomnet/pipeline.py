@@ -219,7 +219,7 @@ def refine_atoms(
     pandas.DataFrame
         ``attrs["polarity"]`` is the contrast that was fitted ("bright" or "dark").
     """
-    from .core.refine import columns_are_elliptical, fit_gaussians
+    from .core.refine import fit_gaussians
 
     if model not in ("auto", "elliptical", "isotropic"):
         raise ValueError(f"model must be 'auto', 'elliptical' or 'isotropic', got {model!r}")
@@ -230,9 +230,8 @@ def refine_atoms(
         contrast = resolve_polarity(image, polarity)
     signal = image if contrast == "bright" else -image
     if model == "auto":
-        isotropic = not columns_are_elliptical(signal, coords)
-    else:
-        isotropic = model == "isotropic"
+        model = gaussian_model(signal, coords)
+    isotropic = model == "isotropic"
     fit = fit_gaussians(signal, coords, isotropic=isotropic)
     if signal is not image:  # report amplitudes and backgrounds in the image's own units
         fit["amplitude"] = -fit["amplitude"]
@@ -264,6 +263,24 @@ def refine_atoms(
     atoms = atoms[front + [c for c in atoms.columns if c not in front]]
     atoms.attrs["polarity"] = contrast
     return atoms
+
+
+def gaussian_model(signal: np.ndarray, coords: np.ndarray) -> str:
+    """Return the Gaussian model ``model="auto"`` fits: "elliptical" or "isotropic".
+
+    Isotropic unless the columns are measurably elliptical
+    (:func:`napari_atomnet.core.refine.columns_are_elliptical`).
+
+    Parameters
+    ----------
+    signal : ndarray, shape (H, W)
+        The image with the atoms bright (dark-atom images negated).
+    coords : ndarray, shape (N, 2)
+        Column positions (y, x).
+    """
+    from .core.refine import columns_are_elliptical
+
+    return "elliptical" if columns_are_elliptical(signal, coords) else "isotropic"
 
 
 def _median_spacing(atoms: pd.DataFrame) -> float:
