@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -66,6 +67,10 @@ def test_batch_files_and_frames_resume(inputs, tmp_path):
     np.testing.assert_allclose(np.sort(f3["y"]), truth_y, atol=0.15)
     assert (out / "single_atoms.csv").exists() and (out / "movie" / "provenance.json").exists()
     assert not list(out.rglob("*.part"))
+    # the movie's Gaussian model, chosen once when planning, is the one every frame was fitted with
+    prov = json.loads((out / "movie" / "provenance.json").read_text())
+    assert prov["params"]["gaussian_model"] in ("isotropic", "elliptical")
+    assert (f3["model"] == prov["params"]["gaussian_model"]).all()
 
     # resume: only the missing frame is computed again, with the same result
     before = pd.read_csv(out / "movie" / "frame_00002_atoms.csv")
