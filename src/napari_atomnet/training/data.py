@@ -40,7 +40,9 @@ __all__ = [
     "CLASSES",
     "DEFAULT_MIX",
     "DEFAULT_NORMALIZATION",
+    "HOLE_WEIGHT",
     "Example",
+    "hole_positions",
     "label_atoms",
     "labelled_example",
     "make_example",
@@ -61,6 +63,9 @@ WEAK_RATIO = 0.6
 MIN_SNR = 4.0
 #: Heatmap loss weight of the pixels within 3 px of an image border (see Example.prerender).
 BORDER_WEIGHT = 10.0
+#: Heatmap loss weight near the "holes" of the column arrangement (see :func:`hole_positions`),
+#: the recipe's default (card key ``hole_weight``).
+HOLE_WEIGHT = 5.0
 #: What a training image's padding holds, as inference fills the pixels beyond an image's edge
 #: (card key ``border_fill``).  "reflect": the mirrored image, with mirrored labels.  "zero":
 #: nothing (0 after normalisation), no labels.  With reflection a column d px inside the edge and
@@ -123,15 +128,28 @@ class Example:
     meta: dict[str, Any] = field(default_factory=dict)
     targets: dict[str, NDArray] | None = None
 
-    def prerender(self, n_classes: int = 2, border_weight: float = BORDER_WEIGHT) -> Example:
+    def prerender(
+        self,
+        n_classes: int = 2,
+        border_weight: float = BORDER_WEIGHT,
+        hole_weight: float = 1.0,
+    ) -> Example:
         """Render the targets of the whole image once (crops then cost a slice).
 
         The heatmap loss weight is ``border_weight`` within 3 px of the image border (when the
         image is padded): a column just outside the image shows there as half a blob whose
         reflection looks much like a column on the border, and telling the two apart (only
         columns inside count) needs extra weight, as those pixels are few.
+
+        It is ``hole_weight`` within ``1.5 sigma_t`` of the holes of the column arrangement
+        (:func:`hole_positions`): the empty centres of square cells, hexagons and vacancies are
+        where a network that learnt the perovskite's B site at every cell centre places weak
+        columns that are not there (ABF rocksalt and square lattices at low dose).
         """
         heat, log_size, _, weight = render_targets(self.image.shape, self.atoms, n_classes)
+        if hole_weight != 1:
+            holes, radius = hole_positions(self.atoms)
+            _scale_disks(weight, holes, 1.5 * radius, hole_weight)
         if self.pad and border_weight != 1:
             p = self.pad
             h, w = self.image.shape[0] - 2 * p, self.image.shape[1] - 2 * p
@@ -147,6 +165,69 @@ class Example:
             "weight": weight.astype(np.uint8),
         }
         return self
+
+
+def hole_positions(atoms: NDArray[np.float32]) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Find the holes of a column arrangement: Voronoi vertices far from every column.
+
+    A Voronoi vertex (the circumcentre of a Delaunay triangle of the columns) is a point of
+    locally largest distance ``R`` to the columns: the centre of an empty square cell, of a
+    hexagon, of a vacancy.  It counts as a hole when ``2 sigma_t <= R <= 1.05 nn`` of its nearest
+    column (outside a column's blob; hull triangles with far-away circumcentres dropped).
+
+    Parameters
+    ----------
+    atoms : ndarray, shape (n, 5)
+        ``y, x, class, sigma_t, size`` (every class, ignored columns included).
+
+    Returns
+    -------
+    holes : ndarray, shape (m, 2)
+        (y, x) of the holes.
+    sigma : ndarray, shape (m,)
+        ``sigma_t`` of each hole's nearest column.
+    """
+    if len(atoms) < 3:
+        return np.zeros((0, 2)), np.zeros(0)
+    from scipy.spatial import Delaunay, QhullError
+
+    pts = np.unique(atoms[:, :2].astype(np.float64), axis=0)
+    try:
+        tri = Delaunay(pts)
+    except (QhullError, ValueError):  # collinear or too few distinct columns
+        return np.zeros((0, 2)), np.zeros(0)
+    a, b, c = (pts[tri.simplices[:, k]] for k in range(3))
+    # circumcentres, relative to a
+    ba, ca = b - a, c - a
+    d = 2.0 * (ba[:, 0] * ca[:, 1] - ba[:, 1] * ca[:, 0])
+    ok = np.abs(d) > 1e-9
+    nb, nc = (ba**2).sum(1), (ca**2).sum(1)
+    cy = (ca[:, 1] * nb - ba[:, 1] * nc) / np.where(ok, d, 1.0)
+    cx = (ba[:, 0] * nc - ca[:, 0] * nb) / np.where(ok, d, 1.0)
+    centres = a[ok] + np.column_stack([cy, cx])[ok]
+    tree = cKDTree(atoms[:, :2].astype(np.float64))
+    dist, idx = tree.query(centres)
+    nn = tree.query(atoms[:, :2].astype(np.float64), k=2)[0][:, 1]
+    sig = atoms[idx, _SIG].astype(np.float64)
+    keep = (dist >= 2.0 * sig) & (dist <= 1.05 * nn[idx])
+    return centres[keep], sig[keep]
+
+
+def _scale_disks(
+    weight: NDArray[np.float32], centres: NDArray, radius: NDArray, factor: float
+) -> None:
+    """Multiply ``weight`` by ``factor`` within ``radius`` of each centre (once per pixel)."""
+    h, w = weight.shape
+    hit = np.zeros((h, w), bool)
+    for (y, x), r in zip(centres, radius, strict=True):
+        r0, r1 = max(int(np.floor(y - r)), 0), min(int(np.ceil(y + r)) + 1, h)
+        c0, c1 = max(int(np.floor(x - r)), 0), min(int(np.ceil(x + r)) + 1, w)
+        if r0 >= r1 or c0 >= c1:
+            continue
+        yy = np.arange(r0, r1)[:, None] - y
+        xx = np.arange(c0, c1)[None, :] - x
+        hit[r0:r1, c0:c1] |= yy**2 + xx**2 <= r * r
+    weight[hit] *= factor
 
 
 def target_sigma(nn: NDArray | float) -> NDArray[np.float64]:
@@ -596,6 +677,7 @@ def make_pool(
     workers: int = 1,
     progress: Any = None,
     border_fill: str = "reflect",
+    hole_weight: float = 1.0,
 ) -> list[Example]:
     """Pre-generate a fixed, seeded pool of training images.
 
@@ -612,6 +694,8 @@ def make_pool(
         See :func:`make_example`.
     prerender : bool
         Render each image's targets once (:meth:`Example.prerender`).
+    hole_weight : float
+        Heatmap loss weight at the holes of the column arrangement (:meth:`Example.prerender`).
     workers : int
         Processes to simulate in (1: in this process).
     progress : callable, optional
@@ -626,7 +710,7 @@ def make_pool(
     ss = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(int(seed))
     norm = dict(DEFAULT_NORMALIZATION if normalization is None else normalization)
     jobs = [
-        (kind, child, tuple(shape), int(pad), norm, bool(prerender), border_fill)
+        (kind, child, tuple(shape), int(pad), norm, bool(prerender), border_fill, hole_weight)
         for kind, child in zip(kinds, ss.spawn(n), strict=True)
     ]
     pool: list[Example] = []
@@ -648,7 +732,7 @@ def make_pool(
 
 
 def _pool_item(job: tuple) -> Example:
-    kind, child, shape, pad, norm, prerender, fill = job
+    kind, child, shape, pad, norm, prerender, fill, hole_weight = job
     ex = make_example(
         kind,
         np.random.default_rng(child),
@@ -657,7 +741,7 @@ def _pool_item(job: tuple) -> Example:
         normalization=norm,
         border_fill=fill,
     )
-    return ex.prerender() if prerender else ex
+    return ex.prerender(hole_weight=hole_weight) if prerender else ex
 
 
 def _allocate(n: int, mix: Mapping[str, float]) -> list[str]:

@@ -341,13 +341,14 @@ def fine_tune_detector(
     stop = cancelled or (lambda: False)
     norm = dict(card.info.get("normalization") or data.DEFAULT_NORMALIZATION)
     fill = str(card.info.get("border_fill", "reflect"))  # the base model's border padding
+    holes = float(card.info.get("hole_weight", 1.0))  # and its loss weight at empty cell centres
 
     n_sim = cfg.sim_images if cfg.user_fraction < 1.0 else 0
     images = _read_labelled(Path(data_dir), polarity, norm, n_sim, report, stop)
     train_parts, val_parts, split = _split(images, cfg)
     total_data = len(images) + n_sim
     user_pool = [
-        _user_example(p, angle, norm, fill)
+        _user_example(p, angle, norm, fill, holes)
         for p in train_parts
         for angle in 90.0 * np.arange(cfg.rotations + 1) / (cfg.rotations + 1)
     ]
@@ -369,6 +370,7 @@ def fine_tune_detector(
             pad=PAD,
             normalization=norm,
             border_fill=fill,
+            hole_weight=holes,
             progress=sim_progress,
         )
         if n_sim
@@ -545,7 +547,11 @@ def _label_rows(atoms: pd.DataFrame, oriented: NDArray[np.float32]) -> NDArray[n
 
 
 def _user_example(
-    part: _Labelled, angle: float, norm: dict[str, float], fill: str = "reflect"
+    part: _Labelled,
+    angle: float,
+    norm: dict[str, float],
+    fill: str = "reflect",
+    hole_weight: float = 1.0,
 ) -> data.Example:
     """Training example of a labelled image part, rotated by ``angle`` degrees (0: as is)."""
     from scipy import ndimage
@@ -585,7 +591,7 @@ def _user_example(
         source="user",
         meta={"name": part.name, "rotation_deg": float(angle)},
         border_fill=fill,
-    ).prerender(len(data.CLASSES))
+    ).prerender(len(data.CLASSES), hole_weight=hole_weight)
     if valid is not None and ex.targets is not None:
         ex.targets["weight"][~np.pad(valid, PAD)] = 0  # no loss where the rotation has no data
     return ex

@@ -70,6 +70,7 @@ class TrainConfig:
         self.sim_shape: int = 256
         self.pad: int = 32
         self.border_fill: str = "reflect"  # what the padding holds (data.BORDER_FILLS)
+        self.hole_weight: float = 1.0  # heatmap loss weight at empty cell centres (data)
         self.lr: float = 3e-3
         self.weight_decay: float = 1e-4
         self.warmup: int = 300
@@ -469,6 +470,7 @@ def train(cfg: TrainConfig, pool: list[data.Example] | None = None) -> tuple[Any
             shape=(cfg.sim_shape, cfg.sim_shape),
             pad=cfg.pad,
             border_fill=cfg.border_fill,
+            hole_weight=cfg.hole_weight,
             workers=cfg.workers,
             progress=progress,
         )
@@ -603,7 +605,14 @@ def _recipe(cfg: TrainConfig) -> dict[str, Any]:
         f"per class; classes {list(data.CLASSES)} (weak: column type below "
         f"{data.WEAK_RATIO} of the strongest of its lattice); box side min(5 sigma_column, nn); "
         f"columns with matched-filter SNR < {data.MIN_SNR} ignored",
-        "loss": f"{cfg.loss} heatmap loss + {cfg.size_weight} x L1(log box side)",
+        "loss": f"{cfg.loss} heatmap loss + {cfg.size_weight} x L1(log box side); heatmap loss "
+        f"weight {data.BORDER_WEIGHT:g} within 3 px of an image edge"
+        + (
+            f", {cfg.hole_weight:g} within 1.5 sigma_t of the holes of the column arrangement "
+            "(Voronoi vertices: empty cell centres, hexagon centres, vacancies)"
+            if cfg.hole_weight != 1
+            else ""
+        ),
         "optimizer": f"AdamW lr {cfg.lr} (warm-up {cfg.warmup}, cosine), weight decay "
         f"{cfg.weight_decay}, batch {cfg.batch}, grad-norm clip 5",
     }
@@ -638,6 +647,12 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="what the padding beyond an image's edge holds in training and inference "
         "(default reflect)",
+    )
+    parser.add_argument(
+        "--hole-weight",
+        type=float,
+        default=None,
+        help="heatmap loss weight at the holes of the column arrangement (default 1)",
     )
     parser.add_argument("--save-torch", type=Path, default=None, help="also save the weights")
     parser.add_argument(
@@ -676,7 +691,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg.threads = args.threads
     if args.time_limit:
         cfg.time_limit_min = args.time_limit
-    for key in ("steps", "pool", "loss", "lr", "batch", "val_every", "test_images", "border_fill"):
+    keys = ("steps", "pool", "loss", "lr", "batch", "val_every", "test_images")
+    for key in (*keys, "border_fill", "hole_weight"):
         value = getattr(args, key)
         if value is not None:
             setattr(cfg, key, value)
@@ -723,6 +739,7 @@ def main(argv: list[str] | None = None) -> int:
         "margin": cfg.margin,
         "border": cfg.pad,  # padding at image borders, as the training images were padded
         "border_fill": cfg.border_fill,
+        "hole_weight": cfg.hole_weight,  # fine-tuning keeps the recipe's target weights
         "tile": cfg.tile,
         "default_threshold": 0.3,
         "normalization": dict(data.DEFAULT_NORMALIZATION),
