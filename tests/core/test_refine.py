@@ -366,3 +366,28 @@ def test_auto_weights_and_max_iter_status():
     per_peak = fit_gaussians(img, start, window=np.linspace(3, 8, len(start)))
     assert per_peak["fit_ok"].all()
     assert np.hypot(per_peak["y"] - truth[:, 0], per_peak["x"] - truth[:, 1]).max() < 0.3
+
+
+@pytest.mark.parametrize("with_nan", [False, True])
+def test_windows_match_a_direct_crop_with_masked_outside_and_nan(with_nan):
+    from napari_atomnet.core.refine import _Windows
+
+    rng = np.random.default_rng(4)
+    img = rng.normal(size=(40, 50)).astype(np.float32)
+    if with_nan:
+        img[20, 25] = np.nan
+    cy = np.array([0, 3, 20, 39, 45, -6, 20])
+    cx = np.array([0, 47, 25, 49, 10, 3, 60])
+    h = 4
+    data, mask = _Windows(img).gather(cy, cx, h)
+    for i, (y, x) in enumerate(zip(cy, cx, strict=True)):
+        want = np.zeros((2 * h + 1, 2 * h + 1), np.float32)
+        valid = np.zeros_like(want)
+        for a in range(-h, h + 1):
+            for b in range(-h, h + 1):
+                yy, xx = y + a, x + b
+                if 0 <= yy < 40 and 0 <= xx < 50 and np.isfinite(img[yy, xx]):
+                    want[a + h, b + h] = img[yy, xx]
+                    valid[a + h, b + h] = 1.0
+        np.testing.assert_array_equal(data[i], want.ravel())
+        np.testing.assert_array_equal(mask[i], valid.ravel())

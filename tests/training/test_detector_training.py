@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from scipy.spatial import cKDTree
 
 torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
@@ -225,3 +226,58 @@ def test_zero_border_fill_pads_with_zeros_and_keeps_labels_inside():
     assert len(mirror.atoms) > len(zero.atoms)
     with pytest.raises(ValueError, match="fill"):
         data.normalize_image(sim.image, pad=4, fill="wrap")
+
+
+@pytest.mark.parametrize(
+    ("lattice", "hole_over_nn"),
+    [("square", np.sqrt(0.5)), ("hexagonal", np.sqrt(1 / 3)), ("honeycomb", 1.0)],
+)
+def test_holes_are_the_empty_centres_of_the_cells(lattice, hole_over_nn):
+    from napari_atomnet import synth
+
+    sim = synth.lattice_image(
+        (96, 96), lattice=lattice, spacing=14.0, rotation_deg=17, dose=500, seed=2
+    )
+    atoms = data.label_atoms(sim.atoms)
+    holes, sigma = data.hole_positions(atoms)
+    truth = atoms[:, :2].astype(np.float64)
+    nn = float(np.median(cKDTree(truth).query(truth, k=2)[0][:, 1]))
+    inner = np.minimum(holes, 95 - holes).min(axis=1) > 20
+    assert inner.sum() > 10
+    dist = cKDTree(truth).query(holes[inner])[0]
+    # every hole lies where the lattice has its empty centres (no column near it) ...
+    np.testing.assert_allclose(dist, hole_over_nn * nn, rtol=0.05)
+    assert (dist >= 2 * sigma[inner]).all()
+    # ... and every interior cell centre has a hole (the centroid of each interior triangle of
+    # nearest neighbours is within the cell)
+    n_cells = {"square": 1, "hexagonal": 2, "honeycomb": 1}[lattice]
+    area = 56.0**2
+    cell_area = {
+        "square": nn**2,
+        "hexagonal": np.sqrt(3) / 2 * nn**2,
+        "honeycomb": 3 * np.sqrt(3) / 2 * nn**2,
+    }[lattice]
+    unique = np.unique(np.round(holes[inner], 1), axis=0)
+    assert len(unique) == pytest.approx(n_cells * area / cell_area, rel=0.35)
+
+
+def test_hole_weight_raises_the_loss_weight_at_holes_only():
+    from napari_atomnet import synth
+
+    sim = synth.lattice_image((64, 64), lattice="square", spacing=12.0, dose=500, seed=3)
+    labels = data.label_atoms(sim.atoms)
+    truth = sim.atoms[["y", "x"]].to_numpy()
+    plain = data.labelled_example(sim.image, labels, truth, pad=8, border_fill="zero")
+    holes = data.labelled_example(sim.image, labels, truth, pad=8, border_fill="zero")
+    plain.prerender(hole_weight=1.0)
+    holes.prerender(hole_weight=5.0)
+    w1, w5 = plain.targets["weight"].astype(float), holes.targets["weight"].astype(float)
+    raised = w5 > w1
+    np.testing.assert_array_equal(w5[raised], 5 * w1[raised])
+    np.testing.assert_array_equal(w5[~raised], w1[~raised])
+    # raised at the cell centres, never on a column
+    iy, ix = np.round(plain.atoms[:, :2]).astype(int).T
+    assert not raised[iy, ix].any()
+    centres, _ = data.hole_positions(plain.atoms)
+    cy, cx = np.round(centres).astype(int).T
+    assert raised[cy, cx].all()

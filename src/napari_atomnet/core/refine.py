@@ -153,7 +153,7 @@ def _chol_solve(a: NDArray, b: NDArray) -> tuple[NDArray, NDArray]:
     n, p, _ = a.shape
     vec = b.ndim == 2
     bb = b[..., None] if vec else b
-    at = np.moveaxis(a, 0, -1)  # (P, P, n) views
+    at = np.ascontiguousarray(np.moveaxis(a, 0, -1))  # (P, P, n), each entry a contiguous row
     low = np.zeros((p, p, n))
     ok = np.ones(n, dtype=bool)
     for j in range(p):
@@ -165,7 +165,7 @@ def _chol_solve(a: NDArray, b: NDArray) -> tuple[NDArray, NDArray]:
             low[j + 1 :, j] = (
                 at[j + 1 :, j] - np.einsum("ikn,kn->in", low[j + 1 :, :j], low[j, :j])
             ) / d
-    rhs = np.moveaxis(bb, 0, -1)  # (P, R, n)
+    rhs = np.ascontiguousarray(np.moveaxis(bb, 0, -1))  # (P, R, n)
     z = np.empty_like(rhs)
     for i in range(p):
         z[i] = (rhs[i] - np.einsum("kn,krn->rn", low[i, :i], z[:i])) / low[i, i]
@@ -577,6 +577,7 @@ class _Windows:
         self.img = img
         self._pad = -1
         self._padded = img
+        self._nan = bool(np.isnan(img).any())
 
     def gather(self, cy: NDArray, cx: NDArray, h: int) -> tuple[NDArray, NDArray]:
         """Flattened (n, k²) windows around integer centres and their masks (float32 0/1)."""
@@ -589,8 +590,17 @@ class _Windows:
         rows = np.clip(cy, -h - 1, hh + h) + (self._pad - h)
         cols = np.clip(cx, -h - 1, ww + h) + (self._pad - h)
         win = sliding_window_view(self._padded, (k, k))[rows, cols].reshape(len(cy), -1)
-        mask = np.isfinite(win)
-        return np.where(mask, win, np.float32(0.0)), mask.astype(np.float32)
+        mask = np.ones(win.shape, dtype=np.float32)
+        # only windows that reach beyond the image (or any, if it has NaNs) have pixels to mask
+        part = (cy < h) | (cy >= hh - h) | (cx < h) | (cx >= ww - h)
+        if self._nan:
+            part[:] = True
+        if part.any():
+            sub = win[part]
+            ok = np.isfinite(sub)
+            win[part] = np.where(ok, sub, np.float32(0.0))
+            mask[part] = ok
+        return win, mask
 
 
 def _moment_start(
@@ -721,10 +731,13 @@ def _nn_distance(coords: NDArray) -> NDArray:
     n = len(coords)
     if n < 2:
         return np.full(n, np.inf)
-    kq = min(n, 6)
-    dist, _ = cKDTree(coords).query(coords, k=kq)
-    dist = np.where(dist[:, 1:] > 1.5, dist[:, 1:], np.inf)
-    return dist.min(axis=1)
+    tree = cKDTree(coords)
+    nn = tree.query(coords, k=2)[0][:, 1]
+    dup = np.nonzero(nn <= 1.5)[0]  # rare: look past the near-duplicates of these
+    if dup.size:
+        dist = tree.query(coords[dup], k=min(n, 6))[0][:, 1:]
+        nn[dup] = np.where(dist > 1.5, dist, np.inf).min(axis=1)
+    return nn
 
 
 def _half_widths(
