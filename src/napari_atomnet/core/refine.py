@@ -106,6 +106,7 @@ _MAX_CLUSTER_HALF = 25  # largest half-width of a joint window
 _CLUSTER_ITER_FACTOR = 2  # joint fits of close groups converge more slowly
 _FADED = 0.02  # a group member below this fraction of the largest amplitude is frozen
 _EARLY_PASS_TOL = 0.05  # px (relative for the other parameters) in passes before the last
+_FIRST_PASS_WINDOW = 0.8  # the first pass fits on windows this fraction as wide (at least 3 px)
 
 
 @dataclass(frozen=True)
@@ -959,8 +960,12 @@ def fit_gaussians(
         singles = todo[~in_cluster[todo]]
         n_todo = max(todo.size, 1)
         done_in_pass = 0
-        for hval in np.unique(half[singles]):
-            grp = singles[half[singles] == hval]
+        # The first pass only places the neighbour models for the next one (to 0.05 px): on a
+        # narrower window it costs 2/3 of the pixels and sees less of the neighbours that it
+        # cannot subtract yet.  The last pass fits on the full window.
+        h_pass = half if pss or n_passes == 1 else _first_pass_half(half)
+        for hval in np.unique(h_pass[singles]):
+            grp = singles[h_pass[singles] == hval]
             step = _block(int(hval))
             for s in range(0, grp.size, step):
                 sel = grp[s : s + step]
@@ -1015,6 +1020,11 @@ def fit_gaussians(
         _merge(st, merged_into, merge_distance)
 
     return _frame(st, merged_into, index, base_cfg, drop_merged)
+
+
+def _first_pass_half(half: NDArray) -> NDArray:
+    """Window half-widths of the first of several passes (see ``_FIRST_PASS_WINDOW``)."""
+    return np.maximum(np.round(_FIRST_PASS_WINDOW * half), np.minimum(half, 3)).astype(np.int64)
 
 
 def _pass_cfg(cfg: _Cfg, pss: int, n_passes: int) -> _Cfg:
