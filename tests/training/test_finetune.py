@@ -134,10 +134,12 @@ def test_the_loop_works_on_a_different_image(tuned):
     result, _, _ = tuned
     new = dumbbells(seed=12, rotation_deg=20.0)  # another image, another lattice orientation
     before, after = f1("atomnet-detect", new), f1(str(result.onnx_path), new)
-    # the built-in model merges many pairs (F1 0.35 here); a few dozen steps on one image fix it
+    # the built-in model merges many pairs; a few dozen steps on one image fix it
     assert after > 0.97
     assert after - before > 0.1
-    assert result.f1_after > max(0.95, result.f1_before + 0.05)  # its own held-out strip too
+    # its own held-out strip too: at least half of the base model's errors there are gone
+    assert result.f1_after > 0.95
+    assert 1.0 - result.f1_after <= 0.5 * (1.0 - result.f1_before)
 
 
 def test_refuses_existing_builtin_and_unsafe_names(tuned, tmp_path):

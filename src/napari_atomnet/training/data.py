@@ -15,14 +15,16 @@ large random component):
 
 Each simulated image is normalised exactly as inference normalises it
 (:func:`~napari_atomnet.core.preprocess.normalization_sigma` on the whole image, then the local
-normalisation with the whole image's statistics), after reflection padding, as tiles at an image
+normalisation with the whole image's statistics), then padded as tiles at an image
 border are padded at inference.  Targets per column: a Gaussian blob of
 ``sigma_t = clip(0.12 * nn, 1, 3)`` px (``nn``: distance to the nearest other column) in the
 channel of its class (``strong``; ``weak`` when its brightness is below 0.6 of the strongest
 column type of its lattice), combined by maximum so every blob's peak stays exactly on its
 column; box side ``min(5 * sigma_column, nn)``.  Columns too faint to be seen (matched-filter SNR
 below :data:`MIN_SNR`) are neither positives nor negatives (their neighbourhood is masked out of
-the heatmap loss).
+the heatmap loss).  The heatmap loss weight is raised near the image border
+(:data:`BORDER_WEIGHT`) and, with ``hole_weight``, at the holes of the column arrangement
+(:func:`hole_positions`: empty cell centres, hexagon centres, vacancies).
 """
 
 from __future__ import annotations

@@ -69,8 +69,8 @@ class TrainConfig:
         self.pool: int = 2400
         self.sim_shape: int = 256
         self.pad: int = 32
-        self.border_fill: str = "reflect"  # what the padding holds (data.BORDER_FILLS)
-        self.hole_weight: float = 1.0  # heatmap loss weight at empty cell centres (data)
+        self.border_fill: str = "zero"  # what the padding holds (data.BORDER_FILLS)
+        self.hole_weight: float = data.HOLE_WEIGHT  # loss weight at empty cell centres
         self.lr: float = 3e-3
         self.weight_decay: float = 1e-4
         self.warmup: int = 300
@@ -646,13 +646,14 @@ def main(argv: list[str] | None = None) -> int:
         choices=data.BORDER_FILLS,
         default=None,
         help="what the padding beyond an image's edge holds in training and inference "
-        "(default reflect)",
+        "(default zero)",
     )
     parser.add_argument(
         "--hole-weight",
         type=float,
         default=None,
-        help="heatmap loss weight at the holes of the column arrangement (default 1)",
+        help="heatmap loss weight at the holes of the column arrangement (default "
+        f"{data.HOLE_WEIGHT:g})",
     )
     parser.add_argument("--save-torch", type=Path, default=None, help="also save the weights")
     parser.add_argument(
