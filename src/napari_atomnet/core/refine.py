@@ -106,7 +106,7 @@ _MAX_CLUSTER_HALF = 25  # largest half-width of a joint window
 _CLUSTER_ITER_FACTOR = 2  # joint fits of close groups converge more slowly
 _FADED = 0.02  # a group member below this fraction of the largest amplitude is frozen
 _EARLY_PASS_TOL = 0.05  # px (relative for the other parameters) in passes before the last
-_FIRST_PASS_WINDOW = 0.8  # the first pass fits on windows this fraction as wide (at least 3 px)
+_FIRST_PASS_WINDOW = 0.8  # the first pass fits on windows this fraction as wide (_first_pass_half)
 
 
 @dataclass(frozen=True)
@@ -960,17 +960,24 @@ def fit_gaussians(
         singles = todo[~in_cluster[todo]]
         n_todo = max(todo.size, 1)
         done_in_pass = 0
-        # The first pass only places the neighbour models for the next one (to 0.05 px): on a
-        # narrower window it costs 2/3 of the pixels and sees less of the neighbours that it
-        # cannot subtract yet.  The last pass fits on the full window.
-        h_pass = half if pss or n_passes == 1 else _first_pass_half(half)
-        for hval in np.unique(h_pass[singles]):
-            grp = singles[h_pass[singles] == hval]
-            step = _block(int(hval))
+        narrow = pss == 0 and n_passes > 1 and subtract
+        for hval in np.unique(half[singles]):
+            grp = singles[half[singles] == hval]
+            # blocks sized for the narrower windows a first pass mostly fits on
+            step = _block(max(round(_FIRST_PASS_WINDOW * hval), 3) if narrow else int(hval))
             for s in range(0, grp.size, step):
                 sel = grp[s : s + step]
                 _fit_singles(
-                    work, sel, int(hval), new_centres, st, ok_prev, model_img is not None, cfg, lim
+                    work,
+                    sel,
+                    int(hval),
+                    new_centres,
+                    st,
+                    ok_prev,
+                    model_img is not None,
+                    cfg,
+                    lim,
+                    narrow=narrow,
                 )
                 done_in_pass += sel.size
                 if progress is not None:
@@ -1022,9 +1029,16 @@ def fit_gaussians(
     return _frame(st, merged_into, index, base_cfg, drop_merged)
 
 
-def _first_pass_half(half: NDArray) -> NDArray:
-    """Window half-widths of the first of several passes (see ``_FIRST_PASS_WINDOW``)."""
-    return np.maximum(np.round(_FIRST_PASS_WINDOW * half), np.minimum(half, 3)).astype(np.int64)
+def _first_pass_half(h: int, p0: NDArray) -> int:
+    """Window half-width for a first pass that only places the neighbour models.
+
+    ``_FIRST_PASS_WINDOW`` of the full half-width ``h``, but never less than twice the block's
+    median start width (a narrower window cannot tell the peaks' amplitude, width and
+    background apart) nor 3 px.  One width per block keeps the block one batch.
+    """
+    sigma = float(np.median(1.0 / np.sqrt(np.maximum(p0[:, 3], 1e-12))))
+    narrow = max(round(_FIRST_PASS_WINDOW * h), int(np.ceil(2.0 * sigma)), 3)
+    return int(min(narrow, h))
 
 
 def _pass_cfg(cfg: _Cfg, pss: int, n_passes: int) -> _Cfg:
@@ -1070,8 +1084,15 @@ def _fit_singles(
     add_own: bool,
     cfg: _Cfg,
     lim: _Limits,
+    narrow: bool = False,
 ) -> None:
-    """Gather, start, fit and classify one block of single peaks (results into ``st``)."""
+    """Gather, start, fit and classify one block of single peaks (results into ``st``).
+
+    With ``narrow`` (the first of several passes, which only places the neighbour models for the
+    next one to 0.05 px) the block is fitted on narrower windows when its peaks' start widths
+    allow it (see :func:`_first_pass_half`): fewer pixels, and less of the neighbours that
+    cannot be subtracted yet.
+    """
     cy, cx = centres[sel, 0], centres[sel, 1]
     data, mask = work.gather(cy, cx, h)
     okp = ok_prev[sel]
@@ -1089,8 +1110,13 @@ def _fit_singles(
         y0 = st.init[sel[bad], 0] - cy[bad]
         x0 = st.init[sel[bad], 1] - cx[bad]
         p0[bad] = _moment_start(data[bad], mask[bad], y0, x0, h, cfg)
+    hv = _first_pass_half(h, p0) if narrow else h
+    if hv < h:  # the centred (2 hv + 1)² part of each window
+        k, c = 2 * h + 1, slice(h - hv, h + hv + 1)
+        data = np.ascontiguousarray(data.reshape(-1, k, k)[:, c, c].reshape(sel.size, -1))
+        mask = np.ascontiguousarray(mask.reshape(-1, k, k)[:, c, c].reshape(sel.size, -1))
     with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
-        res = _lm_block(data, mask, p0, h, cfg)
+        res = _lm_block(data, mask, p0, hv, cfg)
     p_abs = res.params.copy()
     p_abs[:, 1] += cy
     p_abs[:, 2] += cx
