@@ -10,8 +10,8 @@ Model contract (written by ``napari_atomnet.training.export``; read from the mod
 - output ``size`` (optional): float32 (N, 2, H/s, W/s), box height and width in input pixels;
 - card keys: ``stride``, ``pad_multiple``, ``margin`` (context px ≥ half the receptive field),
   ``border`` (padding at the image's own borders, as in training; default ``margin``),
-  ``border_fill`` (``"reflect"``, the default, or ``"zero"``: the padding is 0 after
-  normalisation),
+  ``border_fill`` (``"reflect"`` when a card does not say, or ``"zero"``: the padding is 0
+  after normalisation, as the built-in model was trained),
   ``tile``, ``classes``, ``default_threshold``, ``normalization`` {``factor``, ``minimum``,
   ``maximum``, ``fallback``}.
 """
