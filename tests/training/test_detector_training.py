@@ -208,14 +208,19 @@ def test_hrtem_images_without_recognisable_atoms_are_not_learnt():
         assert (ex.atoms[:, 2] == (-1.0 if weak else 0.0)).all()
 
 
-def test_zero_border_fill_pads_with_zeros_and_keeps_labels_inside():
+def _square_example(spacing: float, dose: float, fill: str) -> tuple[np.ndarray, data.Example]:
+    """Labels and the padded (8 px) training example of a 64² square lattice."""
     from napari_atomnet import synth
 
-    sim = synth.lattice_image((64, 64), lattice="square", spacing=10.0, dose=200, seed=3)
+    sim = synth.lattice_image((64, 64), lattice="square", spacing=spacing, dose=dose, seed=3)
     labels = data.label_atoms(sim.atoms)
     truth = sim.atoms[["y", "x"]].to_numpy()
-    zero = data.labelled_example(sim.image, labels, truth, pad=8, border_fill="zero")
-    mirror = data.labelled_example(sim.image, labels, truth, pad=8, border_fill="reflect")
+    return labels, data.labelled_example(sim.image, labels, truth, pad=8, border_fill=fill)
+
+
+def test_zero_border_fill_pads_with_zeros_and_keeps_labels_inside():
+    labels, zero = _square_example(10.0, 200, "zero")
+    _, mirror = _square_example(10.0, 200, "reflect")
     inner = np.s_[8:-8, 8:-8]
     np.testing.assert_array_equal(zero.image[inner], mirror.image[inner])
     frame = np.ones(zero.image.shape, bool)
@@ -225,7 +230,7 @@ def test_zero_border_fill_pads_with_zeros_and_keeps_labels_inside():
     np.testing.assert_allclose(zero.atoms[:, :2], labels[:, :2] + 8)
     assert len(mirror.atoms) > len(zero.atoms)
     with pytest.raises(ValueError, match="fill"):
-        data.normalize_image(sim.image, pad=4, fill="wrap")
+        data.normalize_image(np.ones((16, 16)), pad=4, fill="wrap")
 
 
 @pytest.mark.parametrize(
@@ -262,13 +267,8 @@ def test_holes_are_the_empty_centres_of_the_cells(lattice, hole_over_nn):
 
 
 def test_hole_weight_raises_the_loss_weight_at_holes_only():
-    from napari_atomnet import synth
-
-    sim = synth.lattice_image((64, 64), lattice="square", spacing=12.0, dose=500, seed=3)
-    labels = data.label_atoms(sim.atoms)
-    truth = sim.atoms[["y", "x"]].to_numpy()
-    plain = data.labelled_example(sim.image, labels, truth, pad=8, border_fill="zero")
-    holes = data.labelled_example(sim.image, labels, truth, pad=8, border_fill="zero")
+    _, plain = _square_example(12.0, 500, "zero")
+    _, holes = _square_example(12.0, 500, "zero")
     plain.prerender(hole_weight=1.0)
     holes.prerender(hole_weight=5.0)
     w1, w5 = plain.targets["weight"].astype(float), holes.targets["weight"].astype(float)

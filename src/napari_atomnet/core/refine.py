@@ -593,9 +593,7 @@ class _Windows:
         win = sliding_window_view(self._padded, (k, k))[rows, cols].reshape(len(cy), -1)
         mask = np.ones(win.shape, dtype=np.float32)
         # only windows that reach beyond the image (or any, if it has NaNs) have pixels to mask
-        part = (cy < h) | (cy >= hh - h) | (cx < h) | (cx >= ww - h)
-        if self._nan:
-            part[:] = True
+        part = self._nan | (cy < h) | (cy >= hh - h) | (cx < h) | (cx >= ww - h)
         if part.any():
             sub = win[part]
             ok = np.isfinite(sub)
@@ -964,7 +962,7 @@ def fit_gaussians(
         for hval in np.unique(half[singles]):
             grp = singles[half[singles] == hval]
             # blocks sized for the narrower windows a first pass mostly fits on
-            step = _block(max(round(_FIRST_PASS_WINDOW * hval), 3) if narrow else int(hval))
+            step = _block(_first_pass_half(int(hval)) if narrow else int(hval))
             for s in range(0, grp.size, step):
                 sel = grp[s : s + step]
                 _fit_singles(
@@ -1029,15 +1027,18 @@ def fit_gaussians(
     return _frame(st, merged_into, index, base_cfg, drop_merged)
 
 
-def _first_pass_half(h: int, p0: NDArray) -> int:
+def _first_pass_half(h: int, p0: NDArray | None = None) -> int:
     """Window half-width for a first pass that only places the neighbour models.
 
     ``_FIRST_PASS_WINDOW`` of the full half-width ``h``, but never less than twice the block's
-    median start width (a narrower window cannot tell the peaks' amplitude, width and
-    background apart) nor 3 px.  One width per block keeps the block one batch.
+    median start width (with ``p0``, the start parameters: a narrower window cannot tell the
+    peaks' amplitude, width and background apart) nor 3 px.  One width per block keeps the
+    block one batch.
     """
-    sigma = float(np.median(1.0 / np.sqrt(np.maximum(p0[:, 3], 1e-12))))
-    narrow = max(round(_FIRST_PASS_WINDOW * h), int(np.ceil(2.0 * sigma)), 3)
+    narrow = max(round(_FIRST_PASS_WINDOW * h), 3)
+    if p0 is not None:
+        sigma = float(np.median(1.0 / np.sqrt(np.maximum(p0[:, 3], 1e-12))))
+        narrow = max(narrow, int(np.ceil(2.0 * sigma)))
     return int(min(narrow, h))
 
 

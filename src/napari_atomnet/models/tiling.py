@@ -150,17 +150,21 @@ def pad_for_tiles(
     """Pad an image so every window of :func:`plan_tiles` lies inside it.
 
     ``mode`` is numpy's padding mode: "reflect" (mirror about the edge pixel, as the detector
-    was trained) or "symmetric" (mirror half a pixel outside, as the segmenter was trained).
+    was trained; a card with ``border_fill`` "zero" zeroes that padding after normalising) or
+    "symmetric" (mirror half a pixel outside, as the segmenter was trained).
     """
-    tiles, (pad_r, pad_c) = plan_tiles(image.shape, tile, margin, multiple, border)
+    return _padded(image, *plan_tiles(image.shape, tile, margin, multiple, border), mode)
+
+
+def _padded(image: NDArray, tiles: list[Tile], pads: tuple[int, int], mode: str) -> NDArray:
+    pad_r, pad_c = pads
     h, w = image.shape
     after_r = max(0, max(t.window[0].stop for t in tiles) - pad_r - h)
     after_c = max(0, max(t.window[1].stop for t in tiles) - pad_c - w)
-    # The detector needs "reflect" (d c b | a b c d, about the edge pixel's centre), as its
-    # training images are padded: a column centred on the first pixel then stays one blob
-    # centred inside the image.  With "symmetric" (d c b a | a b c d, mirror half a pixel
-    # outside) a column within a pixel of the edge merged with its mirror image into a blob
-    # centred outside the image, and was lost (12 of 1,600 A columns of a 1024² perovskite).
+    # "reflect" (d c b | a b c d, about the edge pixel's centre) keeps a column centred on the
+    # first pixel one blob centred inside the image; with "symmetric" (d c b a | a b c d) such a
+    # column merged with its mirror image into a blob centred outside and was lost (12 of 1,600
+    # A columns of a 1024² perovskite, with the reflection-trained detector).
     return np.pad(image, ((pad_r, after_r), (pad_c, after_c)), mode=mode)
 
 
@@ -183,7 +187,7 @@ def iter_windows(
     mode: str = "reflect",
 ) -> Iterator[tuple[Tile, NDArray]]:
     """Yield each tile with its window of the padded image (see :func:`pad_for_tiles`)."""
-    tiles, _ = plan_tiles(image.shape, tile, margin, multiple, border)
-    padded = pad_for_tiles(image, tile, margin, multiple, border, mode)
+    tiles, pads = plan_tiles(image.shape, tile, margin, multiple, border)
+    padded = _padded(image, tiles, pads, mode)
     for t in tiles:
         yield t, padded[t.window]

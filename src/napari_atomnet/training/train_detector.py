@@ -646,14 +646,14 @@ def main(argv: list[str] | None = None) -> int:
         choices=data.BORDER_FILLS,
         default=None,
         help="what the padding beyond an image's edge holds in training and inference "
-        "(default zero)",
+        f"(default {TrainConfig().border_fill})",
     )
     parser.add_argument(
         "--hole-weight",
         type=float,
         default=None,
         help="heatmap loss weight at the holes of the column arrangement (default "
-        f"{data.HOLE_WEIGHT:g})",
+        f"{TrainConfig().hole_weight:g})",
     )
     parser.add_argument("--save-torch", type=Path, default=None, help="also save the weights")
     parser.add_argument(
@@ -692,8 +692,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg.threads = args.threads
     if args.time_limit:
         cfg.time_limit_min = args.time_limit
-    keys = ("steps", "pool", "loss", "lr", "batch", "val_every", "test_images")
-    for key in (*keys, "border_fill", "hole_weight"):
+    options = ("steps", "pool", "loss", "lr", "batch", "val_every", "test_images")
+    for key in (*options, "border_fill", "hole_weight"):
         value = getattr(args, key)
         if value is not None:
             setattr(cfg, key, value)
