@@ -441,7 +441,8 @@ def run_job(job: Job, task: str, params: dict[str, Any], overwrite: bool) -> lis
     task : {"atoms", "cells", "particles"}
         What to compute.
     params : dict
-        ``detector``, ``threshold``, ``refine``, ``polarity``, ``device``, ``bsites``.
+        ``detector``, ``threshold``, ``refine``, ``fit_check``, ``polarity``, ``device``,
+        ``bsites``.
     overwrite : bool
         Replace existing outputs.
 
@@ -478,6 +479,7 @@ def run_job(job: Job, task: str, params: dict[str, Any], overwrite: bool) -> lis
                 detector=model,
                 threshold=params.get("threshold"),
                 refine=params.get("refine", True),
+                fit_check=params.get("fit_check", True),
                 polarity=job.polarity or params.get("polarity") or "auto",
                 spacing=job.spacing,
                 gaussian=job.gaussian or "auto",
@@ -599,6 +601,7 @@ def run_batch(
     detector: str | None = None,
     threshold: float | None = None,
     refine: bool = True,
+    fit_check: bool = True,
     polarity: str = "auto",
     bsites: bool = True,
     device: str | None = "cpu",
@@ -622,7 +625,7 @@ def run_batch(
         Registry name or ``.onnx`` path of the detection model (default: the built-in model;
         ``"classical"`` for the Gaussian-filter baseline), or of the segmentation model for
         ``task="particles"`` (default: the built-in ``atomnet-particles``).
-    threshold, refine : optional
+    threshold, refine, fit_check : optional
         As in :func:`napari_atomnet.pipeline.find_atoms`.
     polarity : {"auto", "bright", "dark"}
         Atom contrast: bright (HAADF), dark (ABF, bright-field) or guessed ("auto"; choose
@@ -663,6 +666,7 @@ def run_batch(
         "detector": detector,
         "threshold": threshold,
         "refine": refine,
+        "fit_check": fit_check,
         "polarity": polarity,
         "bsites": bsites,
         "device": device,

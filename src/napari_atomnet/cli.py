@@ -44,6 +44,16 @@ def add_polarity_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--polarity", choices=POLARITIES, default="auto", help=POLARITY_HELP)
 
 
+def add_fit_check_option(parser: argparse.ArgumentParser) -> None:
+    """Add ``--no-fit-check`` (shared by the commands that detect and refine)."""
+    parser.add_argument(
+        "--no-fit-check",
+        action="store_true",
+        help="keep every detection, also those that neither the model is sure of nor the "
+        "Gaussian fit confirms (the model card's fit check)",
+    )
+
+
 def image_help(what: str = "image file") -> str:
     """Help text of an image argument: the file types the readers really read."""
     from .io.formats import describe_formats
@@ -126,6 +136,7 @@ def _build_parser() -> argparse.ArgumentParser:
         help="confidence threshold (default: the model card's)",
     )
     detect.add_argument("--no-refine", action="store_true", help="skip the Gaussian fits")
+    add_fit_check_option(detect)
     add_polarity_option(detect)
     detect.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
     detect.add_argument("--out", default=None, help="CSV path (default: <image>_atoms.csv)")
@@ -225,6 +236,7 @@ def _cmd_detect(args: argparse.Namespace) -> int:
         detector=args.model,
         threshold=args.threshold,
         refine=not args.no_refine,
+        fit_check=not args.no_fit_check,
         polarity=args.polarity,
         source=str(args.image),
         device=args.device,
@@ -233,8 +245,10 @@ def _cmd_detect(args: argparse.Namespace) -> int:
     write_csv(result.atoms, out, provenance=result.provenance, overwrite=args.overwrite)
     fitted = int(result.atoms["fit_ok"].sum()) if "fit_ok" in result.atoms else 0
     contrast = result.provenance["params"].get("polarity")
+    dropped = result.provenance["params"].get("fit_check", {}).get("dropped", 0)
+    unconfirmed = f", {dropped} unconfirmed dropped" if dropped else ""
     print(
-        f"{len(result.atoms)} {contrast} atoms ({fitted} Gaussian fits ok) in "
+        f"{len(result.atoms)} {contrast} atoms ({fitted} Gaussian fits ok{unconfirmed}) in "
         f"{result.provenance['seconds']:.2f} s on {result.provenance['device']} -> {out}"
     )
     return 0

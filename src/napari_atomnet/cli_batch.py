@@ -23,7 +23,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     argparse.ArgumentParser
         The ``batch`` parser.
     """
-    from .cli import add_polarity_option
+    from .cli import add_fit_check_option, add_polarity_option
     from .io.formats import describe_formats
 
     batch = subparsers.add_parser(
@@ -71,6 +71,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     )
     batch.add_argument("--threshold", type=argtypes.probability, default=None)
     batch.add_argument("--no-refine", action="store_true", help="skip the Gaussian fits")
+    add_fit_check_option(batch)
     add_polarity_option(batch)
     batch.add_argument("--no-bsites", action="store_true", help="--task cells: skip B sites")
     batch.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu")
@@ -135,6 +136,7 @@ def run_command(args: argparse.Namespace) -> int:
         detector=args.model,
         threshold=args.threshold,
         refine=not args.no_refine,
+        fit_check=not args.no_fit_check,
         polarity=args.polarity,
         bsites=not args.no_bsites,
         device=args.device,

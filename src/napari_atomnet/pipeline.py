@@ -62,6 +62,7 @@ def find_atoms(
     polarity: str = "auto",
     spacing: float | None = None,
     gaussian: str = "auto",
+    fit_check: bool = True,
     source: str | None = None,
     device: str | None = None,
     progress: ProgressCallback | None = None,
@@ -93,6 +94,12 @@ def find_atoms(
     gaussian : {"auto", "isotropic", "elliptical"}
         Gaussian model of the refinement (see :func:`refine_atoms`); "auto" decides from the
         image.  Recorded as ``params["gaussian_model"]``.
+    fit_check : bool
+        After refinement, drop the detections that neither the model is sure of nor the fit
+        confirms (the model card's ``fit_check`` rule, see
+        :func:`napari_atomnet.models.detector.fit_confirmed`); the provenance records the rule
+        and how many were dropped (``params["fit_check"]``).  No effect without refinement or
+        for a model whose card has no such rule.
     source : str, optional
         Name of the image, recorded in the provenance.
     device : {"auto", "cuda", "cpu"}, optional
@@ -117,6 +124,8 @@ def find_atoms(
     t0 = time.perf_counter()
     params: dict[str, Any] = {"refine": refine, "polarity_requested": polarity}
     model_info = None
+    check_rule: dict[str, Any] | None = None
+    classes: list[str] = []
     run_device = "cpu"
     if isinstance(detector, str) and detector == CLASSICAL:
         if spacing is None:
@@ -160,12 +169,20 @@ def find_atoms(
         contrast = det.params["polarity"]
         model_info = det.card.provenance()
         run_device = det.device
+        check_rule = det.card.info.get("fit_check")
+        classes = list(det.card.info.get("classes", ["atom"]))
     if cancelled is not None and cancelled():
         raise InterruptedError("cancelled")
 
     atoms = peaks
     if refine and len(peaks):
         atoms = refine_atoms(img, peaks, polarity=contrast, model=gaussian)
+        if fit_check and check_rule:
+            from .models.detector import fit_confirmed
+
+            keep = fit_confirmed(atoms, check_rule, classes)
+            params["fit_check"] = {**check_rule, "dropped": int((~keep).sum())}
+            atoms = atoms[keep]
         atoms = atoms.reset_index(drop=True)
         if len(atoms):
             params["gaussian_model"] = str(atoms["model"].iloc[0])

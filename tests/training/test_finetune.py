@@ -90,6 +90,7 @@ def test_model_files_card_and_registry(tuned):
     for key in ("classes", "normalization", "margin", "architecture", "default_threshold", "atoms"):
         assert card[key] == base.info[key]
     assert card.get("class_thresholds") == base.info.get("class_thresholds")
+    assert base.info.get("fit_check") and "fit_check" not in card  # chosen on the base's scores
     ft = card["fine_tuning"]
     assert ft["images"][0]["atoms"] == ft["train_atoms"] + ft["heldout_atoms"]
     assert ft["heldout_atoms"] > 20 and ft["images"][0]["polarity"] == "bright"

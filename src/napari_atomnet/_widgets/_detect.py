@@ -77,6 +77,13 @@ class DetectAtomsWidget(JobWidget):
         )
         self._contrast = contrast_combo()
         self._refine = CheckBox(text="Refine each peak by a 2D Gaussian fit", value=True)
+        self._fit_check = CheckBox(
+            text="Drop detections the fit does not confirm",
+            value=True,
+            tooltip="After refinement, drop the detections that the model is not sure of and "
+            "whose Gaussian has no significant amplitude (the model card's fit check; e.g. "
+            "'weak' columns proposed at empty cell centres)",
+        )
         self._refine_points = PushButton(
             text="Refine selected atoms (all if none)",
             tooltip="Gaussian-fit the selected points of the Atoms layer (or all of them), "
@@ -90,8 +97,10 @@ class DetectAtomsWidget(JobWidget):
                 self._contrast,
                 self._threshold,
                 self._refine,
+                self._fit_check,
             ]
         )
+        self._refine.changed.connect(self._on_refine_changed)
         self._add_job_controls("Detect", self._refine_points)
         self._refine_points.changed.connect(self._on_refine_points)
         self._model.changed.connect(self._on_model_changed)
@@ -105,6 +114,9 @@ class DetectAtomsWidget(JobWidget):
         card = self._model.value
         if card not in (None, CUSTOM):
             self._threshold.value = float(card.info.get("default_threshold", 0.3))
+
+    def _on_refine_changed(self, *_: Any) -> None:
+        self._fit_check.enabled = bool(self._refine.value)  # the check needs the fits
 
     # -- running ------------------------------------------------------------------------------
     def _on_run(self, *_: Any) -> None:
@@ -123,6 +135,7 @@ class DetectAtomsWidget(JobWidget):
             return
         threshold = float(self._threshold.value)
         refine = bool(self._refine.value)
+        fit_check = bool(self._fit_check.value)
         polarity = str(self._contrast.value)
         source = layer.name + (f" frame {index}" if index else "")
 
@@ -132,6 +145,7 @@ class DetectAtomsWidget(JobWidget):
                 detector=card,
                 threshold=threshold,
                 refine=refine,
+                fit_check=fit_check,
                 polarity=polarity,
                 source=source,
                 progress=progress,
@@ -148,6 +162,7 @@ class DetectAtomsWidget(JobWidget):
                 "device": result.provenance.get("device", "cpu"),
                 "seconds": result.provenance.get("seconds"),
                 "polarity": result.provenance["params"].get("polarity"),
+                "dropped": result.provenance["params"].get("fit_check", {}).get("dropped", 0),
             }
 
         self._start_job(
@@ -211,8 +226,9 @@ class DetectAtomsWidget(JobWidget):
         _layers.replace_layer(self._viewer, out["atoms"])
         seconds = out["seconds"]
         contrast = f"{out['polarity']} " if out.get("polarity") else ""
+        dropped = f"; {out['dropped']} unconfirmed dropped" if out.get("dropped") else ""
         self._status.value = f"{out['n']} {contrast}atoms in {layer.name}" + (
-            f" ({seconds:.2f} s on {out['device'].upper()})" if seconds else ""
+            f" ({seconds:.2f} s on {out['device'].upper()}{dropped})" if seconds else ""
         )
 
 

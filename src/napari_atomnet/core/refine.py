@@ -83,6 +83,7 @@ COLUMNS = [
     "y",
     "x",
     "amplitude",
+    "amplitude_snr",
     "sigma_y",
     "sigma_x",
     "theta",
@@ -853,9 +854,11 @@ def fit_gaussians(
     -------
     pandas.DataFrame
         One row per kept input row, indexed like ``coords``, with columns ``y``, ``x``,
-        ``amplitude``, ``sigma_y``, ``sigma_x``, ``theta`` (radians, in [-pi/4, pi/4), rotation
-        of the Gaussian's y axis towards +x), ``background``, ``fit_ok`` (bool), ``fit_status``
-        ("ok", "diverged", "moved_too_far", "bad_width", "low_amplitude", "max_iter", "merged"),
+        ``amplitude``, ``amplitude_snr`` (amplitude over its standard error: how clearly the
+        column stands above the noise), ``sigma_y``, ``sigma_x``, ``theta`` (radians, in
+        [-pi/4, pi/4), rotation of the Gaussian's y axis towards +x), ``background``,
+        ``fit_ok`` (bool), ``fit_status`` ("ok", "diverged", "moved_too_far", "bad_width",
+        "low_amplitude", "max_iter", "merged"),
         ``y_init``, ``x_init``, ``n_iter`` (iterations over all passes), ``residual_rms`` (of
         the last pass's window, image units) and ``merged_into`` (-1, or the kept row's label).
         Failed fits report ``y, x = y_init, x_init``; their other fitted values are kept for
@@ -1444,6 +1447,7 @@ def _frame(
             "y": y,
             "x": x,
             "amplitude": params[:, 0],
+            "amplitude_snr": st.snr,
             "sigma_y": sy,
             "sigma_x": sx,
             "theta": th,

@@ -253,6 +253,50 @@ def confident(peaks: pd.DataFrame, thresholds: ArrayLike) -> pd.DataFrame:
     return peaks[peaks["score"].to_numpy() >= per_class[cls]]
 
 
+def fit_confirmed(atoms: pd.DataFrame, check: dict[str, Any], classes: list[str]) -> np.ndarray:
+    """Which refined detections the data confirm: a confident score or a significant fit.
+
+    The network places a column partly from context (the lattice around it), which is how it
+    finds faint columns, and also how it can propose a "weak" column at the empty centre of a
+    cell where the training lattices often had one.  The Gaussian fit of a detection
+    (:func:`napari_atomnet.pipeline.refine_atoms`) weighs the evidence in the pixels alone:
+    ``amplitude_snr`` is the fitted amplitude over its standard error.  A detection is kept
+    when either is convincing: its score reaches the class's ``sure_scores`` value, or its
+    fitted amplitude is ``min_snr`` standard errors above zero (and, with ``fit_ok`` true in
+    the rule, the fit succeeded).  The rule comes from the model card (chosen on validation
+    images by the training script).  Rows without a usable fit (no
+    ``amplitude_snr``, or ``fit_status`` "not_gaussian": HRTEM phase contrast) are kept.
+
+    Parameters
+    ----------
+    atoms : pandas.DataFrame
+        Refined detections with ``score``, ``class``, ``amplitude_snr`` and ``fit_status``.
+    check : dict
+        ``min_snr`` (float), ``sure_scores`` ({class name: score}; classes not listed are
+        always checked) and ``fit_ok`` (bool, default False: also require a successful fit).
+    classes : list of str
+        The model's class names, in class-index order.
+
+    Returns
+    -------
+    ndarray of bool
+        True for the rows to keep.
+    """
+    n = len(atoms)
+    if not n or "amplitude_snr" not in atoms or "score" not in atoms:
+        return np.ones(n, dtype=bool)
+    sure_by_name = check.get("sure_scores", {}) or {}
+    sure = np.array([float(sure_by_name.get(c, np.inf)) for c in classes] + [np.inf])
+    cls = np.clip(atoms["class"].to_numpy(int), 0, len(classes)) if "class" in atoms else 0
+    snr = np.nan_to_num(atoms["amplitude_snr"].to_numpy(float), nan=0.0)
+    status = atoms["fit_status"] if "fit_status" in atoms else pd.Series("ok", index=atoms.index)
+    no_fit = (status == "not_gaussian").to_numpy()
+    fit_confirms = snr >= float(check.get("min_snr", 0.0))
+    if check.get("fit_ok", False):
+        fit_confirms &= (status == "ok").to_numpy()
+    return no_fit | (atoms["score"].to_numpy(float) >= sure[cls]) | fit_confirms
+
+
 def _zero_outside(window: np.ndarray, offset: tuple[int, int], shape: tuple[int, int]) -> None:
     """Set the pixels of a window that lie outside the image to 0, in place."""
     oy, ox = offset

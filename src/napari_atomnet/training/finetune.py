@@ -764,9 +764,12 @@ def _heldout_f1(
 
 
 #: Card entries of the base model that describe its own training run, or that the exporter
-#: fills in: not copied to the fine-tuned card (everything else, e.g. thresholds, is).
+#: fills in: not copied to the fine-tuned card (everything else, e.g. thresholds, is).  The fit
+#: check goes too: it was chosen on the base model's scores, and after fine-tuning it would
+#: drop faint columns the user taught the model and it is not yet sure of.
 _NOT_INHERITED = frozenset(
     {
+        "fit_check",
         "task",
         "name",
         "description",

@@ -23,6 +23,7 @@ number of steps (not a time budget), so a run is reproducible.  The script
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
@@ -341,6 +342,91 @@ def best_class_thresholds(
             if float(np.mean(f1)) > best[0] + 1e-9:
                 best = (float(np.mean(f1)), strong, weak)
     return best[1], best[2], best[0]
+
+
+#: Amplitude significance levels (fitted amplitude / standard error) tried by the fit check.
+FIT_CHECK_SNR = (2.0, 2.5, 3.0, 3.5, 4.0, 4.5, 5.0, 6.0)
+#: Validation images per case for the fit check: the errors it removes are rare (a few per
+#: image), so it needs more images than the thresholds.
+FIT_CHECK_IMAGES = 8
+
+
+def best_fit_check(
+    predict: Any,
+    cases: list[str],
+    seed: int,
+    n_images: int,
+    shape: tuple[int, int],
+    thresholds: tuple[float, float],
+) -> dict[str, Any] | None:
+    """Choose the fit-check rule (see :func:`~napari_atomnet.models.detector.fit_confirmed`).
+
+    The detections kept at the class ``thresholds`` are refined by Gaussian fits, as
+    :func:`napari_atomnet.pipeline.find_atoms` does; a rule keeps a detection whose score
+    reaches its class's "sure" score or whose fitted amplitude is ``min_snr`` standard errors
+    above zero (with ``fit_ok``: and whose fit succeeded).  The rule with the highest mean
+    validation F1 over the cases wins; a stricter rule must do strictly better than a milder
+    one.
+
+    Returns
+    -------
+    dict or None
+        ``min_snr``, ``fit_ok``, ``sure_scores`` {class: score} and the validation mean F1
+        ``without`` and ``with`` the rule; None when no rule improves on keeping every
+        detection.
+    """
+    from ..models.detector import confident, fit_confirmed
+    from ..pipeline import refine_atoms
+
+    classes = list(data.CLASSES)
+    runs = []
+    for case in cases:
+        for k in range(n_images):
+            image, truth, dont_care = data.validation_sample(case, seed + k, shape)
+            kept = confident(predict(image), thresholds).reset_index(drop=True)
+            if len(kept):
+                kept = refine_atoms(image, kept, polarity="bright")
+            runs.append((case, kept, truth, dont_care))
+
+    def mean_f1(rule: dict[str, Any] | None) -> float:
+        sums: dict[str, dict[str, float]] = {}
+        for case, kept, truth, dont_care in runs:
+            if rule is not None and len(kept):
+                kept = kept[fit_confirmed(kept, rule, classes)]
+            s = scores_by_threshold(kept, truth, dont_care, (0.0,))[0.0]
+            acc = sums.setdefault(case, {"tp": 0.0, "fp": 0.0, "fn": 0.0})
+            for key in acc:
+                acc[key] += s[key]
+        f1 = [2 * a["tp"] / max(2 * a["tp"] + a["fp"] + a["fn"], 1) for a in sums.values()]
+        return float(np.mean(f1))
+
+    without = mean_f1(None)
+    best: tuple[float, dict[str, Any] | None] = (without, None)
+    grids = [
+        [t for t in THRESHOLDS if t >= thr] + [1.0] for thr in thresholds
+    ]  # sure score = the class threshold: that class is never checked
+    for fit_ok, min_snr in itertools.product((False, True), FIT_CHECK_SNR):
+        for sure in itertools.product(*grids):
+            sure_scores = dict(zip(classes, map(float, sure), strict=True))
+            rule = {"min_snr": min_snr, "fit_ok": fit_ok, "sure_scores": sure_scores}
+            f1 = mean_f1(rule)
+            if f1 > best[0] + 1e-9:
+                best = (f1, rule)
+    if best[1] is None:
+        return None
+    f1 = {"without": round(without, 5), "with": round(best[0], 5)}
+    return {**best[1], "validation_mean_f1": f1}
+
+
+def _case_metrics(result: dict[str, dict[float, dict[str, float]]]) -> dict[str, dict]:
+    """Per-case metrics of :func:`evaluate_model` at the lowest threshold, rounded for a card."""
+    return {
+        case: {
+            k: (round(v, 5) if isinstance(v, float) else v)
+            for k, v in by_threshold[THRESHOLDS[0]].items()
+        }
+        for case, by_threshold in result.items()
+    }
 
 
 def best_threshold(result: dict[str, dict[float, dict[str, float]]]) -> float:
@@ -780,13 +866,24 @@ def main(argv: list[str] | None = None) -> int:
         return confident(predict(img), [thr, weak_thr])
 
     chosen = evaluate_model(predict_at_class_thresholds, cases, TEST_SEED, cfg.test_images, shape)
-    metrics = {
-        c: {
-            k: (round(v, 5) if isinstance(v, float) else v)
-            for k, v in chosen[c][THRESHOLDS[0]].items()
-        }
-        for c in cases
-    }
+    _log("choosing the fit check on the validation images")
+    fit_check = best_fit_check(predict, cases, VAL_SEED, FIT_CHECK_IMAGES, shape, (thr, weak_thr))
+    _log(f"fit check: {fit_check}")
+    checked_metrics: dict[str, Any] = {}
+    if fit_check is not None:
+        from ..models.detector import fit_confirmed
+        from ..pipeline import refine_atoms
+
+        def predict_checked(img: np.ndarray) -> Any:
+            kept = predict_at_class_thresholds(img).reset_index(drop=True)
+            if not len(kept):
+                return kept
+            refined = refine_atoms(img, kept, polarity="bright")
+            return refined[fit_confirmed(refined, fit_check, list(data.CLASSES))]
+
+        checked = evaluate_model(predict_checked, cases, TEST_SEED, cfg.test_images, shape)
+        checked_metrics = _case_metrics(checked)
+    metrics = _case_metrics(chosen)
     for c in cases:
         _log(
             f"  {c}: F1 {metrics[c]['f1']:.4f} (tp {metrics[c]['tp']}, fp {metrics[c]['fp']}, "
@@ -824,11 +921,13 @@ def main(argv: list[str] | None = None) -> int:
     card.update(
         default_threshold=thr,
         class_thresholds={"strong": thr, "weak": weak_thr},
+        fit_check=fit_check,
         training=training,
         validation={
             "images": "held-out simulations (seeds never used in training): "
             f"{max(cfg.val_images, 4)} per case (seed {VAL_SEED}+) to choose the strong and "
             "weak thresholds (grid 0.2-0.85, highest mean F1 over the cases), "
+            f"{FIT_CHECK_IMAGES} per case (seed {VAL_SEED}+) to choose the fit check, "
             f"{cfg.test_images} per case (seed {TEST_SEED}+, 256x256) for these metrics",
             "matching_radius": "0.25 x median nearest-neighbour spacing",
             "scoring": "f1: columns whose centres lie just outside the image (up to 16 px; half "
@@ -837,6 +936,7 @@ def main(argv: list[str] | None = None) -> int:
             "column inside the image counts as a false positive (plain detection_scores).",
             "cases": {c: data.VALIDATION_CASES[c] for c in cases},
             "metrics_at_default_threshold": metrics,
+            "metrics_with_fit_check": checked_metrics,
             "mean_f1_by_single_threshold": {
                 str(t): round(float(np.mean([test[c][t]["f1"] for c in cases])), 5)
                 for t in THRESHOLDS
