@@ -339,3 +339,19 @@ def test_border_band_leaves_edge_points_out_of_both_sets():
     assert full["fp"] == 1 and inner["fp"] == 0 and inner["tp"] == 2
     with pytest.raises(ValueError, match="shape"):
         detection_scores(found, truth, 1.0, border=3.0)
+
+
+def test_border_band_scores_a_column_found_just_across_its_line():
+    from napari_atomnet.core.metrics import detection_scores
+
+    # a column 0.01 px inside the band's line, detected 0.3 px across it: found, not missed
+    truth = np.array([[4.01, 30.0], [30.0, 30.0], [2.0, 50.0]])
+    found = np.array([[3.71, 30.0], [30.0, 30.2], [2.1, 50.0], [1.0, 10.0]])
+    s = detection_scores(found, truth, 1.0, shape=(60, 60), border=4.0)
+    assert (s["tp"], s["fp"], s["fn"]) == (2, 0, 0)
+    assert (s["n_found"], s["n_truth"]) == (1, 2)  # inside the line: 1 detection, 2 columns
+    # a column inside that nothing found, and a detection inside with no column, still count
+    s = detection_scores(found[1:], truth[:2], 1.0, shape=(60, 60), border=4.0)
+    assert (s["tp"], s["fp"], s["fn"]) == (1, 0, 1)
+    s = detection_scores([[20.0, 20.0]], truth, 1.0, shape=(60, 60), border=4.0)
+    assert (s["tp"], s["fp"], s["fn"]) == (0, 1, 2)

@@ -194,11 +194,14 @@ def detection_scores(
     shape : tuple of int, optional
         Image (H, W); needed with ``border``.
     border : float
-        Width (px) of a band along the image edge left out of the scoring: points of either set
-        in it are dropped before matching.  A column whose centre lies just outside the image is
-        partly visible, and a detector rightly finds it at the edge, while a ground truth that
-        lists only centres inside the image does not have it; a band of about half the atom
-        spacing makes the score independent of that convention.
+        Width (px) of a band along the image edge left out of the scoring.  A column whose centre
+        lies just outside the image is partly visible, and a detector rightly finds it at the
+        edge, while a ground truth that lists only centres inside the image does not have it; a
+        band of about half the atom spacing makes the score independent of that convention.
+        The points are matched in full first; then a pair counts (tp) when its true point lies
+        inside the band's line, and an unmatched point (fp or fn) when it lies inside.  So a
+        column just inside the line whose detection lies just across it is found, not missed
+        and falsely detected at once.
 
     Returns
     -------
@@ -217,12 +220,14 @@ def detection_scores(
     """
     f = _as_points(found, "found")
     t = _as_points(truth, "truth")
+    f_in, t_in = np.ones(len(f), dtype=bool), np.ones(len(t), dtype=bool)
     if border > 0:
         if shape is None:
             raise ValueError("detection_scores: a border band needs the image shape")
-        f, t = interior_points(f, shape, border), interior_points(t, shape, border)
+        f_in, t_in = _interior(f, shape, border), _interior(t, shape, border)
     pairs, un_f, un_t = match_points(f, t, radius)
-    tp, fp, fn = len(pairs), len(un_f), len(un_t)
+    tp = int(t_in[pairs[:, 1]].sum()) if len(pairs) else 0
+    fp, fn = int(f_in[un_f].sum()), int(t_in[un_t].sum())
     if tp + fp + fn == 0:
         precision = recall = f1 = 1.0
     else:
@@ -236,8 +241,8 @@ def detection_scores(
         "precision": float(precision),
         "recall": float(recall),
         "f1": float(f1),
-        "n_found": len(f),
-        "n_truth": len(t),
+        "n_found": int(f_in.sum()),
+        "n_truth": int(t_in.sum()),
     }
 
 
@@ -250,14 +255,18 @@ def interior_points(points: ArrayLike, shape: tuple[int, int], border: float) ->
     [[5.0, 5.0]]
     """
     p = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    return p[_interior(p, shape, border)]
+
+
+def _interior(p: NDArray, shape: tuple[int, int], border: float) -> NDArray:
+    """Mask of the (y, x) points at least ``border`` px inside an image of ``shape``."""
     h, w = shape
-    keep = (
+    return (
         (p[:, 0] >= border)
         & (p[:, 1] >= border)
         & (p[:, 0] <= h - 1 - border)
         & (p[:, 1] <= w - 1 - border)
     )
-    return p[keep]
 
 
 def localization_error(found: ArrayLike, truth: ArrayLike, radius: float) -> dict[str, float]:

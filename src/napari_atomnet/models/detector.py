@@ -13,7 +13,9 @@ Model contract (written by ``napari_atomnet.training.export``; read from the mod
   ``border_fill`` (``"reflect"`` when a card does not say, or ``"zero"``: the padding is 0
   after normalisation, as the built-in model was trained),
   ``tile``, ``classes``, ``default_threshold``, ``normalization`` {``factor``, ``minimum``,
-  ``maximum``, ``fallback``}.
+  ``maximum``, ``fallback``}; optional ``class_thresholds`` (:func:`class_thresholds`) and
+  ``fit_check`` (:func:`fit_confirmed`, applied after refinement by
+  :func:`napari_atomnet.pipeline.find_atoms`).
 """
 
 from __future__ import annotations
