@@ -175,3 +175,30 @@ def test_atom_contrast_reaches_the_detector(make_napari_viewer, qtbot, monkeypat
     widget._on_refine_points()
     assert "fits ok" in widget._status.value
     assert (atoms.features.loc[atoms.features["fit_ok"], "amplitude"] < 0).all()
+
+
+def test_fit_check_checkbox(make_napari_viewer, qtbot):
+    from napari_atomnet import synth
+
+    viewer = make_napari_viewer()
+    # ABF-like rocksalt at 20 counts: the "weak" channel proposes columns at empty cell centres
+    sim = synth.lattice_image(
+        (384, 384), lattice="rocksalt", spacing=13, polarity="dark", dose=20, seed=4_242_003
+    )
+    viewer.add_image(sim.image, name="abf")
+    widget = DetectAtomsWidget(viewer)
+    widget._image.value = viewer.layers["abf"]
+    widget._contrast.value = "dark"
+    assert widget._fit_check.value and widget._fit_check.enabled
+    _run(qtbot, widget)
+    checked = viewer.layers["Atoms (abf)"]
+    dropped = provenance_of(checked)["params"]["fit_check"]["dropped"]
+    assert dropped > 0 and f"{dropped} unconfirmed dropped" in widget._status.value
+    n_checked = len(checked.data)
+    widget._fit_check.value = False
+    _run(qtbot, widget)
+    everything = viewer.layers["Atoms (abf)"]
+    assert "fit_check" not in provenance_of(everything)["params"]
+    assert len(everything.data) == n_checked + dropped
+    widget._refine.value = False  # the check needs the Gaussian fits
+    assert not widget._fit_check.enabled
