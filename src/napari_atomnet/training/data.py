@@ -68,6 +68,9 @@ BORDER_WEIGHT = 10.0
 #: Heatmap loss weight near the "holes" of the column arrangement (see :func:`hole_positions`),
 #: the recipe's default (card key ``hole_weight``).
 HOLE_WEIGHT = 5.0
+#: Pixels farther than this many lattice spacings from every column are vacuum (holes in a
+#: film, beyond a surface) for ``vacuum_weight`` (see Example.prerender).
+VACUUM_SPACINGS = 1.2
 #: What a training image's padding holds, as inference fills the pixels beyond an image's edge
 #: (card key ``border_fill``).  "reflect": the mirrored image, with mirrored labels.  "zero":
 #: nothing (0 after normalisation), no labels.  With reflection a column d px inside the edge and
@@ -135,6 +138,7 @@ class Example:
         n_classes: int = 2,
         border_weight: float = BORDER_WEIGHT,
         hole_weight: float = 1.0,
+        vacuum_weight: float = 1.0,
     ) -> Example:
         """Render the targets of the whole image once (crops then cost a slice).
 
@@ -147,8 +151,17 @@ class Example:
         (:func:`hole_positions`): the empty centres of square cells, hexagons and vacancies are
         where a network that learnt the perovskite's B site at every cell centre places weak
         columns that are not there (ABF rocksalt and square lattices at low dose).
+
+        It is ``vacuum_weight`` in the image's vacuum (pixels farther than
+        :data:`VACUUM_SPACINGS` spacings from every column: holes in a film, beyond a surface),
+        where HRTEM's delocalised fringes at a hole's edge look like lattice to a network that
+        rarely pays for placing columns there.
         """
         heat, log_size, _, weight = render_targets(self.image.shape, self.atoms, n_classes)
+        if vacuum_weight != 1:
+            weight[vacuum_mask(self.image.shape, self.atoms, self.spacing, self.pad)] *= (
+                vacuum_weight
+            )
         if hole_weight != 1:
             holes, radius = hole_positions(self.atoms)
             _scale_disks(weight, holes, 1.5 * radius, hole_weight)
@@ -213,6 +226,41 @@ def hole_positions(atoms: NDArray[np.float32]) -> tuple[NDArray[np.float64], NDA
     sig = atoms[idx, _SIG].astype(np.float64)
     keep = (dist >= 2.0 * sig) & (dist <= 1.05 * nn[idx])
     return centres[keep], sig[keep]
+
+
+def vacuum_mask(
+    shape: tuple[int, int], atoms: NDArray[np.float32], spacing: float, pad: int = 0
+) -> NDArray[np.bool_]:
+    """Pixels of the image (not its padding) farther than VACUUM_SPACINGS spacings from columns.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        Padded image shape.
+    atoms : ndarray, shape (n, 5)
+        Columns (``y, x`` first) in padded coordinates, ignored ones included.
+    spacing : float
+        Lattice spacing (px).
+    pad : int
+        Padding width: the padding is never vacuum (it holds no labels either way).
+
+    Returns
+    -------
+    ndarray of bool, shape ``shape``
+    """
+    from scipy import ndimage
+
+    h, w = shape
+    iy, ix = np.round(atoms[:, 0]).astype(int), np.round(atoms[:, 1]).astype(int)
+    inside = (iy >= 0) & (iy < h) & (ix >= 0) & (ix < w)
+    if not inside.any() or not np.isfinite(spacing) or spacing <= 0:
+        return np.zeros(shape, bool)
+    free = np.ones(shape, bool)
+    free[iy[inside], ix[inside]] = False
+    far = ndimage.distance_transform_edt(free) > VACUUM_SPACINGS * spacing
+    if pad:
+        far[:pad], far[h - pad :], far[:, :pad], far[:, w - pad :] = False, False, False, False
+    return far
 
 
 def _scale_disks(
@@ -680,6 +728,7 @@ def make_pool(
     progress: Any = None,
     border_fill: str = "reflect",
     hole_weight: float = 1.0,
+    vacuum_weight: float = 1.0,
 ) -> list[Example]:
     """Pre-generate a fixed, seeded pool of training images.
 
@@ -696,8 +745,9 @@ def make_pool(
         See :func:`make_example`.
     prerender : bool
         Render each image's targets once (:meth:`Example.prerender`).
-    hole_weight : float
-        Heatmap loss weight at the holes of the column arrangement (:meth:`Example.prerender`).
+    hole_weight, vacuum_weight : float
+        Heatmap loss weights at the holes of the column arrangement and in vacuum
+        (:meth:`Example.prerender`).
     workers : int
         Processes to simulate in (1: in this process).
     progress : callable, optional
@@ -711,8 +761,9 @@ def make_pool(
     kinds = _allocate(n, mix)
     ss = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(int(seed))
     norm = dict(DEFAULT_NORMALIZATION if normalization is None else normalization)
+    weights = {"hole_weight": hole_weight, "vacuum_weight": vacuum_weight}
     jobs = [
-        (kind, child, tuple(shape), int(pad), norm, bool(prerender), border_fill, hole_weight)
+        (kind, child, tuple(shape), int(pad), norm, bool(prerender), border_fill, weights)
         for kind, child in zip(kinds, ss.spawn(n), strict=True)
     ]
     pool: list[Example] = []
@@ -734,7 +785,7 @@ def make_pool(
 
 
 def _pool_item(job: tuple) -> Example:
-    kind, child, shape, pad, norm, prerender, fill, hole_weight = job
+    kind, child, shape, pad, norm, prerender, fill, weights = job
     ex = make_example(
         kind,
         np.random.default_rng(child),
@@ -743,7 +794,7 @@ def _pool_item(job: tuple) -> Example:
         normalization=norm,
         border_fill=fill,
     )
-    return ex.prerender(hole_weight=hole_weight) if prerender else ex
+    return ex.prerender(**weights) if prerender else ex
 
 
 def _allocate(n: int, mix: Mapping[str, float]) -> list[str]:

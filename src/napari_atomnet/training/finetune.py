@@ -342,13 +342,14 @@ def fine_tune_detector(
     norm = dict(card.info.get("normalization") or data.DEFAULT_NORMALIZATION)
     fill = str(card.info.get("border_fill", "reflect"))  # the base model's border padding
     holes = float(card.info.get("hole_weight", 1.0))  # and its loss weight at empty cell centres
+    vacuum = float(card.info.get("vacuum_weight", 1.0))  # and in vacuum
 
     n_sim = cfg.sim_images if cfg.user_fraction < 1.0 else 0
     images = _read_labelled(Path(data_dir), polarity, norm, n_sim, report, stop)
     train_parts, val_parts, split = _split(images, cfg)
     total_data = len(images) + n_sim
     user_pool = [
-        _user_example(p, angle, norm, fill, holes)
+        _user_example(p, angle, norm, fill, holes, vacuum)
         for p in train_parts
         for angle in 90.0 * np.arange(cfg.rotations + 1) / (cfg.rotations + 1)
     ]
@@ -371,6 +372,7 @@ def fine_tune_detector(
             normalization=norm,
             border_fill=fill,
             hole_weight=holes,
+            vacuum_weight=vacuum,
             progress=sim_progress,
         )
         if n_sim
@@ -552,6 +554,7 @@ def _user_example(
     norm: dict[str, float],
     fill: str = "reflect",
     hole_weight: float = 1.0,
+    vacuum_weight: float = 1.0,
 ) -> data.Example:
     """Training example of a labelled image part, rotated by ``angle`` degrees (0: as is)."""
     from scipy import ndimage
@@ -591,7 +594,7 @@ def _user_example(
         source="user",
         meta={"name": part.name, "rotation_deg": float(angle)},
         border_fill=fill,
-    ).prerender(len(data.CLASSES), hole_weight=hole_weight)
+    ).prerender(len(data.CLASSES), hole_weight=hole_weight, vacuum_weight=vacuum_weight)
     if valid is not None and ex.targets is not None:
         ex.targets["weight"][~np.pad(valid, PAD)] = 0  # no loss where the rotation has no data
     return ex

@@ -72,6 +72,7 @@ class TrainConfig:
         self.pad: int = 32
         self.border_fill: str = "zero"  # what the padding holds (data.BORDER_FILLS)
         self.hole_weight: float = data.HOLE_WEIGHT  # loss weight at empty cell centres
+        self.vacuum_weight: float = 1.0  # loss weight in vacuum (holes, beyond surfaces)
         self.lr: float = 3e-3
         self.weight_decay: float = 1e-4
         self.warmup: int = 300
@@ -557,6 +558,7 @@ def train(cfg: TrainConfig, pool: list[data.Example] | None = None) -> tuple[Any
             pad=cfg.pad,
             border_fill=cfg.border_fill,
             hole_weight=cfg.hole_weight,
+            vacuum_weight=cfg.vacuum_weight,
             workers=cfg.workers,
             progress=progress,
         )
@@ -698,6 +700,12 @@ def _recipe(cfg: TrainConfig) -> dict[str, Any]:
             "(Voronoi vertices: empty cell centres, hexagon centres, vacancies)"
             if cfg.hole_weight != 1
             else ""
+        )
+        + (
+            f", {cfg.vacuum_weight:g} in vacuum (farther than {data.VACUUM_SPACINGS:g} spacings "
+            "from every column)"
+            if cfg.vacuum_weight != 1
+            else ""
         ),
         "optimizer": f"AdamW lr {cfg.lr} (warm-up {cfg.warmup}, cosine), weight decay "
         f"{cfg.weight_decay}, batch {cfg.batch}, grad-norm clip 5",
@@ -741,6 +749,13 @@ def main(argv: list[str] | None = None) -> int:
         help="heatmap loss weight at the holes of the column arrangement (default "
         f"{TrainConfig().hole_weight:g})",
     )
+    parser.add_argument(
+        "--vacuum-weight",
+        type=float,
+        default=None,
+        help="heatmap loss weight in vacuum, far from every column (default "
+        f"{TrainConfig().vacuum_weight:g})",
+    )
     parser.add_argument("--save-torch", type=Path, default=None, help="also save the weights")
     parser.add_argument(
         "--weights",
@@ -779,7 +794,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.time_limit:
         cfg.time_limit_min = args.time_limit
     options = ("steps", "pool", "loss", "lr", "batch", "val_every", "test_images")
-    for key in (*options, "border_fill", "hole_weight"):
+    for key in (*options, "border_fill", "hole_weight", "vacuum_weight"):
         value = getattr(args, key)
         if value is not None:
             setattr(cfg, key, value)
@@ -827,6 +842,7 @@ def main(argv: list[str] | None = None) -> int:
         "border": cfg.pad,  # padding at image borders, as the training images were padded
         "border_fill": cfg.border_fill,
         "hole_weight": cfg.hole_weight,  # fine-tuning keeps the recipe's target weights
+        "vacuum_weight": cfg.vacuum_weight,
         "tile": cfg.tile,
         "default_threshold": 0.3,
         "normalization": dict(data.DEFAULT_NORMALIZATION),
