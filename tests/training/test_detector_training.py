@@ -281,3 +281,31 @@ def test_hole_weight_raises_the_loss_weight_at_holes_only():
     centres, _ = data.hole_positions(plain.atoms)
     cy, cx = np.round(centres).astype(int).T
     assert raised[cy, cx].all()
+
+
+def test_vacuum_is_the_hole_in_the_film_not_the_hexagon_centres():
+    from napari_atomnet import synth
+
+    sim = synth.graphene_hrtem((192, 192), defocus=-60, cs_um=-10, dose=1e4, n_holes=1, seed=4)
+    hole = sim.extras["holes"][0]
+    atoms = data.label_atoms(sim.atoms, all_strong=True)
+    ex = data.labelled_example(
+        sim.image, atoms, sim.atoms[["y", "x"]].to_numpy(), pad=8, border_fill="zero"
+    )
+    vacuum = data.vacuum_mask(ex.image.shape, ex.atoms, ex.spacing, ex.pad)
+    yy, xx = np.mgrid[: ex.image.shape[0], : ex.image.shape[1]] - 8.0
+    inside = (yy >= 0) & (yy < 192) & (xx >= 0) & (xx < 192)
+    from_hole = np.hypot(yy - hole["y"], xx - hole["x"])
+    # deep in the hole: vacuum; the padding and the film (hexagon centres included): never
+    assert vacuum[inside & (from_hole < hole["radius"] - 2 * ex.spacing)].all()
+    assert not vacuum[~inside].any()
+    centres, _ = data.hole_positions(ex.atoms)
+    cy, cx = np.round(centres).astype(int).T
+    assert len(centres) > 20 and not vacuum[cy, cx].any()
+    dist = cKDTree(ex.atoms[:, :2]).query(np.column_stack([yy[vacuum], xx[vacuum]]) + 8.0)[0]
+    assert dist.min() > data.VACUUM_SPACINGS * ex.spacing - 1.0
+    # the weight is raised exactly there
+    plain = ex.prerender(vacuum_weight=1.0).targets["weight"].astype(float)
+    raised = ex.prerender(vacuum_weight=3.0).targets["weight"].astype(float)
+    np.testing.assert_array_equal(raised[vacuum], 3 * plain[vacuum])
+    np.testing.assert_array_equal(raised[~vacuum], plain[~vacuum])
