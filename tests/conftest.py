@@ -75,3 +75,27 @@ def make_log_detector(path, *, sigma=2.0, gain=3.0, bias=2.0, card=None, embed=F
 @pytest.fixture
 def tiny_detector(tmp_path):
     return make_log_detector(tmp_path / "tiny-log.onnx")
+
+
+def nn_spacing(points) -> float:
+    """Median nearest-neighbour distance of (y, x) points."""
+    from scipy.spatial import cKDTree
+
+    pts = np.asarray(points, dtype=float)
+    return float(np.median(cKDTree(pts).query(pts, k=2)[0][:, 1]))
+
+
+def score_atoms(atoms, truth, shape) -> dict:
+    """Detection scores of an atoms table against the truth (``y, x`` tables or arrays).
+
+    Match radius 0.25 × the truth's spacing; a band of half a spacing along the image edge is
+    left out, as the truth lists only centres inside the image.
+    """
+    from napari_atomnet.core.metrics import detection_scores
+
+    def yx(points):
+        return np.asarray(points[["y", "x"]] if hasattr(points, "columns") else points, float)
+
+    true = yx(truth)
+    spacing = nn_spacing(true)
+    return detection_scores(yx(atoms), true, 0.25 * spacing, shape=shape, border=0.5 * spacing)

@@ -12,25 +12,12 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from scipy.spatial import cKDTree
 
+from conftest import score_atoms
 from napari_atomnet import _samples, synth
 from napari_atomnet.cli import main
-from napari_atomnet.core.metrics import detection_scores
 from napari_atomnet.io import write_tiff
 from napari_atomnet.pipeline import find_atoms, refine_atoms
-
-
-def _scores(atoms: pd.DataFrame, truth: pd.DataFrame, shape: tuple[int, int]) -> dict:
-    true = truth[["y", "x"]].to_numpy(float)
-    spacing = float(np.median(cKDTree(true).query(true, k=2)[0][:, 1]))
-    return detection_scores(
-        atoms[["y", "x"]].to_numpy(float),
-        true,
-        0.25 * spacing,
-        shape=shape,
-        border=0.5 * spacing,  # the truth lists only centres inside the image
-    )
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +42,7 @@ def test_dark_columns_are_found_with_the_dark_contrast(abf_lattice, polarity):
     params = result.provenance["params"]
     assert params["polarity"] == "dark"  # given, or guessed right on this STEM image
     assert params["polarity_requested"] == polarity
-    scores = _scores(result.atoms, abf_lattice.atoms, abf_lattice.image.shape)
+    scores = score_atoms(result.atoms, abf_lattice.atoms, abf_lattice.image.shape)
     assert scores["recall"] >= 0.98 and scores["f1"] >= 0.97, scores
     # refined on the negated image: the fits converge, amplitudes in image units (dips)
     assert result.atoms["fit_ok"].mean() > 0.9
@@ -78,7 +65,7 @@ def test_bright_image_is_guessed_bright_and_classical_follows_the_option():
     dark = synth.lattice_image((128, 128), spacing=12.0, polarity="dark", dose=300.0, seed=4)
     classical = find_atoms(dark.image, detector="classical", polarity="dark")
     assert classical.provenance["params"]["polarity"] == "dark"
-    assert _scores(classical.atoms, dark.atoms, dark.image.shape)["f1"] >= 0.97
+    assert score_atoms(classical.atoms, dark.atoms, dark.image.shape)["f1"] >= 0.97
 
 
 @pytest.mark.parametrize("polarity", ["auto", "dark"])
@@ -86,7 +73,7 @@ def test_interface_abf_sample(polarity):
     sample = _samples.load_sample("interface_abf")
     result = find_atoms(sample["image"], polarity=polarity)
     assert result.provenance["params"]["polarity"] == "dark"
-    scores = _scores(result.atoms, sample["truth"], sample["image"].shape)
+    scores = score_atoms(result.atoms, sample["truth"], sample["image"].shape)
     assert scores["recall"] >= 0.98 and scores["f1"] >= 0.95, scores
 
 

@@ -13,23 +13,13 @@ import pandas as pd
 import pytest
 from scipy.spatial import cKDTree
 
+from conftest import nn_spacing, score_atoms
 from napari_atomnet import synth
 from napari_atomnet.cli import main
-from napari_atomnet.core.metrics import detection_scores
 from napari_atomnet.io import write_tiff
 from napari_atomnet.models.detector import fit_confirmed
 from napari_atomnet.models.registry import load_model
 from napari_atomnet.pipeline import find_atoms
-
-
-def _spacing(truth: np.ndarray) -> float:
-    return float(np.median(cKDTree(truth).query(truth, k=2)[0][:, 1]))
-
-
-def _f1(atoms: pd.DataFrame, truth: np.ndarray, shape: tuple[int, int]) -> dict:
-    sp = _spacing(truth)
-    found = atoms[["y", "x"]].to_numpy()
-    return detection_scores(found, truth, 0.25 * sp, shape=shape, border=0.5 * sp)
 
 
 @pytest.fixture(scope="module")
@@ -71,10 +61,10 @@ def test_drops_only_false_detections(abf_rocksalt):
     assert len(gone) == dropped
     # every dropped detection is false (no true column within the match radius), and "weak"
     dist = cKDTree(truth).query(gone[["y", "x"]].to_numpy())[0]
-    assert (dist > 0.25 * _spacing(truth)).all()
+    assert (dist > 0.25 * nn_spacing(truth)).all()
     assert (gone["class"] == 1).all()
-    before = _f1(everything.atoms, truth, sim.image.shape)
-    after = _f1(checked.atoms, truth, sim.image.shape)
+    before = score_atoms(everything.atoms, truth, sim.image.shape)
+    after = score_atoms(checked.atoms, truth, sim.image.shape)
     assert after["recall"] == before["recall"] and after["precision"] > before["precision"]
 
 
@@ -82,9 +72,9 @@ def test_keeps_faint_b_columns_at_low_dose():
     # B columns at 9 counts per A peak: weak, many fits of low significance; the model is sure
     sim = synth.perovskite_haadf((384, 384), spacing=22, rotation_deg=8, dose=9, seed=4_242_002)
     truth = sim.atoms[["y", "x"]].to_numpy()
-    checked = _f1(find_atoms(sim.image, polarity="bright").atoms, truth, sim.image.shape)
+    checked = score_atoms(find_atoms(sim.image, polarity="bright").atoms, truth, sim.image.shape)
     everything = find_atoms(sim.image, polarity="bright", fit_check=False).atoms
-    assert checked["recall"] == _f1(everything, truth, sim.image.shape)["recall"]
+    assert checked["recall"] == score_atoms(everything, truth, sim.image.shape)["recall"]
     assert checked["f1"] >= 0.99
 
 

@@ -29,7 +29,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -323,26 +323,53 @@ def best_class_thresholds(
     """
     from ..models.detector import confident
 
-    runs = []
-    for case in cases:
-        for k in range(n_images):
-            image, truth, dont_care = data.validation_sample(case, seed + k, shape)
-            runs.append((case, predict(image), truth, dont_care))
+    runs = _validation_runs(predict, cases, seed, n_images, shape)
     grid = [t for t in THRESHOLDS if t >= 0.2]
     best = (-1.0, 0.0, 0.0)
     for strong in grid:
         for weak in grid:
-            sums: dict[str, dict[str, float]] = {}
-            for case, peaks, truth, dont_care in runs:
-                kept = confident(peaks, [strong, weak])
-                s = scores_by_threshold(kept, truth, dont_care, (THRESHOLDS[0],))
-                acc = sums.setdefault(case, {"tp": 0.0, "fp": 0.0, "fn": 0.0})
-                for key in acc:
-                    acc[key] += s[THRESHOLDS[0]][key]
-            f1 = [2 * a["tp"] / max(2 * a["tp"] + a["fp"] + a["fn"], 1) for a in sums.values()]
-            if float(np.mean(f1)) > best[0] + 1e-9:
-                best = (float(np.mean(f1)), strong, weak)
+            f1 = _mean_case_f1(
+                (case, confident(peaks, [strong, weak]), truth, dont_care)
+                for case, _, peaks, truth, dont_care in runs
+            )
+            if f1 > best[0] + 1e-9:
+                best = (f1, strong, weak)
     return best[1], best[2], best[0]
+
+
+def _validation_runs(
+    predict: Any, cases: list[str], seed: int, n_images: int, shape: tuple[int, int]
+) -> list[tuple[str, np.ndarray, Any, np.ndarray, np.ndarray]]:
+    """``(case, image, detections, truth, dont_care)`` for ``n_images`` images of each case."""
+    runs = []
+    for case in cases:
+        for k in range(n_images):
+            image, truth, dont_care = data.validation_sample(case, seed + k, shape)
+            runs.append((case, image, predict(image), truth, dont_care))
+    return runs
+
+
+def _mean_case_f1(scored: Iterable[tuple[str, Any, np.ndarray, np.ndarray]]) -> float:
+    """Mean over the cases of each case's F1, the detections of its images pooled.
+
+    ``scored`` yields ``(case, detections, truth, dont_care)``, one per image.
+    """
+    sums: dict[str, dict[str, float]] = {}
+    for case, peaks, truth, dont_care in scored:
+        s = scores_by_threshold(peaks, truth, dont_care, (0.0,))[0.0]
+        acc = sums.setdefault(case, {"tp": 0.0, "fp": 0.0, "fn": 0.0})
+        for key in acc:
+            acc[key] += s[key]
+    f1 = [2 * a["tp"] / max(2 * a["tp"] + a["fp"] + a["fn"], 1) for a in sums.values()]
+    return float(np.mean(f1))
+
+
+def _refined(image: np.ndarray, peaks: Any) -> Any:
+    """Gaussian-refine detections of an oriented (atoms bright) image, as find_atoms does."""
+    from ..pipeline import refine_atoms
+
+    peaks = peaks.reset_index(drop=True)
+    return refine_atoms(image, peaks, polarity="bright") if len(peaks) else peaks
 
 
 #: Amplitude significance levels (fitted amplitude / standard error) tried by the fit check.
@@ -377,29 +404,20 @@ def best_fit_check(
         detection.
     """
     from ..models.detector import confident, fit_confirmed
-    from ..pipeline import refine_atoms
 
     classes = list(data.CLASSES)
-    runs = []
-    for case in cases:
-        for k in range(n_images):
-            image, truth, dont_care = data.validation_sample(case, seed + k, shape)
-            kept = confident(predict(image), thresholds).reset_index(drop=True)
-            if len(kept):
-                kept = refine_atoms(image, kept, polarity="bright")
-            runs.append((case, kept, truth, dont_care))
+    runs = [
+        (case, _refined(image, confident(peaks, thresholds)), truth, dont_care)
+        for case, image, peaks, truth, dont_care in _validation_runs(
+            predict, cases, seed, n_images, shape
+        )
+    ]
 
     def mean_f1(rule: dict[str, Any] | None) -> float:
-        sums: dict[str, dict[str, float]] = {}
-        for case, kept, truth, dont_care in runs:
-            if rule is not None and len(kept):
-                kept = kept[fit_confirmed(kept, rule, classes)]
-            s = scores_by_threshold(kept, truth, dont_care, (0.0,))[0.0]
-            acc = sums.setdefault(case, {"tp": 0.0, "fp": 0.0, "fn": 0.0})
-            for key in acc:
-                acc[key] += s[key]
-        f1 = [2 * a["tp"] / max(2 * a["tp"] + a["fp"] + a["fn"], 1) for a in sums.values()]
-        return float(np.mean(f1))
+        return _mean_case_f1(
+            (case, kept if rule is None else kept[fit_confirmed(kept, rule, classes)], t, d)
+            for case, kept, t, d in runs
+        )
 
     without = mean_f1(None)
     best: tuple[float, dict[str, Any] | None] = (without, None)
@@ -888,13 +906,9 @@ def main(argv: list[str] | None = None) -> int:
     checked_metrics: dict[str, Any] = {}
     if fit_check is not None:
         from ..models.detector import fit_confirmed
-        from ..pipeline import refine_atoms
 
         def predict_checked(img: np.ndarray) -> Any:
-            kept = predict_at_class_thresholds(img).reset_index(drop=True)
-            if not len(kept):
-                return kept
-            refined = refine_atoms(img, kept, polarity="bright")
+            refined = _refined(img, predict_at_class_thresholds(img))
             return refined[fit_confirmed(refined, fit_check, list(data.CLASSES))]
 
         checked = evaluate_model(predict_checked, cases, TEST_SEED, cfg.test_images, shape)
