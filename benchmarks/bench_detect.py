@@ -15,7 +15,9 @@ figure also holds without telling it.  "model" columns score the network's detec
 (``detect_atoms``); "+ fit check" columns score what ``atomnet detect`` and the Detect widget
 give by default (``find_atoms``): the detections refined by Gaussian fits, without those that
 neither the model is sure of nor the fit confirms (the model card's ``fit_check`` rule, chosen
-on validation images; HRTEM phase contrast is not Gaussian, so there it changes nothing).
+on validation images: a sure score per class, a least amplitude SNR and, at empty sites of the
+strong columns, a family-wise significance among all those sites; HRTEM phase contrast is not
+Gaussian, so there it changes nothing).
 """
 
 from __future__ import annotations

@@ -178,9 +178,9 @@ def find_atoms(
     if refine and len(peaks):
         atoms = refine_atoms(img, peaks, polarity=contrast, model=gaussian)
         if fit_check and check_rule:
-            from .models.detector import fit_confirmed
+            from .models.detector import fit_check as apply_fit_check
 
-            keep = fit_confirmed(atoms, check_rule, classes)
+            keep = apply_fit_check(img, atoms, check_rule, classes, atoms.attrs["polarity"])
             params["fit_check"] = {**check_rule, "dropped": int((~keep).sum())}
             atoms = atoms[keep]
         atoms = atoms.reset_index(drop=True)

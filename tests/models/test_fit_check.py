@@ -8,6 +8,8 @@ Seeds are never used in training (training seeds are drawn from ``SeedSequence(0
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -40,6 +42,30 @@ def test_the_builtin_card_has_a_rule_chosen_on_validation_images():
     assert rule["min_snr"] > 0
     assert set(rule["sure_scores"]) == {"strong", "weak"}
     assert rule["validation_mean_f1"]["with"] > rule["validation_mean_f1"]["without"]
+    # the empty-site test was offered, and chosen because it did better on validation images
+    sites = rule["empty_site_validation"]
+    assert 0 < rule["empty_site_alpha"] < 1
+    assert sites["mean_f1"] > sites["mean_f1_without_test"]
+
+
+def test_the_empty_site_test_drops_only_false_detections_the_snr_kept(abf_rocksalt):
+    sim = abf_rocksalt
+    truth = sim.atoms[["y", "x"]].to_numpy()
+    card = load_model("atomnet-detect")
+    snr_only = copy.deepcopy(card)
+    snr_only.info["fit_check"]["empty_site_alpha"] = None
+    checked = find_atoms(sim.image, detector=card, polarity="dark").atoms
+    by_snr = find_atoms(sim.image, detector=snr_only, polarity="dark").atoms
+    kept = set(map(tuple, checked[["y", "x"]].to_numpy().round(6)))
+    gone = by_snr[[k not in kept for k in map(tuple, by_snr[["y", "x"]].to_numpy().round(6))]]
+    assert len(gone) >= 2 and len(checked) + len(gone) == len(by_snr)
+    assert (gone["class"] == 1).all() and (gone["amplitude_snr"] >= 2.0).all()
+    # each was at an empty cell centre: ~0.7 spacings from the nearest column
+    dist = cKDTree(truth).query(gone[["y", "x"]].to_numpy())[0] / nn_spacing(truth)
+    assert ((dist > 0.5) & (dist < 0.85)).all()
+    before = score_atoms(by_snr, truth, sim.image.shape)
+    after = score_atoms(checked, truth, sim.image.shape)
+    assert after["recall"] == before["recall"] and after["precision"] > before["precision"]
 
 
 def test_drops_only_false_detections(abf_rocksalt):
@@ -97,6 +123,28 @@ def test_rule():
     # a class the rule does not list is always checked
     no_strong = {**rule, "sure_scores": {"weak": 0.65}}
     assert not fit_confirmed(atoms, no_strong, classes)[5]
+    # the empty-site test: a significant fit at an empty site must also beat chance among all
+    # the sites (p <= alpha); NaN (not at an empty site) passes; sure scores are never tested
+    p = np.array([0.9, 0.5, np.nan, 0.9, np.nan, np.nan])
+    with_sites = {**rule, "empty_site_alpha": 0.05}
+    assert fit_confirmed(atoms, with_sites, classes, p).tolist() == [
+        True,
+        False,
+        False,
+        True,
+        True,
+        True,
+    ]
+    assert fit_confirmed(atoms, with_sites, classes, np.full(6, 0.01)).tolist() == [
+        True,
+        True,
+        False,
+        True,
+        True,
+        True,
+    ]
+    # without alpha in the rule, the p-values are not used
+    assert fit_confirmed(atoms, rule, classes, p).tolist() == [True, True, False, True, True, True]
 
 
 def test_cli_option(tmp_path, capsys, abf_rocksalt):

@@ -255,7 +255,12 @@ def confident(peaks: pd.DataFrame, thresholds: ArrayLike) -> pd.DataFrame:
     return peaks[peaks["score"].to_numpy() >= per_class[cls]]
 
 
-def fit_confirmed(atoms: pd.DataFrame, check: dict[str, Any], classes: list[str]) -> np.ndarray:
+def fit_confirmed(
+    atoms: pd.DataFrame,
+    check: dict[str, Any],
+    classes: list[str],
+    empty_site_p: np.ndarray | None = None,
+) -> np.ndarray:
     """Which refined detections the data confirm: a confident score or a significant fit.
 
     The network places a column partly from context (the lattice around it), which is how it
@@ -265,9 +270,13 @@ def fit_confirmed(atoms: pd.DataFrame, check: dict[str, Any], classes: list[str]
     ``amplitude_snr`` is the fitted amplitude over its standard error.  A detection is kept
     when either is convincing: its score reaches the class's ``sure_scores`` value, or its
     fitted amplitude is ``min_snr`` standard errors above zero (and, with ``fit_ok`` true in
-    the rule, the fit succeeded).  The rule comes from the model card (chosen on validation
-    images by the training script).  Rows without a usable fit (no
-    ``amplitude_snr``, or ``fit_status`` "not_gaussian": HRTEM phase contrast) are kept.
+    the rule, the fit succeeded).  With ``empty_site_alpha`` in the rule, a detection at an
+    empty site of the strong columns' arrangement must also stand out from all those empty
+    sites: its family-wise p-value (``empty_site_p``, from
+    :func:`napari_atomnet.core.holes.empty_site_pvalues`) must not exceed ``empty_site_alpha``.
+    The rule comes from the model card (chosen on validation images by the training script).
+    Rows without a usable fit (no ``amplitude_snr``, or ``fit_status`` "not_gaussian": HRTEM
+    phase contrast) are kept.
 
     Parameters
     ----------
@@ -275,9 +284,13 @@ def fit_confirmed(atoms: pd.DataFrame, check: dict[str, Any], classes: list[str]
         Refined detections with ``score``, ``class``, ``amplitude_snr`` and ``fit_status``.
     check : dict
         ``min_snr`` (float), ``sure_scores`` ({class name: score}; classes not listed are
-        always checked) and ``fit_ok`` (bool, default False: also require a successful fit).
+        always checked), ``fit_ok`` (bool, default False: also require a successful fit) and
+        optionally ``empty_site_alpha`` (float).
     classes : list of str
         The model's class names, in class-index order.
+    empty_site_p : ndarray, optional
+        Per row, the family-wise p-value of a detection at an empty site (NaN where it does
+        not apply); ignored unless the rule has ``empty_site_alpha``.
 
     Returns
     -------
@@ -287,16 +300,89 @@ def fit_confirmed(atoms: pd.DataFrame, check: dict[str, Any], classes: list[str]
     n = len(atoms)
     if not n or "amplitude_snr" not in atoms or "score" not in atoms:
         return np.ones(n, dtype=bool)
-    sure_by_name = check.get("sure_scores", {}) or {}
-    sure = np.array([float(sure_by_name.get(c, np.inf)) for c in classes] + [np.inf])
-    cls = np.clip(atoms["class"].to_numpy(int), 0, len(classes)) if "class" in atoms else 0
-    snr = np.nan_to_num(atoms["amplitude_snr"].to_numpy(float), nan=0.0)
     status = atoms["fit_status"] if "fit_status" in atoms else pd.Series("ok", index=atoms.index)
     no_fit = (status == "not_gaussian").to_numpy()
+    snr = np.nan_to_num(atoms["amplitude_snr"].to_numpy(float), nan=0.0)
     fit_confirms = snr >= float(check.get("min_snr", 0.0))
     if check.get("fit_ok", False):
         fit_confirms &= (status == "ok").to_numpy()
-    return no_fit | (atoms["score"].to_numpy(float) >= sure[cls]) | fit_confirms
+    alpha = check.get("empty_site_alpha")
+    if alpha is not None and empty_site_p is not None:
+        fit_confirms &= ~(np.asarray(empty_site_p, dtype=float) > float(alpha))
+    return no_fit | _sure(atoms, check, classes) | fit_confirms
+
+
+def _sure(atoms: pd.DataFrame, check: dict[str, Any], classes: list[str]) -> np.ndarray:
+    """Rows whose score reaches their class's sure score (no fit check needed)."""
+    sure_by_name = check.get("sure_scores", {}) or {}
+    sure = np.array([float(sure_by_name.get(c, np.inf)) for c in classes] + [np.inf])
+    cls = np.clip(atoms["class"].to_numpy(int), 0, len(classes)) if "class" in atoms else 0
+    return atoms["score"].to_numpy(float) >= sure[cls]
+
+
+def fit_check(
+    image: np.ndarray,
+    atoms: pd.DataFrame,
+    check: dict[str, Any],
+    classes: list[str],
+    polarity: str,
+) -> np.ndarray:
+    """Apply a model card's fit-check rule to refined detections (see :func:`fit_confirmed`).
+
+    The empty-site test (:func:`napari_atomnet.core.holes.empty_site_pvalues`), when the rule
+    has one, is run only for the detections it could drop: those of the other classes than
+    the first ("strong", whose holes are the sites) that neither score as sure nor lack a fit.
+
+    Parameters
+    ----------
+    image : ndarray, shape (H, W)
+        The image the detections were refined on.
+    atoms : pandas.DataFrame
+        Refined detections (:func:`napari_atomnet.pipeline.refine_atoms`).
+    check : dict
+        The rule (the card's ``fit_check``).
+    classes : list of str
+        The model's class names.
+    polarity : {"bright", "dark"}
+        Atom contrast of the refinement.
+
+    Returns
+    -------
+    ndarray of bool
+        True for the rows to keep.
+    """
+    p = None
+    if check.get("empty_site_alpha") is not None:
+        p = empty_site_test(image, atoms, polarity, among=~_sure(atoms, check, classes))
+    return fit_confirmed(atoms, check, classes, p)
+
+
+def empty_site_test(
+    image: np.ndarray, atoms: pd.DataFrame, polarity: str, among: np.ndarray | None = None
+) -> np.ndarray | None:
+    """Empty-site p-values of refined detections (see :mod:`napari_atomnet.core.holes`).
+
+    The sites are the holes of the first class's columns ("strong"); the detections tested are
+    those of the other classes with a usable fit (not ``not_gaussian``), and of those only the
+    ``among`` rows when given.
+
+    Returns
+    -------
+    ndarray or None
+        Per row, the p-value (NaN where the test does not apply); None when no row is tested.
+    """
+    if not len(atoms) or "class" not in atoms:
+        return None
+    from ..core.holes import empty_site_pvalues
+
+    status = atoms["fit_status"] if "fit_status" in atoms else pd.Series("ok", atoms.index)
+    strong = atoms["class"].to_numpy(int) == 0
+    tested = ~strong & (status != "not_gaussian").to_numpy()
+    if among is not None:
+        tested &= among
+    if not tested.any():
+        return None
+    return empty_site_pvalues(image, atoms, strong, tested, polarity=polarity)
 
 
 def _zero_outside(window: np.ndarray, offset: tuple[int, int], shape: tuple[int, int]) -> None:

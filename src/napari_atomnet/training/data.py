@@ -202,30 +202,11 @@ def hole_positions(atoms: NDArray[np.float32]) -> tuple[NDArray[np.float64], NDA
     sigma : ndarray, shape (m,)
         ``sigma_t`` of each hole's nearest column.
     """
-    if len(atoms) < 3:
-        return np.zeros((0, 2)), np.zeros(0)
-    from scipy.spatial import Delaunay, QhullError
+    from ..core.holes import hole_sites
 
-    pts = np.unique(atoms[:, :2].astype(np.float64), axis=0)
-    try:
-        tri = Delaunay(pts)
-    except (QhullError, ValueError):  # collinear or too few distinct columns
-        return np.zeros((0, 2)), np.zeros(0)
-    a, b, c = (pts[tri.simplices[:, k]] for k in range(3))
-    # circumcentres, relative to a
-    ba, ca = b - a, c - a
-    d = 2.0 * (ba[:, 0] * ca[:, 1] - ba[:, 1] * ca[:, 0])
-    ok = np.abs(d) > 1e-9
-    nb, nc = (ba**2).sum(1), (ca**2).sum(1)
-    cy = (ca[:, 1] * nb - ba[:, 1] * nc) / np.where(ok, d, 1.0)
-    cx = (ba[:, 0] * nc - ca[:, 0] * nb) / np.where(ok, d, 1.0)
-    centres = a[ok] + np.column_stack([cy, cx])[ok]
-    tree = cKDTree(atoms[:, :2].astype(np.float64))
-    dist, idx = tree.query(centres)
-    nn = tree.query(atoms[:, :2].astype(np.float64), k=2)[0][:, 1]
-    sig = atoms[idx, _SIG].astype(np.float64)
-    keep = (dist >= 2.0 * sig) & (dist <= 1.05 * nn[idx])
-    return centres[keep], sig[keep]
+    sigma = atoms[:, _SIG].astype(np.float64)
+    centres, nearest = hole_sites(atoms[:, :2], 2.0 * sigma, merge=False)
+    return centres, sigma[nearest]
 
 
 def vacuum_mask(

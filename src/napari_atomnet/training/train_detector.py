@@ -377,9 +377,41 @@ def _refined(image: np.ndarray, peaks: Any) -> Any:
 
 #: Amplitude significance levels (fitted amplitude / standard error) tried by the fit check.
 FIT_CHECK_SNR = (2.0, 2.5, 3.0, 3.5, 4.0, 4.5, 5.0, 6.0)
+#: Family-wise significance levels tried for detections at empty sites
+#: (:func:`~napari_atomnet.core.holes.empty_site_pvalues`).
+EMPTY_SITE_ALPHA = (0.01, 0.05, 0.2)
 #: Validation images per case for the fit check: the errors it removes are rare (a few per
 #: image), so it needs more images than the thresholds.
 FIT_CHECK_IMAGES = 8
+#: Validation images per case for the empty-site test: the false detections it removes are
+#: rarer still (about one per 256² image of an ABF-like lattice at low dose).
+EMPTY_SITE_IMAGES = 32
+
+
+def _checked_runs(
+    predict: Any,
+    cases: list[str],
+    seed: int,
+    n_images: int,
+    shape: tuple[int, int],
+    thresholds: tuple[float, float],
+) -> list[tuple[str, int, Any, np.ndarray | None, np.ndarray, np.ndarray]]:
+    """``(case, k, refined detections, empty-site p-values, truth, dont_care)`` per image.
+
+    The detections kept at the class ``thresholds`` are refined by Gaussian fits, as
+    :func:`napari_atomnet.pipeline.find_atoms` does, and every detection of the other classes
+    than the first is given its empty-site p-value (NaN where it does not apply).
+    """
+    from ..models.detector import confident, empty_site_test
+
+    runs = []
+    for index, (case, image, peaks, truth, dont_care) in enumerate(
+        _validation_runs(predict, cases, seed, n_images, shape)
+    ):
+        kept = _refined(image, confident(peaks, thresholds))
+        p = empty_site_test(image, kept, "bright")
+        runs.append((case, index % n_images, kept, p, truth, dont_care))
+    return runs
 
 
 def best_fit_check(
@@ -389,6 +421,7 @@ def best_fit_check(
     n_images: int,
     shape: tuple[int, int],
     thresholds: tuple[float, float],
+    empty_site_images: int = EMPTY_SITE_IMAGES,
 ) -> dict[str, Any] | None:
     """Choose the fit-check rule (see :func:`~napari_atomnet.models.detector.fit_confirmed`).
 
@@ -396,48 +429,86 @@ def best_fit_check(
     :func:`napari_atomnet.pipeline.find_atoms` does; a rule keeps a detection whose score
     reaches its class's "sure" score or whose fitted amplitude is ``min_snr`` standard errors
     above zero (with ``fit_ok``: and whose fit succeeded).  The rule with the highest mean
-    validation F1 over the cases wins; a stricter rule must do strictly better than a milder
-    one.
+    validation F1 over the cases (``n_images`` per case) wins; a stricter rule must do strictly
+    better than a milder one.  Then the empty-site test is offered on top
+    (``empty_site_alpha``, each of :data:`EMPTY_SITE_ALPHA`), judged on ``empty_site_images``
+    per case since the errors it removes are rare; if one does strictly better, ``min_snr`` and
+    the other classes' sure scores are chosen again with it on those images (it may let a
+    milder ``min_snr`` keep more faint columns; the first class's sure score stays, as the test
+    never judges that class).
 
     Returns
     -------
     dict or None
-        ``min_snr``, ``fit_ok``, ``sure_scores`` {class: score} and the validation mean F1
-        ``without`` and ``with`` the rule; None when no rule improves on keeping every
-        detection.
+        ``min_snr``, ``fit_ok``, ``sure_scores`` {class: score}, ``empty_site_alpha`` (None
+        when the test did not help), the validation mean F1 ``without`` and ``with`` the rule
+        (``n_images`` per case) and ``empty_site_validation`` (the mean F1 on
+        ``empty_site_images`` per case of the rule without the test and of the final rule);
+        None when no rule improves on keeping every detection.
     """
-    from ..models.detector import confident, fit_confirmed
+    from ..models.detector import fit_confirmed
 
     classes = list(data.CLASSES)
-    runs = [
-        (case, _refined(image, confident(peaks, thresholds)), truth, dont_care)
-        for case, image, peaks, truth, dont_care in _validation_runs(
-            predict, cases, seed, n_images, shape
-        )
-    ]
+    every = _checked_runs(predict, cases, seed, max(n_images, empty_site_images), shape, thresholds)
+    few = [run for run in every if run[1] < n_images]
 
-    def mean_f1(rule: dict[str, Any] | None) -> float:
+    def mean_f1(rule: dict[str, Any] | None, runs: list) -> float:
         return _mean_case_f1(
-            (case, kept if rule is None else kept[fit_confirmed(kept, rule, classes)], t, d)
-            for case, kept, t, d in runs
+            (case, kept if rule is None else kept[fit_confirmed(kept, rule, classes, p)], t, d)
+            for case, _, kept, p, t, d in runs
         )
 
-    without = mean_f1(None)
-    best: tuple[float, dict[str, Any] | None] = (without, None)
     grids = [
         [t for t in THRESHOLDS if t >= thr] + [1.0] for thr in thresholds
     ]  # sure score = the class threshold: that class is never checked
-    for fit_ok, min_snr in itertools.product((False, True), FIT_CHECK_SNR):
-        for sure in itertools.product(*grids):
-            sure_scores = dict(zip(classes, map(float, sure), strict=True))
-            rule = {"min_snr": min_snr, "fit_ok": fit_ok, "sure_scores": sure_scores}
-            f1 = mean_f1(rule)
-            if f1 > best[0] + 1e-9:
-                best = (f1, rule)
-    if best[1] is None:
+
+    def search(
+        best: tuple[float, dict[str, Any] | None],
+        fit_oks: Iterable[bool],
+        sure_grids: list[list[float]],
+        alpha: float | None,
+        runs: list,
+    ) -> tuple[float, dict[str, Any] | None]:
+        for fit_ok, min_snr in itertools.product(fit_oks, FIT_CHECK_SNR):
+            for sure in itertools.product(*sure_grids):
+                sure_scores = dict(zip(classes, map(float, sure), strict=True))
+                rule = {
+                    "min_snr": min_snr,
+                    "fit_ok": fit_ok,
+                    "sure_scores": sure_scores,
+                    "empty_site_alpha": alpha,
+                }
+                f1 = mean_f1(rule, runs)
+                if f1 > best[0] + 1e-9:
+                    best = (f1, rule)
+        return best
+
+    without = mean_f1(None, few)
+    first = search((without, None), (False, True), grids, None, few)
+    if first[1] is None:
         return None
-    f1 = {"without": round(without, 5), "with": round(best[0], 5)}
-    return {**best[1], "validation_mean_f1": f1}
+    rule = first[1]
+    plain = mean_f1(rule, every)
+    best = (plain, rule)
+    for alpha in EMPTY_SITE_ALPHA:
+        f1 = mean_f1({**rule, "empty_site_alpha": alpha}, every)
+        if f1 > best[0] + 1e-9:
+            best = (f1, {**rule, "empty_site_alpha": alpha})
+    if best[1] is not rule:
+        # the test only judges the other classes than the first: the first class keeps its
+        # sure score, min_snr and the others' sure scores are chosen again
+        sure_grids = [[rule["sure_scores"][classes[0]]], *grids[1:]]
+        alpha = best[1]["empty_site_alpha"]
+        best = search(best, (bool(rule["fit_ok"]),), sure_grids, alpha, every)
+    return {
+        **best[1],
+        "validation_mean_f1": {"without": round(without, 5), "with": round(first[0], 5)},
+        "empty_site_validation": {
+            "images_per_case": max(n_images, empty_site_images),
+            "mean_f1_without_test": round(plain, 5),
+            "mean_f1": round(best[0], 5),
+        },
+    }
 
 
 def _case_metrics(result: dict[str, dict[float, dict[str, float]]]) -> dict[str, dict]:
@@ -904,15 +975,24 @@ def main(argv: list[str] | None = None) -> int:
 
     chosen = evaluate_model(predict_at_class_thresholds, cases, TEST_SEED, cfg.test_images, shape)
     _log("choosing the fit check on the validation images")
-    fit_check = best_fit_check(predict, cases, VAL_SEED, FIT_CHECK_IMAGES, shape, (thr, weak_thr))
+    fit_check = best_fit_check(
+        predict,
+        cases,
+        VAL_SEED,
+        FIT_CHECK_IMAGES,
+        shape,
+        (thr, weak_thr),
+        empty_site_images=FIT_CHECK_IMAGES if args.quick else EMPTY_SITE_IMAGES,
+    )
     _log(f"fit check: {fit_check}")
     checked_metrics: dict[str, Any] = {}
     if fit_check is not None:
-        from ..models.detector import fit_confirmed
+        from ..models.detector import fit_check as apply_fit_check
 
         def predict_checked(img: np.ndarray) -> Any:
             refined = _refined(img, predict_at_class_thresholds(img))
-            return refined[fit_confirmed(refined, fit_check, list(data.CLASSES))]
+            keep = apply_fit_check(img, refined, fit_check, list(data.CLASSES), "bright")
+            return refined[keep]
 
         checked = evaluate_model(predict_checked, cases, TEST_SEED, cfg.test_images, shape)
         checked_metrics = _case_metrics(checked)
@@ -961,6 +1041,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{max(cfg.val_images, 4)} per case (seed {VAL_SEED}+) to choose the strong and "
             "weak thresholds (grid 0.2-0.85, highest mean F1 over the cases), "
             f"{FIT_CHECK_IMAGES} per case (seed {VAL_SEED}+) to choose the fit check, "
+            f"{EMPTY_SITE_IMAGES} per case (seed {VAL_SEED}+) for its empty-site test, "
             f"{cfg.test_images} per case (seed {TEST_SEED}+, 256x256) for these metrics",
             "matching_radius": "0.25 x median nearest-neighbour spacing",
             "scoring": "f1: columns whose centres lie just outside the image (up to 16 px; half "
