@@ -17,7 +17,8 @@ give by default (``find_atoms``): the detections refined by Gaussian fits, witho
 neither the model is sure of nor the fit confirms (the model card's ``fit_check`` rule, chosen
 on validation images: a sure score per class, a least amplitude SNR and, at empty sites of the
 strong columns, a family-wise significance among all those sites; HRTEM phase contrast is not
-Gaussian, so there it changes nothing).
+Gaussian, so there a detection must instead score at least the card's ``relative_score`` times
+the median score of the image's detections).
 """
 
 from __future__ import annotations

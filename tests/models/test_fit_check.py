@@ -42,10 +42,13 @@ def test_the_builtin_card_has_a_rule_chosen_on_validation_images():
     assert rule["min_snr"] > 0
     assert set(rule["sure_scores"]) == {"strong", "weak"}
     assert rule["validation_mean_f1"]["with"] > rule["validation_mean_f1"]["without"]
-    # the empty-site test was offered, and chosen because it did better on validation images
-    sites = rule["empty_site_validation"]
+    # the empty-site test and the relative score were offered, and chosen because each did
+    # better on validation images
+    more = rule["extended_validation"]
     assert 0 < rule["empty_site_alpha"] < 1
-    assert sites["mean_f1"] > sites["mean_f1_without_test"]
+    assert more["mean_f1_with_empty_site_test"] > more["mean_f1_first_rule"]
+    assert 0 < rule["relative_score"] < 1
+    assert more["mean_f1"] > more["mean_f1_with_empty_site_test"]
 
 
 def test_the_empty_site_test_drops_only_false_detections_the_snr_kept(abf_rocksalt):
@@ -145,6 +148,24 @@ def test_rule():
     ]
     # without alpha in the rule, the p-values are not used
     assert fit_confirmed(atoms, rule, classes, p).tolist() == [True, True, False, True, True, True]
+
+
+def test_rows_without_a_fit_need_a_fair_part_of_the_images_typical_score():
+    atoms = pd.DataFrame(
+        {
+            "score": [0.8, 0.7, 0.75, 0.38, 0.4],
+            "class": [0, 0, 0, 0, 0],
+            "amplitude_snr": [9.0, 9.0, 9.0, 9.0, 1.0],
+            "fit_status": ["not_gaussian"] * 4 + ["ok"],
+        }
+    )
+    classes = ["strong", "weak"]
+    rule = {"min_snr": 3.0, "sure_scores": {"strong": 0.45, "weak": 0.65}}
+    # without relative_score every unfitted row is kept, whatever its fit's SNR or score
+    assert fit_confirmed(atoms, rule, classes).tolist() == [True, True, True, True, False]
+    # with it: median of the unfitted rows 0.725, times 0.55 = 0.399; the fitted row's own rule
+    relative = {**rule, "relative_score": 0.55}
+    assert fit_confirmed(atoms, relative, classes).tolist() == [True, True, True, False, False]
 
 
 def test_cli_option(tmp_path, capsys, abf_rocksalt):

@@ -274,9 +274,13 @@ def fit_confirmed(
     empty site of the strong columns' arrangement must also stand out from all those empty
     sites: its family-wise p-value (``empty_site_p``, from
     :func:`napari_atomnet.core.holes.empty_site_pvalues`) must not exceed ``empty_site_alpha``.
-    The rule comes from the model card (chosen on validation images by the training script).
-    Rows without a usable fit (no ``amplitude_snr``, or ``fit_status`` "not_gaussian": HRTEM
-    phase contrast) are kept.
+    Rows without a usable fit (``fit_status`` "not_gaussian": HRTEM phase contrast, where
+    intensity extrema need not sit on the atoms) have only the score to go by: with
+    ``relative_score`` in the rule, such a row is kept when its score is at least that fraction
+    of the median score of those rows (the network scores the atoms of one image alike, and a
+    false detection in a hole of the film or on a delocalised fringe lower); without it they are
+    all kept.  The rule comes from the model card (chosen on validation images by the training
+    script).  A table without ``amplitude_snr`` is kept whole.
 
     Parameters
     ----------
@@ -285,7 +289,7 @@ def fit_confirmed(
     check : dict
         ``min_snr`` (float), ``sure_scores`` ({class name: score}; classes not listed are
         always checked), ``fit_ok`` (bool, default False: also require a successful fit) and
-        optionally ``empty_site_alpha`` (float).
+        optionally ``empty_site_alpha`` and ``relative_score`` (float).
     classes : list of str
         The model's class names, in class-index order.
     empty_site_p : ndarray, optional
@@ -309,7 +313,13 @@ def fit_confirmed(
     alpha = check.get("empty_site_alpha")
     if alpha is not None and empty_site_p is not None:
         fit_confirms &= ~(np.asarray(empty_site_p, dtype=float) > float(alpha))
-    return no_fit | _sure(atoms, check, classes) | fit_confirms
+    keep = _sure(atoms, check, classes) | fit_confirms
+    relative = check.get("relative_score")
+    if relative is None or not no_fit.any():
+        return no_fit | keep
+    # no fit to ask: the score must be a fair part of what this image's columns score
+    score = atoms["score"].to_numpy(float)
+    return np.where(no_fit, score >= float(relative) * np.median(score[no_fit]), keep)
 
 
 def _sure(atoms: pd.DataFrame, check: dict[str, Any], classes: list[str]) -> np.ndarray:
