@@ -23,8 +23,6 @@ from numpy.typing import ArrayLike, NDArray
 from scipy.spatial import cKDTree
 from scipy.stats import norm
 
-from .gaussians import render_gaussians
-
 __all__ = ["amplitude_z", "empty_site_pvalues", "hole_sites"]
 
 #: A site's neighbourhood, for "are the sites around here empty": this many nearest sites.
@@ -110,22 +108,37 @@ def hole_sites(
     return centres, idx
 
 
-def amplitude_z(signal: ArrayLike, positions: ArrayLike, sigma: float) -> NDArray[np.float64]:
+def amplitude_z(
+    image: ArrayLike,
+    positions: ArrayLike,
+    sigma: float,
+    *,
+    sign: float = 1.0,
+    subtract: pd.DataFrame | None = None,
+) -> NDArray[np.float64]:
     """How many standard errors of amplitude a fixed Gaussian at each position has.
 
     At each position a round Gaussian of width ``sigma`` plus a constant is fitted (linear least
     squares: position and width held, amplitude and background free) over the pixels within
     ``2 sigma``; the amplitude over its standard error (from the window's residual scatter) is
-    the z score.  Windows that reach beyond the image or hold NaN give NaN.
+    the z score.  Windows that reach beyond the image give NaN.  Only the windows are read (no
+    copy of the image is made), so it stays cheap on 8k × 8k images.
 
     Parameters
     ----------
-    signal : array_like, shape (H, W)
-        Image with bright columns (negate dark-column images).
+    image : array_like, shape (H, W)
+        The image.
     positions : array_like, shape (n, 2)
         (y, x), px.
     sigma : float
         Gaussian width, px.
+    sign : float
+        1 for bright columns, -1 for dark ones (the windows are multiplied by it).
+    subtract : pandas.DataFrame, optional
+        Columns to take out of the windows first (their tails would lift the amplitude at a
+        site between them): ``y, x, amplitude, sigma_y, sigma_x`` and optionally ``theta``,
+        amplitudes in the image's own units; each is evaluated within 3 of its (larger) sigmas
+        of its nearest pixel, along each axis.
 
     Returns
     -------
@@ -141,33 +154,94 @@ def amplitude_z(signal: ArrayLike, positions: ArrayLike, sigma: float) -> NDArra
     >>> bool(z[0] > 5), bool(abs(z[1]) < 3)
     (True, True)
     """
-    img = np.asarray(signal, dtype=np.float64)
+    img = np.asarray(image)
     pos = np.asarray(positions, dtype=np.float64).reshape(-1, 2)
     z = np.full(len(pos), np.nan)
     h = max(1, int(np.ceil(2.0 * sigma)))
     hh, ww = img.shape
     cy, cx = np.round(pos[:, 0]).astype(int), np.round(pos[:, 1]).astype(int)
     inside = (cy >= h) & (cy < hh - h) & (cx >= h) & (cx < ww - h)
-    if not inside.any():
-        return z
-    sel = np.nonzero(inside)[0]
     k = 2 * h + 1
-    data = sliding_window_view(img, (k, k))[cy[sel] - h, cx[sel] - h].reshape(len(sel), -1)
+    view = sliding_window_view(img, (k, k))
     offs = np.arange(-h, h + 1, dtype=np.float64)
-    dy = (cy[sel] - pos[sel, 0])[:, None, None] + offs[None, :, None]
-    dx = (cx[sel] - pos[sel, 1])[:, None, None] + offs[None, None, :]
-    g = np.exp(-(dy**2 + dx**2) / (2.0 * sigma**2)).reshape(len(sel), -1)
-    n = float(k * k)
-    s_g, s_gg = g.sum(1), (g * g).sum(1)
-    s_d, s_gd = data.sum(1), (g * data).sum(1)
-    det = s_gg * n - s_g**2
-    amp = (n * s_gd - s_g * s_d) / det
-    bg = (s_gg * s_d - s_g * s_gd) / det
-    rss = ((data - amp[:, None] * g - bg[:, None]) ** 2).sum(1)
-    var_amp = rss / (n - 2.0) * n / det
-    with np.errstate(invalid="ignore", divide="ignore"):
-        z[sel] = amp / np.sqrt(var_amp)
+    columns = _Columns(subtract) if subtract is not None and len(subtract) else None
+    all_rows = np.nonzero(inside)[0]
+    for start in range(0, len(all_rows), 4096):  # bounded memory for any number of sites
+        sel = all_rows[start : start + 4096]
+        data = sign * view[cy[sel] - h, cx[sel] - h].astype(np.float64)  # (n, k, k)
+        if columns is not None:
+            data -= sign * columns.render(cy[sel], cx[sel], offs)
+        data = data.reshape(len(sel), -1)
+        dy = (cy[sel] - pos[sel, 0])[:, None, None] + offs[None, :, None]
+        dx = (cx[sel] - pos[sel, 1])[:, None, None] + offs[None, None, :]
+        g = np.exp(-(dy**2 + dx**2) / (2.0 * sigma**2)).reshape(len(sel), -1)
+        n = float(k * k)
+        s_g, s_gg = g.sum(1), (g * g).sum(1)
+        s_d, s_gd = data.sum(1), (g * data).sum(1)
+        det = s_gg * n - s_g**2
+        amp = (n * s_gd - s_g * s_d) / det
+        bg = (s_gg * s_d - s_g * s_gd) / det
+        rss = ((data - amp[:, None] * g - bg[:, None]) ** 2).sum(1)
+        var_amp = rss / (n - 2.0) * n / det
+        with np.errstate(invalid="ignore", divide="ignore"):
+            z[sel] = amp / np.sqrt(var_amp)
     return z
+
+
+class _Columns:
+    """Fitted Gaussian columns, rendered into square windows on demand."""
+
+    def __init__(self, table: pd.DataFrame) -> None:
+        self.yx = table[["y", "x"]].to_numpy(float)
+        self.amp = table["amplitude"].to_numpy(float)
+        self.sy = table["sigma_y"].to_numpy(float)
+        self.sx = table["sigma_x"].to_numpy(float)
+        theta = table["theta"].to_numpy(float) if "theta" in table else np.zeros(len(table))
+        self.cos, self.sin = np.cos(theta), np.sin(theta)
+        # each column covers the pixels within ceil(3 sigma) of its nearest pixel, a square
+        # (as render_gaussians draws it with radius 3)
+        self.half = np.ceil(3.0 * np.maximum(self.sy, self.sx))
+        self.pixel = np.round(self.yx)
+        self.tree = cKDTree(self.yx)
+        self.reach = float(np.max(self.half)) + 1.0
+
+    def render(self, cy: NDArray, cx: NDArray, offs: NDArray) -> NDArray[np.float64]:
+        """Sum of the columns over windows centred on pixels (cy, cx), shape (n, k, k)."""
+        k = len(offs)
+        out = np.zeros((len(cy), k, k))
+        near = self.tree.query_ball_point(
+            np.column_stack([cy, cx]), (self.reach + float(offs[-1])) * np.sqrt(2.0)
+        )
+        counts = np.fromiter(map(len, near), dtype=np.intp, count=len(near))
+        if not counts.sum():
+            return out
+        window = np.repeat(np.arange(len(cy)), counts)
+        col = np.concatenate([np.asarray(c, dtype=np.intp) for c in near if c])
+        dy = (cy[window] - self.yx[col, 0])[:, None] + offs[None, :]  # (pairs, k)
+        dx = (cx[window] - self.yx[col, 1])[:, None] + offs[None, :]
+        half = self.half[col, None]
+        in_y = np.abs((cy[window] - self.pixel[col, 0])[:, None] + offs[None, :]) <= half
+        in_x = np.abs((cx[window] - self.pixel[col, 1])[:, None] + offs[None, :]) <= half
+        vals = np.empty((len(col), k, k))
+        # unrotated columns (every isotropic fit) are separable: two 1D profiles per pair
+        flat = self.sin[col] == 0.0
+        if flat.any():
+            gy = np.where(in_y[flat], np.exp(-0.5 * (dy[flat] / self.sy[col[flat], None]) ** 2), 0)
+            gx = np.where(in_x[flat], np.exp(-0.5 * (dx[flat] / self.sx[col[flat], None]) ** 2), 0)
+            vals[flat] = (self.amp[col[flat], None] * gy)[:, :, None] * gx[:, None, :]
+        tilted = ~flat
+        if tilted.any():
+            c = col[tilted]
+            ddy, ddx = dy[tilted][:, :, None], dx[tilted][:, None, :]
+            u = ddy * self.cos[c, None, None] + ddx * self.sin[c, None, None]
+            v = -ddy * self.sin[c, None, None] + ddx * self.cos[c, None, None]
+            r2 = (u / self.sy[c, None, None]) ** 2 + (v / self.sx[c, None, None]) ** 2
+            covered = in_y[tilted][:, :, None] & in_x[tilted][:, None, :]
+            vals[tilted] = np.where(covered, self.amp[c, None, None] * np.exp(-0.5 * r2), 0.0)
+        # the pairs come grouped by window: one reduceat sums each window's columns
+        has = np.nonzero(counts)[0]
+        out[has] = np.add.reduceat(vals, np.cumsum(counts)[has] - counts[has], axis=0)
+        return out
 
 
 def empty_site_pvalues(
@@ -217,7 +291,6 @@ def empty_site_pvalues(
     if not candidates.any() or reference.sum() < NEIGHBOUR_SITES:
         return p
     sign = 1.0 if polarity == "bright" else -1.0
-    signal = sign * np.asarray(image, dtype=np.float64)
     ref = atoms[reference]
     ref_yx = ref[["y", "x"]].to_numpy(float)
     fitted = ref[ref["fit_ok"].to_numpy(bool)] if "fit_ok" in ref else ref.iloc[:0]
@@ -225,19 +298,13 @@ def empty_site_pvalues(
         return p
     sy, sx = fitted["sigma_y"].to_numpy(float), fitted["sigma_x"].to_numpy(float)
     sigma = float(np.median(np.sqrt(sy * sx)))
-    # 3 sigma of each column's tail is enough here: what is left is 1 % of its amplitude
-    residual = signal - render_gaussians(
-        signal.shape,
-        fitted["y"],
-        fitted["x"],
-        sign * fitted["amplitude"].to_numpy(float),
-        sy,
-        sx,
-        fitted["theta"] if "theta" in fitted else 0.0,
-        radius=3.0,
-    )
+
+    def z_at(yx: NDArray) -> NDArray[np.float64]:
+        # the reference columns' tails are taken out first (they would lift a site between them)
+        return amplitude_z(image, yx, sigma, sign=sign, subtract=fitted)
+
     sites, _ = hole_sites(ref_yx, 2.0 * sigma)
-    z_sites = amplitude_z(residual, sites, sigma)
+    z_sites = z_at(sites)
     measured = np.isfinite(z_sites)
     sites, z_sites = sites[measured], z_sites[measured]
     if len(sites) < NEIGHBOUR_SITES:
@@ -258,7 +325,7 @@ def empty_site_pvalues(
     dist, site = tree.query(yx)
     at_empty = (dist <= SITE_RADIUS * spacing) & empty[site]
     rows, yx = rows[at_empty], yx[at_empty]
-    z = amplitude_z(residual, yx, sigma)
+    z = z_at(yx)
     tested = np.isfinite(z)
     chance = len(null) * norm.sf((z[tested] - centre) / spread)
     p[rows[tested]] = np.minimum(1.0, chance)
