@@ -116,3 +116,35 @@ def test_too_few_columns_or_no_candidates_test_nothing(rocksalt_refined):
     few = strong.iloc[:10]
     cand = np.arange(10) >= 8
     assert np.isnan(empty_site_pvalues(sim.image, few, ~cand, cand, polarity="dark")).all()
+
+
+def test_columns_are_taken_out_of_the_windows_as_render_gaussians_draws_them():
+    rng = np.random.default_rng(3)
+    n = 60
+    columns = pd.DataFrame(
+        {
+            "y": rng.uniform(5, 123, n),
+            "x": rng.uniform(5, 123, n),
+            "amplitude": rng.uniform(-5, 5, n),
+            "sigma_y": rng.uniform(1.0, 2.5, n),
+            "sigma_x": rng.uniform(1.0, 2.5, n),
+            # half unrotated (the separable path), half tilted
+            "theta": np.where(np.arange(n) % 2 == 0, 0.0, rng.uniform(0, np.pi, n)),
+        }
+    )
+    image = rng.normal(0, 1, (128, 128))
+    model = render_gaussians(
+        image.shape,
+        columns["y"],
+        columns["x"],
+        columns["amplitude"],
+        columns["sigma_y"],
+        columns["sigma_x"],
+        columns["theta"],
+        radius=3.0,
+    )
+    sites = rng.uniform(8, 120, (300, 2))
+    for sign in (1.0, -1.0):
+        windowed = amplitude_z(image, sites, 1.7, sign=sign, subtract=columns)
+        whole = amplitude_z(sign * (image - model), sites, 1.7)
+        assert np.allclose(windowed, whole, rtol=1e-9, atol=1e-9)
