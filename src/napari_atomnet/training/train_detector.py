@@ -387,7 +387,8 @@ RELATIVE_SCORES = (0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7)
 #: image), so it needs more images than the thresholds.
 FIT_CHECK_IMAGES = 8
 #: Validation images per case for the empty-site test: the false detections it removes are
-#: rarer still (for the shipped weights, 4 in 32 ABF-like images and 6 in 32 at dose 8-10).
+#: rarer still (for the shipped weights: a handful in 32 images of the ABF-like and the dose 8-10
+#: cases, about none in 8).
 EMPTY_SITE_IMAGES = 32
 
 
