@@ -99,6 +99,7 @@ def crlb_floor(sim) -> tuple[float, float]:
 def run(quick: bool = False) -> dict:
     size = 512 if quick else 1024
     rows = []
+    cold = None
     for k, (dose, rot) in enumerate([(500, 0.0), (500, 23.0), (50, 0.0), (50, 23.0)]):
         sim = synth.perovskite_haadf(
             (size, size),
@@ -112,12 +113,18 @@ def run(quick: bool = False) -> dict:
             dislocation=True,
             seed=HELD_OUT_SEED + 300 + k,
         )
-        t0 = time.perf_counter()
-        atoms = find_atoms(sim.image).atoms
-        t_atoms = time.perf_counter() - t0
-        t1 = time.perf_counter()
-        lattice, _ = find_cells(sim.image, atoms)
-        t_cells = time.perf_counter() - t1
+        if cold is None:  # the first call of a session also loads the model
+            t0 = time.perf_counter()
+            lattice, _ = find_cells(sim.image, find_atoms(sim.image).atoms)
+            cold = time.perf_counter() - t0
+        t_atoms = t_cells = np.inf
+        for _ in range(2):  # best of 2, model loaded
+            t0 = time.perf_counter()
+            atoms = find_atoms(sim.image).atoms
+            t_atoms = min(t_atoms, time.perf_counter() - t0)
+            t1 = time.perf_counter()
+            lattice, _ = find_cells(sim.image, atoms)
+            t_cells = min(t_cells, time.perf_counter() - t1)
         row = {
             "dose (counts/A peak)": dose,
             "rotation (°)": rot,
@@ -131,9 +138,16 @@ def run(quick: bool = False) -> dict:
         rows.append(row)
         print(f"  dose {dose} rot {rot}: {row}", flush=True)
     cols = list(rows[0])
-    md = [__doc__.strip().split("\n\n", 1)[1], "", markdown_table(rows, cols)]
+    md = [
+        __doc__.strip().split("\n\n", 1)[1],
+        "",
+        markdown_table(rows, cols),
+        "",
+        f"Times are the best of 2 runs with the model loaded; the very first image of a session "
+        f"also loads the model: {cold:.2f} s end to end for the first case.",
+    ]
     return {
         "title": f"Lattice: cells, polarization, strain (issue 5), {size}²",
         "markdown": "\n".join(md),
-        "figures": {"rows": rows},
+        "figures": {"rows": rows, "first_call_end_to_end_s": cold},
     }
