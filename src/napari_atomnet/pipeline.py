@@ -163,6 +163,7 @@ def find_atoms(
             device=device,
             progress=tile_progress,
             cancelled=cancelled,
+            fit_checked=refine and fit_check,
         )
         peaks = det.table
         params.update(det.params)

@@ -19,9 +19,9 @@ from conftest import nn_spacing, score_atoms
 from napari_atomnet import synth
 from napari_atomnet.cli import main
 from napari_atomnet.io import write_tiff
-from napari_atomnet.models.detector import fit_confirmed
+from napari_atomnet.models.detector import class_thresholds, detect_atoms, fit_confirmed
 from napari_atomnet.models.registry import load_model
-from napari_atomnet.pipeline import find_atoms
+from napari_atomnet.pipeline import find_atoms, refine_atoms
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +48,12 @@ def test_the_builtin_card_has_a_rule_chosen_on_validation_images():
     assert 0 < rule["empty_site_alpha"] < 1
     assert more["mean_f1_with_empty_site_test"] > more["mean_f1_first_rule"]
     assert 0 < rule["relative_score"] < 1
-    assert more["mean_f1"] > more["mean_f1_with_empty_site_test"]
+    assert more["mean_f1_with_relative_score"] > more["mean_f1_with_empty_site_test"]
+    # and, with the check, a lower weak threshold than the network alone needs
+    card = load_model("atomnet-detect").info
+    assert rule["class_thresholds"]["weak"] < card["class_thresholds"]["weak"]
+    assert rule["class_thresholds"]["strong"] == card["class_thresholds"]["strong"]
+    assert more["mean_f1"] > more["mean_f1_with_relative_score"]
 
 
 def test_the_empty_site_test_drops_only_false_detections_the_snr_kept(abf_rocksalt):
@@ -75,24 +80,29 @@ def test_drops_only_false_detections(abf_rocksalt):
     sim = abf_rocksalt
     truth = sim.atoms[["y", "x"]].to_numpy()
     checked = find_atoms(sim.image, polarity="dark")
-    everything = find_atoms(sim.image, polarity="dark", fit_check=False)
+    assert (
+        "fit_check"
+        not in find_atoms(sim.image, polarity="dark", fit_check=False).provenance["params"]
+    )
     record = checked.provenance["params"]["fit_check"]
-    assert "fit_check" not in everything.provenance["params"]
     assert record["min_snr"] == load_model("atomnet-detect").info["fit_check"]["min_snr"]
+    # what the check judged: the detections at the fit-checked thresholds, refined
+    peaks = detect_atoms(sim.image, polarity="dark", fit_checked=True).table
+    judged = refine_atoms(sim.image, peaks, polarity="dark")
     dropped = record["dropped"]
-    assert dropped >= 3 and len(everything.atoms) - len(checked.atoms) == dropped
+    assert dropped >= 3 and len(judged) - len(checked.atoms) == dropped
 
     def keys(atoms: pd.DataFrame) -> list[tuple]:
         return list(map(tuple, atoms[["y", "x"]].to_numpy().round(6)))
 
     kept = set(keys(checked.atoms))
-    gone = everything.atoms[[k not in kept for k in keys(everything.atoms)]]
+    gone = judged[[k not in kept for k in keys(judged)]]
     assert len(gone) == dropped
     # every dropped detection is false (no true column within the match radius), and "weak"
     dist = cKDTree(truth).query(gone[["y", "x"]].to_numpy())[0]
     assert (dist > 0.25 * nn_spacing(truth)).all()
     assert (gone["class"] == 1).all()
-    before = score_atoms(everything.atoms, truth, sim.image.shape)
+    before = score_atoms(judged, truth, sim.image.shape)
     after = score_atoms(checked.atoms, truth, sim.image.shape)
     assert after["recall"] == before["recall"] and after["precision"] > before["precision"]
 
@@ -179,3 +189,32 @@ def test_cli_option(tmp_path, capsys, abf_rocksalt):
         printed = capsys.readouterr().out
         assert ("unconfirmed dropped" in printed) == (not extra)
     assert rows[1] > rows[0]
+
+
+def test_fit_checked_detection_uses_the_rules_own_thresholds(abf_rocksalt):
+    card = copy.deepcopy(load_model("atomnet-detect"))
+    info = card.info
+    plain = class_thresholds(info, info["default_threshold"])
+    # a rule without thresholds of its own leaves the card's
+    info["fit_check"]["class_thresholds"] = None
+    assert class_thresholds(info, 0.35, fit_checked=True).tolist() == plain.tolist()
+    lower = {"strong": plain[0], "weak": plain[1] - 0.1}
+    info["fit_check"]["class_thresholds"] = lower
+    checked_at = class_thresholds(info, info["default_threshold"], fit_checked=True)
+    assert np.allclose(checked_at, [plain[0], plain[1] - 0.1])
+    assert class_thresholds(info, info["default_threshold"]).tolist() == plain.tolist()
+    # find_atoms detects at them when it will fit-check, at the card's when it will not
+    image = abf_rocksalt.image
+    checked = find_atoms(image, detector=card, polarity="dark")
+    unchecked = find_atoms(image, detector=card, polarity="dark", fit_check=False)
+    no_refine = find_atoms(image, detector=card, polarity="dark", refine=False)
+    weak = [r.provenance["params"]["class_thresholds"]["weak"] for r in (checked, unchecked)]
+    assert np.isclose(weak[0], plain[1] - 0.1) and np.isclose(weak[1], plain[1])
+    assert np.isclose(no_refine.provenance["params"]["class_thresholds"]["weak"], plain[1])
+    # the lower threshold lets more weak candidates reach the check
+    at = {
+        flag: detect_atoms(image, card, polarity="dark", fit_checked=flag).table
+        for flag in (False, True)
+    }
+    assert (at[True]["class"] == 1).sum() > (at[False]["class"] == 1).sum()
+    assert (at[True]["class"] == 0).sum() == (at[False]["class"] == 0).sum()

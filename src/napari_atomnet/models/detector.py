@@ -83,6 +83,7 @@ def detect_atoms(
     device: str | None = None,
     progress: ProgressCallback | None = None,
     cancelled: Callable[[], bool] | None = None,
+    fit_checked: bool = False,
 ) -> Detections:
     """Detect atom columns with a detection model, tile by tile.
 
@@ -116,6 +117,10 @@ def detect_atoms(
         ``progress(done, total)`` after each tile.
     cancelled : callable, optional
         Polled between tiles; when it returns True, :class:`InterruptedError` is raised.
+    fit_checked : bool
+        The detections will be refined and fit-checked (:func:`fit_check`), as
+        :func:`napari_atomnet.pipeline.find_atoms` does by default: use the card's thresholds
+        for that case when it has them (see :func:`class_thresholds`).
 
     Returns
     -------
@@ -136,7 +141,7 @@ def detect_atoms(
     tile = int(tile or info.get("tile", 512))
     thr = float(info.get("default_threshold", 0.3) if threshold is None else threshold)
     classes = list(info.get("classes", ["atom"]))
-    class_thr = class_thresholds(info, thr)
+    class_thr = class_thresholds(info, thr, fit_checked=fit_checked)
     norm = info.get("normalization", {})
     if spacing is None:  # once: it serves the polarity guess and the normalisation window
         spacing = estimate_spacing(img, max_crop=SPACING_CROP)
@@ -208,14 +213,19 @@ def detect_atoms(
     return Detections(table=table, card=card, device=session_device(session), params=params)
 
 
-def class_thresholds(info: dict[str, Any], threshold: float) -> np.ndarray:
+def class_thresholds(
+    info: dict[str, Any], threshold: float, *, fit_checked: bool = False
+) -> np.ndarray:
     """Per-class confidence thresholds for an overall ``threshold``.
 
     A card may set ``class_thresholds`` (chosen on validation images by the training script):
     the built-in detector needs more confidence for "weak" columns, whose channel otherwise
     reports faint B sites at the centre of plain square cells (a prior learnt from perovskites).
-    A class keeps its offset from the card's ``default_threshold`` when the caller moves the
-    threshold, so one slider moves all classes together.
+    When the detections will be fit-checked, the card's ``fit_check`` rule may set its own
+    ``class_thresholds``: the check drops such false weak columns, so a lower weak threshold
+    can keep more real faint ones.  A class keeps its offset from the card's
+    ``default_threshold`` when the caller moves the threshold, so one slider moves all classes
+    together.
 
     Parameters
     ----------
@@ -223,6 +233,8 @@ def class_thresholds(info: dict[str, Any], threshold: float) -> np.ndarray:
         Model card.
     threshold : float
         Threshold of the classes the card does not list (the default class threshold).
+    fit_checked : bool
+        Use the fit-check rule's thresholds, where the card has them.
 
     Returns
     -------
@@ -232,6 +244,8 @@ def class_thresholds(info: dict[str, Any], threshold: float) -> np.ndarray:
     classes = list(info.get("classes", ["atom"]))
     default = float(info.get("default_threshold", 0.3))
     per_class = info.get("class_thresholds", {}) or {}
+    if fit_checked:
+        per_class = (info.get("fit_check") or {}).get("class_thresholds") or per_class
     out = [threshold + float(per_class.get(name, default)) - default for name in classes]
     return np.clip(np.asarray(out, dtype=np.float64), 0.0, 1.0)
 
