@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from napari_atomnet._widgets._detect import CUSTOM, DetectAtomsWidget, provenance_of
+from napari_atomnet.models.registry import load_model
 
 pytestmark = pytest.mark.gui
 
@@ -194,11 +195,15 @@ def test_fit_check_checkbox(make_napari_viewer, qtbot):
     checked = viewer.layers["Atoms (abf)"]
     dropped = provenance_of(checked)["params"]["fit_check"]["dropped"]
     assert dropped > 0 and f"{dropped} unconfirmed dropped" in widget._status.value
-    n_checked = len(checked.data)
+    checked_at = provenance_of(checked)["params"]["class_thresholds"]
     widget._fit_check.value = False
     _run(qtbot, widget)
     everything = viewer.layers["Atoms (abf)"]
-    assert "fit_check" not in provenance_of(everything)["params"]
-    assert len(everything.data) == n_checked + dropped
+    params = provenance_of(everything)["params"]
+    assert "fit_check" not in params
+    # detected at the card's own thresholds, not the lower ones meant for the fit check
+    card = load_model("atomnet-detect").info
+    assert params["class_thresholds"] == card["class_thresholds"]
+    assert checked_at == card["fit_check"]["class_thresholds"] != params["class_thresholds"]
     widget._refine.value = False  # the check needs the Gaussian fits
     assert not widget._fit_check.enabled
