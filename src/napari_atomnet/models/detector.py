@@ -318,12 +318,11 @@ def fit_confirmed(
     n = len(atoms)
     if not n or "amplitude_snr" not in atoms or "score" not in atoms:
         return np.ones(n, dtype=bool)
-    status = atoms["fit_status"] if "fit_status" in atoms else pd.Series("ok", index=atoms.index)
-    no_fit = (status == "not_gaussian").to_numpy()
+    no_fit = _without_fit(atoms)
     snr = np.nan_to_num(atoms["amplitude_snr"].to_numpy(float), nan=0.0)
     fit_confirms = snr >= float(check.get("min_snr", 0.0))
     if check.get("fit_ok", False):
-        fit_confirms &= (status == "ok").to_numpy()
+        fit_confirms &= (atoms["fit_status"] == "ok").to_numpy() if "fit_status" in atoms else True
     alpha = check.get("empty_site_alpha")
     if alpha is not None and empty_site_p is not None:
         fit_confirms &= ~(np.asarray(empty_site_p, dtype=float) > float(alpha))
@@ -334,6 +333,13 @@ def fit_confirmed(
     # no fit to ask: the score must be a fair part of what this image's columns score
     score = atoms["score"].to_numpy(float)
     return np.where(no_fit, score >= float(relative) * np.median(score[no_fit]), keep)
+
+
+def _without_fit(atoms: pd.DataFrame) -> np.ndarray:
+    """Rows whose fit was not usable (``fit_status`` "not_gaussian": HRTEM phase contrast)."""
+    if "fit_status" not in atoms:
+        return np.zeros(len(atoms), dtype=bool)
+    return (atoms["fit_status"] == "not_gaussian").to_numpy()
 
 
 def _sure(atoms: pd.DataFrame, check: dict[str, Any], classes: list[str]) -> np.ndarray:
@@ -399,9 +405,8 @@ def empty_site_test(
         return None
     from ..core.holes import empty_site_pvalues
 
-    status = atoms["fit_status"] if "fit_status" in atoms else pd.Series("ok", atoms.index)
     strong = atoms["class"].to_numpy(int) == 0
-    tested = ~strong & (status != "not_gaussian").to_numpy()
+    tested = ~strong & ~_without_fit(atoms)
     if among is not None:
         tested &= among
     if not tested.any():

@@ -393,26 +393,18 @@ EMPTY_SITE_IMAGES = 32
 
 
 def _checked_runs(
-    predict: Any,
-    cases: list[str],
-    seed: int,
-    n_images: int,
-    shape: tuple[int, int],
-    thresholds: tuple[float, float],
-    raw: list | None = None,
+    raw: list, n_images: int, thresholds: tuple[float, float]
 ) -> list[tuple[str, int, Any, np.ndarray | None, np.ndarray, np.ndarray]]:
     """``(case, k, refined detections, empty-site p-values, truth, dont_care)`` per image.
 
-    The detections kept at the class ``thresholds`` are refined by Gaussian fits, as
+    ``raw`` are :func:`_validation_runs` with ``n_images`` per case.  The detections kept at
+    the class ``thresholds`` are refined by Gaussian fits, as
     :func:`napari_atomnet.pipeline.find_atoms` does, and every detection of the other classes
-    than the first is given its empty-site p-value (NaN where it does not apply).  ``raw``:
-    the :func:`_validation_runs` of these arguments, when already made.
+    than the first is given its empty-site p-value (NaN where it does not apply).
     """
     from ..models.detector import confident, empty_site_test
 
     runs = []
-    if raw is None:
-        raw = _validation_runs(predict, cases, seed, n_images, shape)
     for index, (case, image, peaks, truth, dont_care) in enumerate(raw):
         kept = _refined(image, confident(peaks, thresholds))
         p = empty_site_test(image, kept, "bright")
@@ -462,7 +454,7 @@ def best_fit_check(
     classes = list(data.CLASSES)
     n_every = max(n_images, empty_site_images)
     raw = _validation_runs(predict, cases, seed, n_every, shape)
-    every = _checked_runs(predict, cases, seed, n_every, shape, thresholds, raw)
+    every = _checked_runs(raw, n_every, thresholds)
     few = [run for run in every if run[1] < n_images]
 
     def mean_f1(rule: dict[str, Any] | None, runs: list) -> float:
@@ -526,7 +518,7 @@ def best_fit_check(
     # keep more real ones (the first class's threshold stays)
     best = (best[0], {**best[1], "class_thresholds": None})
     for lower in [t for t in THRESHOLDS if 0.3 <= t < thresholds[1]]:
-        runs = _checked_runs(predict, cases, seed, n_every, shape, (thresholds[0], lower), raw)
+        runs = _checked_runs(raw, n_every, (thresholds[0], lower))
         f1 = mean_f1(scored[1], runs)
         if f1 > best[0] + 1e-9:
             at = dict(zip(classes, map(float, (thresholds[0], lower)), strict=True))
