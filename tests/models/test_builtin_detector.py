@@ -95,3 +95,47 @@ def test_builtin_detects_dark_columns():
 def test_builtin_finds_little_in_pure_noise(seed):
     img = np.random.default_rng(seed).poisson(50.0, (128, 128)).astype(np.float32)
     assert len(detect_atoms(img).table) < 10
+
+
+HRTEM = "atomnet-hrtem"
+
+
+def test_builtin_hrtem_card_matches_its_file_and_says_where_it_started():
+    path = builtin_dir() / f"{HRTEM}.onnx"
+    card = load_model(HRTEM, task="detection")
+    assert card.builtin and card.sha256 == file_sha256(path)
+    assert path.stat().st_size < 5 * 1024 * 1024
+    recipe = card.info["training"]["recipe"]
+    assert recipe["mix"] == {"graphene": 1.0} and set(recipe["simulators"]) == {"graphene"}
+    # trained on from the shipped general detector, whose weights are named by their hash
+    assert file_sha256(builtin_dir() / f"{DEFAULT_DETECTOR}.pt")[:16] in recipe["init"]
+    assert set(card.info["validation"]["cases"]) == {"graphene_bright_1e4", "graphene_dark_1e4"}
+    assert (builtin_dir() / f"{HRTEM}.pt").is_file()  # so it can be fine-tuned too
+
+
+#: (defocus Å, Cs µm, dose e/Å²): aligned microscopes, bright and dark atoms, none of them a
+#: benchmark condition; the first two are hard (contrast 0.4-0.5), the others clear.
+HRTEM_CONDITIONS = [(-40, -15, 1e4), (80, -5, 1e4), (50, 10, 1e4), (-60, -10, 3e3), (60, 10, 3e3)]
+
+
+@pytest.mark.slow
+def test_builtin_hrtem_model_beats_the_general_one_on_phase_contrast():
+    f1 = {DEFAULT_DETECTOR: [], HRTEM: []}
+    for k, (defocus, cs_um, dose) in enumerate(HRTEM_CONDITIONS):
+        sim = synth.graphene_hrtem(
+            (SIZE + 2 * BORDER,) * 2,
+            defocus=defocus,
+            cs_um=cs_um,
+            dose=dose,
+            astig_angstrom=5.0,
+            seed=3_000_000 + k,
+        )
+        image, truth, dont_care, _ = _crop(sim)
+        polarity = "bright" if sim.extras["polarity"] > 0 else "dark"
+        for name, scores in f1.items():
+            found = detect_atoms(image, name, polarity=polarity).table[["y", "x"]].to_numpy()
+            scores.append(_scores(found, truth, dont_care)[0])
+    general, hrtem = np.array(f1[DEFAULT_DETECTOR]), np.array(f1[HRTEM])
+    assert hrtem.mean() >= general.mean() + 0.02
+    assert (hrtem >= general - 0.005).all()
+    assert (hrtem[2:] >= 0.95).all()  # the clear images

@@ -309,3 +309,45 @@ def test_vacuum_is_the_hole_in_the_film_not_the_hexagon_centres():
     raised = ex.prerender(vacuum_weight=3.0).targets["weight"].astype(float)
     np.testing.assert_array_equal(raised[vacuum], 3 * plain[vacuum])
     np.testing.assert_array_equal(raised[~vacuum], plain[~vacuum])
+
+
+def test_training_starts_from_given_weights_on_the_chosen_simulators():
+    from napari_atomnet.models.registry import builtin_dir
+    from napari_atomnet.training.train_detector import (
+        TrainConfig,
+        _recipe,
+        train,
+        validation_cases,
+    )
+
+    base = builtin_dir() / "atomnet-detect.pt"
+    cfg = TrainConfig(
+        steps=0, pool=3, batch=2, crop=64, sim_shape=96, pad=16, val_every=0, workers=1
+    )
+    cfg.mix, cfg.init = {"graphene": 1.0}, str(base)
+    model, _ = train(cfg)
+    start = torch.load(base, map_location="cpu")
+    assert all(torch.equal(v, start[k]) for k, v in model.state_dict().items())
+    recipe = _recipe(cfg)
+    assert set(recipe["simulators"]) == {"graphene"}
+    assert file_sha256(base)[:16] in recipe["init"]
+    assert validation_cases(cfg.mix) == ["graphene_bright_1e4", "graphene_dark_1e4"]
+    assert validation_cases(data.DEFAULT_MIX) == list(data.VALIDATION_CASES)
+
+
+def test_pool_draws_only_from_the_mix():
+    pool = data.make_pool(4, 11, mix={"graphene": 1.0}, shape=(96, 96), pad=16)
+    assert {e.source for e in pool} == {"graphene"}
+
+
+@pytest.mark.parametrize(
+    "mix", ["graphite=1", "graphene", "graphene=-1", "graphene=0,lattice=0", "graphene=x"]
+)
+def test_bad_mix_is_refused_with_a_message(mix, tmp_path, capsys):
+    from napari_atomnet.training.train_detector import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--out", str(tmp_path), "--quick", "--mix", mix])
+    assert exc.value.code != 0
+    assert "--mix" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())

@@ -114,6 +114,7 @@ class DetectAtomsWidget(JobWidget):
         card = self._model.value
         if card not in (None, CUSTOM):
             self._threshold.value = float(card.info.get("default_threshold", 0.3))
+            self._model.tooltip = card.info.get("description", "")  # what the model is for
 
     def _on_refine_changed(self, *_: Any) -> None:
         self._fit_check.enabled = bool(self._refine.value)  # the check needs the fits

@@ -881,6 +881,22 @@ VALIDATION_CASES: dict[str, str] = {
 _ALIKE = ("square", "rectangular", "hexagonal", "honeycomb", "oblique")
 
 
+def case_simulator(case: str) -> str:
+    """Name the simulator (a key of :data:`DEFAULT_MIX`) a validation case draws from.
+
+    Examples
+    --------
+    >>> case_simulator("graphene_dark_1e4"), case_simulator("abf_dose20+")
+    ('graphene', 'lattice')
+    """
+    if case not in VALIDATION_CASES:
+        raise ValueError(f"unknown validation case {case!r}")
+    for kind in ("perovskite", "graphene"):
+        if case.startswith(kind):
+            return kind
+    return "lattice"
+
+
 def validation_sample(
     case: str, seed: int, shape: tuple[int, int] = (256, 256), border: int = 16
 ) -> tuple[NDArray[np.float32], NDArray[np.float64], NDArray[np.float64]]:

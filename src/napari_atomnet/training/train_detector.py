@@ -87,6 +87,8 @@ class TrainConfig:
         self.margin: int = 96
         self.tile: int = 1024
         self.time_limit_min: float = 0.0  # safety stop of the training loop (0: none)
+        self.mix: dict[str, float] = dict(data.DEFAULT_MIX)  # share of each simulator
+        self.init: str = ""  # start from these weights (a .pt state dict) instead of at random
         for key, value in kw.items():
             if not hasattr(self, key):
                 raise TypeError(f"unknown option {key}")
@@ -678,12 +680,16 @@ def train(cfg: TrainConfig, pool: list[data.Example] | None = None) -> tuple[Any
             vacuum_weight=cfg.vacuum_weight,
             workers=cfg.workers,
             progress=progress,
+            mix=cfg.mix,
         )
     history["pool_s"] = time.perf_counter() - t0
-    counts = {k: sum(e.source == k for e in pool) for k in data.DEFAULT_MIX}
+    counts = {k: sum(e.source == k for e in pool) for k in cfg.mix}
     _log(f"pool ready in {history['pool_s']:.0f} s: {counts}")
 
     model = AtomDetector(classes=len(data.CLASSES), channels=tuple(cfg.channels))
+    if cfg.init:
+        model.load_state_dict(torch.load(cfg.init, map_location="cpu"))
+        _log(f"starting from {cfg.init}")
     _log(f"AtomDetector {cfg.channels}: {count_parameters(model)} parameters")
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
@@ -725,12 +731,34 @@ def train(cfg: TrainConfig, pool: list[data.Example] | None = None) -> tuple[Any
     return model, history
 
 
+def validation_cases(mix: dict[str, float]) -> list[str]:
+    """List the validation cases of the simulators a training mix draws from.
+
+    Parameters
+    ----------
+    mix : dict
+        Share of each simulator (``lattice``, ``perovskite``, ``graphene``).
+
+    Returns
+    -------
+    list of str
+        Keys of :data:`~napari_atomnet.training.data.VALIDATION_CASES`, in their order.
+
+    Examples
+    --------
+    >>> validation_cases({"graphene": 1.0})
+    ['graphene_bright_1e4', 'graphene_dark_1e4']
+    """
+    used = {k for k, v in mix.items() if v > 0}
+    return [c for c in data.VALIDATION_CASES if data.case_simulator(c) in used]
+
+
 def quick_validation(model: Any, cfg: TrainConfig) -> dict[str, float]:
     """F1 at threshold 0.3 per validation case with the torch model (a few images each)."""
     norm = dict(data.DEFAULT_NORMALIZATION)
     res = evaluate_model(
         lambda img: torch_peaks(model, img, norm, cfg.pad, cfg.border_fill),
-        list(data.VALIDATION_CASES),
+        validation_cases(cfg.mix),
         VAL_SEED,
         cfg.val_images,
     )
@@ -772,27 +800,41 @@ def detect_ms_per_mp(onnx_path: Path, tile: int, size: int = 2048) -> float:
 # --------------------------------------------------------------------------------------------
 # command line
 # --------------------------------------------------------------------------------------------
+_SIMULATORS = {
+    "lattice": "synth.lattice_image(**synth.lattice.random_lattice_params(rng)): square, "
+    "rectangular, hexagonal, honeycomb, oblique, perovskite, rocksalt with random bases; "
+    "spacing 6-40 px, column sigma 0.08-0.5 spacing, bright or dark (35 %), dose 8-5000 "
+    "counts/peak, backgrounds + gradients, interfaces (20 %), surfaces (20 %), "
+    "vacancies, jitter, detector MTF (50 %)",
+    "perovskite": "synth.perovskite_haadf: spacing 8-40 px (log-uniform), sigma 0.08-0.2 "
+    "spacing, dose 8-2000 (log-uniform), B/A 0.15-0.6, polarization 0-0.1, 90/180 "
+    "domain walls, strain, vacancies 0-5 %, dislocation (30 %), any rotation, scan "
+    "jitter, drift",
+    "graphene": "synth.graphene_hrtem (seed 003): Table 1 CTF draws (defocus +-200 A, Cs "
+    "+-20 um, C5, astigmatism, focal spread; 70 % of the draws aligned: |defocus| <= "
+    "120 A, "
+    "|Cs| <= 20 um, astigmatism <= 10 A), MTF, dose "
+    f"{data.HRTEM_DOSE[0]:g}-{data.HRTEM_DOSE[1]:g} e/A^2 (log-uniform), 0-2 holes, "
+    "sampling 0.08-0.18 A/px (scale jitter); columns ignored when the clean image "
+    f"correlates < {data.MIN_HRTEM_CONTRAST} with the atom map",
+}
+
+
 def _recipe(cfg: TrainConfig) -> dict[str, Any]:
+    from ..models.registry import file_sha256
+
+    start = (
+        {
+            "init": f"started from the weights {Path(cfg.init).name} (sha256 "
+            f"{file_sha256(cfg.init)[:16]}), not at random"
+        }
+        if cfg.init
+        else {}
+    )
     return {
-        "simulators": {
-            "lattice": "synth.lattice_image(**synth.lattice.random_lattice_params(rng)): square, "
-            "rectangular, hexagonal, honeycomb, oblique, perovskite, rocksalt with random bases; "
-            "spacing 6-40 px, column sigma 0.08-0.5 spacing, bright or dark (35 %), dose 8-5000 "
-            "counts/peak, backgrounds + gradients, interfaces (20 %), surfaces (20 %), "
-            "vacancies, jitter, detector MTF (50 %)",
-            "perovskite": "synth.perovskite_haadf: spacing 8-40 px (log-uniform), sigma 0.08-0.2 "
-            "spacing, dose 8-2000 (log-uniform), B/A 0.15-0.6, polarization 0-0.1, 90/180 "
-            "domain walls, strain, vacancies 0-5 %, dislocation (30 %), any rotation, scan "
-            "jitter, drift",
-            "graphene": "synth.graphene_hrtem (seed 003): Table 1 CTF draws (defocus +-200 A, Cs "
-            "+-20 um, C5, astigmatism, focal spread; 70 % of the draws aligned: |defocus| <= "
-            "120 A, "
-            "|Cs| <= 20 um, astigmatism <= 10 A), MTF, dose "
-            f"{data.HRTEM_DOSE[0]:g}-{data.HRTEM_DOSE[1]:g} e/A^2 (log-uniform), 0-2 holes, "
-            "sampling 0.08-0.18 A/px (scale jitter); columns ignored when the clean image "
-            f"correlates < {data.MIN_HRTEM_CONTRAST} with the atom map",
-        },
-        "mix": data.DEFAULT_MIX,
+        "simulators": {k: v for k, v in _SIMULATORS.items() if cfg.mix.get(k, 0) > 0},
+        **start,
+        "mix": cfg.mix,
         "pool_images": cfg.pool,
         "image_size": cfg.sim_shape,
         "border": (
@@ -827,6 +869,38 @@ def _recipe(cfg: TrainConfig) -> dict[str, Any]:
         "optimizer": f"AdamW lr {cfg.lr} (warm-up {cfg.warmup}, cosine), weight decay "
         f"{cfg.weight_decay}, batch {cfg.batch}, grad-norm clip 5",
     }
+
+
+def _parse_mix(text: str, parser: argparse.ArgumentParser) -> dict[str, float]:
+    mix: dict[str, float] = {}
+    for part in text.split(","):
+        name, _, share = part.partition("=")
+        name = name.strip()
+        if name not in data.DEFAULT_MIX:
+            parser.error(
+                f"--mix: unknown simulator {name!r} (one of {', '.join(data.DEFAULT_MIX)})"
+            )
+        try:
+            mix[name] = float(share)
+        except ValueError:
+            parser.error(f"--mix: {part!r} is not NAME=SHARE")
+        if not mix[name] >= 0:
+            parser.error(f"--mix: the share of {name} must be >= 0")
+    if sum(mix.values()) <= 0:
+        parser.error("--mix: the shares add up to 0")
+    return mix
+
+
+def _description(mix: dict[str, float]) -> str:
+    if {k for k, v in mix.items() if v > 0} == {"graphene"}:
+        return (
+            "Atom detector for HRTEM (phase-contrast) images of graphene-like 2D materials, "
+            "trained on napari-atomnet's own graphene HRTEM simulations only (seed 003's recipe)."
+        )
+    return (
+        "Atom-column detector for atomic-resolution (S)TEM and HRTEM images (HAADF, ABF, phase "
+        "contrast), trained on napari-atomnet's own simulations only."
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -873,6 +947,19 @@ def main(argv: list[str] | None = None) -> int:
         help="heatmap loss weight in vacuum, far from every column (default "
         f"{TrainConfig().vacuum_weight:g})",
     )
+    parser.add_argument(
+        "--mix",
+        default=None,
+        help="share of each simulator, e.g. graphene=1 (default "
+        + ",".join(f"{k}={v:g}" for k, v in data.DEFAULT_MIX.items())
+        + "); validation uses the cases of the simulators drawn from",
+    )
+    parser.add_argument(
+        "--init",
+        type=Path,
+        default=None,
+        help="start from these weights (a --save-torch file) instead of at random",
+    )
     parser.add_argument("--save-torch", type=Path, default=None, help="also save the weights")
     parser.add_argument(
         "--weights",
@@ -917,6 +1004,12 @@ def main(argv: list[str] | None = None) -> int:
             setattr(cfg, key, value)
     if args.channels:
         cfg.channels = tuple(int(c) for c in args.channels.split(","))
+    if args.mix:
+        cfg.mix = _parse_mix(args.mix, parser)
+    if args.init:
+        if not args.init.is_file():
+            parser.error(f"--init: no such file {args.init}")
+        cfg.init = str(args.init)
 
     import onnx
     import torch
@@ -950,8 +1043,7 @@ def main(argv: list[str] | None = None) -> int:
     card: dict[str, Any] = {
         "name": args.name,
         "version": VERSION,
-        "description": "Atom-column detector for atomic-resolution (S)TEM and HRTEM images "
-        "(HAADF, ABF, phase contrast), trained on napari-atomnet's own simulations only.",
+        "description": _description(cfg.mix),
         "classes": list(data.CLASSES),
         "stride": 1,
         "pad_multiple": model.pad_multiple,
@@ -983,10 +1075,10 @@ def main(argv: list[str] | None = None) -> int:
             img, model=str(onnx_path), threshold=THRESHOLDS[0], device="cpu", polarity="bright"
         ).table
 
-    cases = list(data.VALIDATION_CASES)
+    cases = validation_cases(cfg.mix)
     shape = (256, 256)
     if args.quick:
-        cases, shape = ["perovskite_dose200", "abf_dose20+"], (96, 96)
+        cases, shape = cases[:2], (96, 96)
     _log("choosing the thresholds on the validation images")
     thr, weak_thr, val_f1 = best_class_thresholds(
         predict, cases, VAL_SEED, max(cfg.val_images, 4), shape
