@@ -84,6 +84,23 @@ def detect() -> None:
     save(viewer, "detect_widget")
 
 
+def detect_hrtem() -> None:
+    from napari_atomnet._widgets import DetectAtomsWidget
+
+    viewer = viewer_with("graphene_hrtem")
+    widget = DetectAtomsWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Detect atoms")
+    widget._image.value = viewer.layers["graphene_hrtem"]
+    widget._model.value = next(
+        card for card in widget._model.choices if getattr(card, "name", "") == "atomnet-hrtem"
+    )
+    widget._contrast.value = "bright"  # the sample's atoms (defocus -60 Å, Cs -10 µm)
+    run(widget, viewer, "Atoms (graphene_hrtem)")
+    viewer.layers["Boxes (graphene_hrtem)"].visible = False
+    zoom(viewer, 2.5, (0.4, 0.4))
+    save(viewer, "detect_hrtem_widget")
+
+
 def lattice() -> None:
     from napari_atomnet._widgets import LatticeWidget
 
@@ -184,6 +201,7 @@ def finetune() -> None:
 
 SHOTS = {
     "detect": detect,
+    "detect_hrtem": detect_hrtem,
     "lattice": lattice,
     "strain": strain,
     "curate": curate,

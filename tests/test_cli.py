@@ -49,6 +49,20 @@ def test_demo_writes_results_that_match_the_truth(tmp_path, capsys):
     assert (out / "atoms.csv").read_bytes() == before
 
 
+def test_detect_with_the_hrtem_model_by_name(tmp_path):
+    from conftest import score_atoms
+
+    files = sample_files("graphene_hrtem")
+    out = tmp_path / "atoms.csv"
+    args = ["detect", str(files["image"]), "--model", "atomnet-hrtem", "--polarity", "bright"]
+    assert main([*args, "--out", str(out)]) == 0
+    provenance = json.loads(out.with_suffix(".json").read_text())
+    assert provenance["model"]["name"] == "atomnet-hrtem"
+    atoms, truth = pd.read_csv(out), pd.read_csv(files["truth"])
+    image_shape = (384, 384)  # the sample's size
+    assert score_atoms(atoms, truth, image_shape)["f1"] >= 0.95
+
+
 def test_detect_then_refine_roundtrip(tmp_path, capsys):
     image = sample_files("perovskite_haadf")["image"]
     out = tmp_path / "atoms.csv"

@@ -207,3 +207,34 @@ def test_fit_check_checkbox(make_napari_viewer, qtbot):
     assert checked_at == card["fit_check"]["class_thresholds"] != params["class_thresholds"]
     widget._refine.value = False  # the check needs the Gaussian fits
     assert not widget._fit_check.enabled
+
+
+def test_hrtem_model_from_the_picker_on_the_graphene_sample(make_napari_viewer, qtbot):
+    from napari_atomnet.core.metrics import detection_scores
+
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-atomnet", "graphene_hrtem")
+    widget = DetectAtomsWidget(viewer)
+    widget._image.value = viewer.layers["graphene_hrtem"]
+    assert len(widget._model.choices) >= 3  # two built-in detectors and "Custom .onnx…"
+    card = next(c for c in widget._model.choices if getattr(c, "name", "") == "atomnet-hrtem")
+    widget._model.value = card
+    info = load_model("atomnet-hrtem").info
+    assert widget._threshold.value == pytest.approx(info["default_threshold"])
+    assert widget._model.tooltip == info["description"]
+    widget._contrast.value = "bright"  # the sample: defocus -60 Å, Cs -10 µm
+    _run(qtbot, widget)
+    atoms = viewer.layers["Atoms (graphene_hrtem)"]
+    assert provenance_of(atoms)["model"]["name"] == "atomnet-hrtem"
+    truth = viewer.layers["Truth (graphene_hrtem)"].data
+    spacing = np.median(
+        np.sort(np.hypot(*(truth[:, None] - truth[None]).transpose(2, 0, 1)), 1)[:, 1]
+    )
+    score = detection_scores(
+        atoms.data,
+        truth,
+        0.25 * spacing,
+        shape=viewer.layers["graphene_hrtem"].data.shape,
+        border=0.5 * spacing,
+    )
+    assert score["f1"] >= 0.95

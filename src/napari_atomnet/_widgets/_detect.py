@@ -30,17 +30,18 @@ CUSTOM = CUSTOM_MODEL
 #: The "Atom contrast" choices (label, value of ``polarity``), shared with the sequence widget.
 CONTRAST_CHOICES = [
     ("auto", "auto"),
-    ("bright (HAADF)", "bright"),
-    ("dark (ABF, BF)", "dark"),
+    ("bright (HAADF, HRTEM)", "bright"),
+    ("dark (ABF, BF, HRTEM)", "dark"),
 ]
 CONTRAST_TOOLTIP = (
     "Contrast of the atom columns: bright (HAADF), dark (ABF, bright-field), or auto: guessed "
-    "from the image, which is right for STEM images but not reliable for HRTEM (choose there)."
+    "from the image, which is right for STEM images but not reliable for HRTEM, where atoms are "
+    "bright or dark depending on defocus and Cs (choose there)."
 )
 
 
 def contrast_combo() -> ComboBox:
-    """Return an "Atom contrast" picker (auto / bright (HAADF) / dark (ABF, BF))."""
+    """Return an "Atom contrast" picker (auto / bright / dark)."""
     return ComboBox(
         label="Atom contrast", choices=CONTRAST_CHOICES, value="auto", tooltip=CONTRAST_TOOLTIP
     )
