@@ -204,7 +204,7 @@ contrast, whose images change with every focus. Here {n} held-out images (320²,
 from 4,000,000, never used in training or validation), each at its own aligned microscope:
 defocus uniform in ±100 Å, Cs in ±20 µm, astigmatism 0-10 Å, dose 3·10³, 10⁴ or 3·10⁴ e/Å²,
 zero to four holes; only images whose atoms show clear contrast are kept (|contrast| ≥ 0.5,
-:func:`napari_atomnet.synth.graphene_hrtem`). Each model alone at its card's threshold, told the
+`synth.graphene_hrtem`'s measure). Each model alone at its card's threshold, told the
 contrast:"""
 
 

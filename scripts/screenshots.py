@@ -97,7 +97,7 @@ def detect_hrtem() -> None:
     widget._contrast.value = "bright"  # the sample's atoms (defocus -60 Å, Cs -10 µm)
     run(widget, viewer, "Atoms (graphene_hrtem)")
     viewer.layers["Boxes (graphene_hrtem)"].visible = False
-    zoom(viewer, 2.5, (0.4, 0.4))
+    zoom(viewer, 1.6, (0.62, 0.45))
     save(viewer, "detect_hrtem_widget")
 
 
