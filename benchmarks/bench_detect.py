@@ -267,19 +267,34 @@ def _scored(found, truth, shape, spacing) -> dict:
     return detection_scores(found, truth, 0.25 * spacing, shape=shape, border=0.5 * spacing)
 
 
-def hrtem_model_scores(sim, card) -> dict:
-    """F1 of a detector alone and through ``find_atoms`` on one simulated image."""
+def detect_and_check(sim, card) -> tuple:
+    """Score a detector's own detections and what ``find_atoms`` keeps of them.
+
+    Returns
+    -------
+    found : ndarray, shape (n, 2)
+        The detector's (y, x), told the contrast.
+    alone, checked : dict
+        Their scores and those of ``find_atoms`` (detect, Gaussian fits, fit check: what
+        ``atomnet detect`` and the widget give), with the edge band left out.
+    """
     from napari_atomnet.models.detector import detect_atoms
     from napari_atomnet.pipeline import find_atoms
 
     truth = sim.atoms[["y", "x"]].to_numpy()
     spacing = nn_spacing(truth)
     polarity = polarity_of(sim)
-    alone = detect_atoms(sim.image, card, polarity=polarity).table[["y", "x"]].to_numpy()
+    found = detect_atoms(sim.image, card, polarity=polarity).table[["y", "x"]].to_numpy()
     atoms = find_atoms(sim.image, detector=card, polarity=polarity).atoms
     checked = _scored(atoms[["y", "x"]].to_numpy(), truth, sim.image.shape, spacing)
+    return found, _scored(found, truth, sim.image.shape, spacing), checked
+
+
+def hrtem_model_scores(sim, card) -> dict:
+    """F1 of a detector alone and through ``find_atoms`` on one simulated image."""
+    _, alone, checked = detect_and_check(sim, card)
     return {
-        "HRTEM model F1": _scored(alone, truth, sim.image.shape, spacing)["f1"],
+        "HRTEM model F1": alone["f1"],
         "HRTEM model + fit check recall": checked["recall"],
         "HRTEM model + fit check precision": checked["precision"],
         "HRTEM model + fit check F1": checked["f1"],
@@ -291,7 +306,7 @@ def information_limit(sim, card) -> dict:
     import numpy as np
 
     from napari_atomnet.models.detector import detect_atoms
-    from napari_atomnet.synth.hrtem import ctf
+    from napari_atomnet.synth.hrtem import simulation_ctf
     from napari_atomnet.synth.lattice import _splat_isotropic
 
     p = sim.params
@@ -300,17 +315,7 @@ def information_limit(sim, card) -> dict:
     spacing = nn_spacing(truth)
     polarity = polarity_of(sim)
     shape = sim.image.shape
-    transfer = ctf(
-        shape,
-        px,
-        p["defocus"],
-        p["cs_um"],
-        p["astig_angstrom"],
-        p["astig_angle"],
-        p["focal_spread"],
-        p["voltage_kv"],
-        c5_mm=p["c5_mm"],
-    )
+    transfer = simulation_ctf(p, shape)
     # weak-phase object: the image's spectrum is the potential's times 2 E(q) sin chi(q)
     linear = 2 * np.imag(np.conj(transfer))
     q = np.hypot(
@@ -372,7 +377,6 @@ def tuned_classical(image, truth, radius, polarity, spacing):
 def run(quick: bool = False) -> dict:
     from napari_atomnet.models.detector import detect_atoms
     from napari_atomnet.models.registry import load_model
-    from napari_atomnet.pipeline import find_atoms
 
     card = load_model("atomnet-detect", task="detection")
     rows = []
@@ -385,16 +389,9 @@ def run(quick: bool = False) -> dict:
         spacing = nn_spacing(truth)
         radius = 0.25 * spacing
         polarity = polarity_of(sim)
-        det = detect_atoms(sim.image, card, polarity=polarity)
         guess = resolve_polarity(sim.image, "auto")
-        found = det.table[["y", "x"]].to_numpy()
-        model = detection_scores(found, truth, radius, shape=sim.image.shape, border=0.5 * spacing)
+        found, model, checked = detect_and_check(sim, card)
         full = detection_scores(found, truth, radius)
-        # what `atomnet detect` and the widget give: detect, Gaussian fits, fit check
-        atoms = find_atoms(sim.image, detector=card, polarity=polarity).atoms
-        checked = detection_scores(
-            atoms[["y", "x"]].to_numpy(), truth, radius, shape=sim.image.shape, border=0.5 * spacing
-        )
         base = tuned_classical(sim.image, truth, radius, polarity, spacing)
         rows.append(
             {

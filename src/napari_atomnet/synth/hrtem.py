@@ -37,7 +37,13 @@ from ._render import apply_mtf
 from ._types import AtomImage
 from .lattice import _inside, _splat_isotropic, _table
 
-__all__ = ["ctf", "electron_wavelength", "graphene_hrtem", "graphene_structure"]
+__all__ = [
+    "ctf",
+    "electron_wavelength",
+    "graphene_hrtem",
+    "graphene_structure",
+    "simulation_ctf",
+]
 
 #: Integrated phase shift of one carbon atom at 80 kV, rad Å² (sigma_e * 47.88 V Å² * f_e(0)).
 CARBON_PHASE_80KV = 0.118
@@ -123,6 +129,35 @@ def ctf(
     )
     envelope = np.exp(-0.5 * (np.pi * lam * focal_spread_angstrom) ** 2 * q2**2)
     return np.exp(-1j * chi) * envelope
+
+
+def simulation_ctf(params: dict[str, Any], shape: tuple[int, int]) -> NDArray[np.complex128]:
+    """Return the CTF a :func:`graphene_hrtem` simulation was imaged with, on an FFT grid.
+
+    Parameters
+    ----------
+    params : dict
+        ``AtomImage.params`` of the simulation (pixel size, defocus, Cs, C5, astigmatism,
+        focal spread, voltage).
+    shape : tuple of int
+        (H, W) of the grid.
+
+    Returns
+    -------
+    ndarray of complex128, shape ``shape``
+        As :func:`ctf`.
+    """
+    return ctf(
+        shape,
+        params["pixel_size_angstrom"],
+        params["defocus"],
+        params["cs_um"],
+        params["astig_angstrom"],
+        params["astig_angle"],
+        params["focal_spread"],
+        params["voltage_kv"],
+        c5_mm=params["c5_mm"],
+    )
 
 
 def _delocalization(
@@ -567,17 +602,7 @@ def graphene_hrtem(
     phase = _splat_isotropic(
         full, atoms_full[:, 0], atoms_full[:, 1], peak_phase, sig_px, radius=4.0
     )
-    transfer = ctf(
-        full,
-        px,
-        p["defocus"],
-        p["cs_um"],
-        p["astig_angstrom"],
-        p["astig_angle"],
-        p["focal_spread"],
-        voltage_kv,
-        c5_mm=p["c5_mm"],
-    )
+    transfer = simulation_ctf({**p, "pixel_size_angstrom": px, "voltage_kv": voltage_kv}, full)
     wave = sfft.ifft2(sfft.fft2(np.exp(1j * phase)) * transfer)
     intensity = wave.real**2 + wave.imag**2
 
