@@ -955,8 +955,9 @@ def validation_image(case: str, seed: int, shape: tuple[int, int] = (256, 256)) 
     from .. import synth
     from ..synth.lattice import LATTICE_TYPES
 
+    kind = case_simulator(case)  # raises for an unknown case
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0xA70]))
-    if case.startswith("perovskite"):
+    if kind == "perovskite":
         dose = {"perovskite_dose200": 200.0, "perovskite_dose20": 20.0}.get(
             case, float(rng.uniform(8.0, 10.0))
         )
@@ -970,7 +971,7 @@ def validation_image(case: str, seed: int, shape: tuple[int, int] = (256, 256)) 
             background_gradient=0.1,
             seed=int(rng.integers(2**31 - 1)),
         )
-    if case in ("haadf_dose20+", "abf_dose20+", "lattice_dose8", "overlapping"):
+    if kind == "lattice":
         overlap = case == "overlapping"
         # overlapping: lattices whose columns are all alike (a weak column under the tails of
         # strong neighbours half a spacing away is not "overlapping", it is invisible)
@@ -1000,17 +1001,15 @@ def validation_image(case: str, seed: int, shape: tuple[int, int] = (256, 256)) 
             amplitude_spread=0.05,
             seed=int(rng.integers(2**31 - 1)),
         )
-    if case.startswith("graphene"):
-        want = 1 if "bright" in case else -1
-        for _ in range(200):
-            sim = synth.graphene_hrtem(
-                shape,
-                dose=1e4,
-                n_holes=int(rng.integers(0, 2)),
-                **_good_ctf(rng),
-                seed=int(rng.integers(2**31 - 1)),
-            )
-            if want * sim.extras["contrast"] > 0.5 and len(sim.atoms) > 20:
-                return sim
-        raise RuntimeError("no graphene image of the requested contrast found")
-    raise ValueError(f"unknown validation case {case!r}")
+    want = 1 if "bright" in case else -1  # a graphene case
+    for _ in range(200):
+        sim = synth.graphene_hrtem(
+            shape,
+            dose=1e4,
+            n_holes=int(rng.integers(0, 2)),
+            **_good_ctf(rng),
+            seed=int(rng.integers(2**31 - 1)),
+        )
+        if want * sim.extras["contrast"] > 0.5 and len(sim.atoms) > 20:
+            return sim
+    raise RuntimeError("no graphene image of the requested contrast found")
