@@ -61,6 +61,14 @@ def test_detect_with_the_hrtem_model_by_name(tmp_path):
     atoms, truth = pd.read_csv(out), pd.read_csv(files["truth"])
     image_shape = (384, 384)  # the sample's size
     assert score_atoms(atoms, truth, image_shape)["f1"] >= 0.95
+    # its card turns refinement off (phase contrast is not Gaussian); --refine turns it on,
+    # and the fits, judged not Gaussian, keep the very same positions
+    assert provenance["params"]["refine"] is False and "fit_ok" not in atoms
+    refined = tmp_path / "refined.csv"
+    assert main([*args, "--refine", "--out", str(refined)]) == 0
+    fitted = pd.read_csv(refined)
+    assert (fitted["fit_status"] == "not_gaussian").all()
+    np.testing.assert_allclose(fitted[["y", "x"]], atoms[["y", "x"]], atol=1e-3)
 
 
 def test_detect_then_refine_roundtrip(tmp_path, capsys):

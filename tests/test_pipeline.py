@@ -48,3 +48,15 @@ def test_estimate_spacing_crop():
     img = synth.perovskite_haadf((300, 200), spacing=16.0, dose=500.0, seed=1).image
     assert estimate_spacing(img, max_crop=1024) == estimate_spacing(img)
     assert estimate_spacing(img, max_crop=128) == estimate_spacing(img[86:214, 36:164])
+
+
+def test_the_model_card_decides_whether_to_refine(haadf):
+    """Refinement follows the card unless told: the HRTEM model's is off, the others on."""
+    from napari_atomnet.pipeline import refines_by_default
+
+    assert refines_by_default("classical") and refines_by_default(None)
+    assert refines_by_default("atomnet-detect") and not refines_by_default("atomnet-hrtem")
+    found = find_atoms(haadf, detector="atomnet-hrtem", polarity="bright")
+    assert found.provenance["params"]["refine"] is False and "fit_ok" not in found.atoms
+    found = find_atoms(haadf, polarity="bright")
+    assert found.provenance["params"]["refine"] is True and found.atoms["fit_ok"].mean() > 0.9

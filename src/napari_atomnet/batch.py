@@ -402,14 +402,9 @@ def _segmenter(name: str | None) -> Any:
 @functools.lru_cache(maxsize=4)
 def _detector(name: str | None) -> Any:
     """Resolve a detector once per worker process (model cards check their sha256 on load)."""
-    from .pipeline import CLASSICAL
+    from .pipeline import resolve_detector
 
-    if name == CLASSICAL:
-        return CLASSICAL
-    from .models.detector import DEFAULT_DETECTOR
-    from .models.registry import load_model
-
-    return load_model(name or DEFAULT_DETECTOR, task="detection")
+    return resolve_detector(name)
 
 
 def _limit_threads() -> None:
@@ -600,7 +595,7 @@ def run_batch(
     task: str = "atoms",
     detector: str | None = None,
     threshold: float | None = None,
-    refine: bool = True,
+    refine: bool | None = None,
     fit_check: bool = True,
     polarity: str = "auto",
     bsites: bool = True,
@@ -626,7 +621,8 @@ def run_batch(
         ``"classical"`` for the Gaussian-filter baseline), or of the segmentation model for
         ``task="particles"`` (default: the built-in ``atomnet-particles``).
     threshold, refine, fit_check : optional
-        As in :func:`napari_atomnet.pipeline.find_atoms`.
+        As in :func:`napari_atomnet.pipeline.find_atoms` (``refine``: the detection model's
+        card decides by default; resolved once for the whole run).
     polarity : {"auto", "bright", "dark"}
         Atom contrast: bright (HAADF), dark (ABF, bright-field) or guessed ("auto"; choose
         explicitly for HRTEM).  Resolved once per movie (from its first frame) and once per 2D
@@ -661,6 +657,10 @@ def run_batch(
 
     if polarity not in POLARITIES:
         raise ValueError(f"polarity must be one of {', '.join(POLARITIES)}, got {polarity!r}")
+    if refine is None:
+        from .pipeline import refines_by_default
+
+        refine = task == "particles" or refines_by_default(detector)
     t0 = time.perf_counter()
     params = {
         "detector": detector,

@@ -44,6 +44,18 @@ def add_polarity_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--polarity", choices=POLARITIES, default="auto", help=POLARITY_HELP)
 
 
+def add_refine_option(parser: argparse.ArgumentParser) -> None:
+    """Add ``--refine`` / ``--no-refine`` (default: the detection model's card decides)."""
+    parser.add_argument(
+        "--refine",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="refine each peak by a 2D Gaussian fit (default: yes, except for models of HRTEM "
+        "phase-contrast images such as atomnet-hrtem, whose card turns it off: there the fits "
+        "are not Gaussian and the detected positions are kept anyway)",
+    )
+
+
 def add_fit_check_option(parser: argparse.ArgumentParser) -> None:
     """Add ``--no-fit-check`` (shared by the commands that detect and refine)."""
     parser.add_argument(
@@ -135,7 +147,7 @@ def _build_parser() -> argparse.ArgumentParser:
         default=None,
         help="confidence threshold (default: the model card's)",
     )
-    detect.add_argument("--no-refine", action="store_true", help="skip the Gaussian fits")
+    add_refine_option(detect)
     add_fit_check_option(detect)
     add_polarity_option(detect)
     detect.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
@@ -192,6 +204,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
     for module in (cli_segment, cli_export, cli_batch, cli_train):
         module.register(sub)
+    cli_train.register_adapt(sub)
     return parser
 
 
@@ -235,7 +248,7 @@ def _cmd_detect(args: argparse.Namespace) -> int:
         image,
         detector=args.model,
         threshold=args.threshold,
-        refine=not args.no_refine,
+        refine=args.refine,
         fit_check=not args.no_fit_check,
         polarity=args.polarity,
         source=str(args.image),

@@ -23,7 +23,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     argparse.ArgumentParser
         The ``batch`` parser.
     """
-    from .cli import add_fit_check_option, add_polarity_option
+    from .cli import add_fit_check_option, add_polarity_option, add_refine_option
     from .io.formats import describe_formats
 
     batch = subparsers.add_parser(
@@ -70,7 +70,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         "--task particles (default: atomnet-particles)",
     )
     batch.add_argument("--threshold", type=argtypes.probability, default=None)
-    batch.add_argument("--no-refine", action="store_true", help="skip the Gaussian fits")
+    add_refine_option(batch)
     add_fit_check_option(batch)
     add_polarity_option(batch)
     batch.add_argument("--no-bsites", action="store_true", help="--task cells: skip B sites")
@@ -135,7 +135,7 @@ def run_command(args: argparse.Namespace) -> int:
         task=args.task,
         detector=args.model,
         threshold=args.threshold,
-        refine=not args.no_refine,
+        refine=args.refine,
         fit_check=not args.no_fit_check,
         polarity=args.polarity,
         bsites=not args.no_bsites,

@@ -1,7 +1,10 @@
-"""The ``atomnet train`` subcommand: fine-tune the detector on exported, corrected labels.
+"""The ``atomnet train`` and ``atomnet adapt`` subcommands: fine-tune a detector.
 
-``register(subparsers)`` adds the subcommand to the ``atomnet`` parser (see :mod:`napari_atomnet.
-cli`).  The work is :func:`napari_atomnet.training.finetune.fine_tune_detector`; torch is imported
+``atomnet train`` fine-tunes on exported, corrected labels; ``atomnet adapt`` on simulations at the
+user's HRTEM imaging conditions.  ``register(subparsers)`` and ``register_adapt(subparsers)`` add
+them to the ``atomnet`` parser (see :mod:`napari_atomnet.cli`).  The work is
+:func:`napari_atomnet.training.finetune.fine_tune_detector` and
+:func:`napari_atomnet.training.adapt.adapt_detector`; torch is imported
 only when the command runs, and without it the command says how to install the ``[train]`` extra
 (one line on stderr, exit code 2).  Bad input raises :class:`ValueError` or :class:`OSError` with a
 clear message; the main command prints it as one line and exits with code 2.
@@ -18,7 +21,7 @@ from typing import Any
 
 from . import _argtypes as argtypes
 
-__all__ = ["register", "run_train"]
+__all__ = ["register", "register_adapt", "run_adapt", "run_train"]
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
@@ -76,10 +79,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         default=None,
         help="held-out share of the labels (0.2)",
     )
-    p.add_argument("--seed", type=int, default=None, help="seed (0)")
-    p.add_argument("--threads", type=argtypes.positive_int, default=None, help="torch threads (2)")
-    p.add_argument("--overwrite", action="store_true", help="replace a user model of that name")
-    p.add_argument("--quiet", action="store_true", help="print only the result")
+    _add_run_options(p)
     p.set_defaults(func=run_train)
     return p
 
@@ -97,25 +97,56 @@ def run_train(args: argparse.Namespace) -> int:
     ValueError
         Bad input (the message is printed as one line), also when torch is not installed.
     """
-    # Before torch starts its thread pool: idle OpenMP threads sleep instead of spinning.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from .training.finetune import FineTuneConfig, fine_tune_detector, require_train_extra
+    _require_torch()
+    from .training.finetune import FineTuneConfig, fine_tune_detector
 
-    try:
-        require_train_extra()
-    except ImportError as err:
-        raise ValueError(str(err)) from None
     overrides = {
         key: getattr(args, key)
         for key in ("steps", "batch", "lr", "sim_images", "val_fraction", "seed", "threads")
         if getattr(args, key) is not None
     }
     config = FineTuneConfig(**overrides)
+    result = fine_tune_detector(
+        args.data,
+        name=args.out,
+        base=args.base,
+        out_dir=args.out_dir,
+        polarity=args.polarity,
+        config=config,
+        progress=_progress_printer(args.quiet),
+        overwrite=args.overwrite,
+    )
+    _print_result(result)
+    return 0
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    """Add the options every training subcommand shares: seed, threads, overwrite, quiet."""
+    p.add_argument("--seed", type=int, default=None, help="seed (0)")
+    p.add_argument("--threads", type=argtypes.positive_int, default=None, help="torch threads (2)")
+    p.add_argument("--overwrite", action="store_true", help="replace a user model of that name")
+    p.add_argument("--quiet", action="store_true", help="print only the result")
+
+
+def _require_torch() -> None:
+    """Raise ValueError (one line for the CLI) when torch or onnx is missing."""
+    # Before torch starts its thread pool: idle OpenMP threads sleep instead of spinning.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from .training.finetune import require_train_extra
+
+    try:
+        require_train_extra()
+    except ImportError as err:
+        raise ValueError(str(err)) from None
+
+
+def _progress_printer(quiet: bool) -> Any:
+    """Print each stage and every tenth of the training steps (with the loss) on stderr."""
     t0 = time.perf_counter()
     last = {"stage": None, "tenth": -1}
 
     def progress(stage: str, done: int, total: int, loss: float | None) -> None:
-        if args.quiet:
+        if quiet:
             return
         if stage != last["stage"]:
             last["stage"], last["tenth"] = stage, -1
@@ -129,16 +160,10 @@ def run_train(args: argparse.Namespace) -> int:
                 flush=True,
             )
 
-    result = fine_tune_detector(
-        args.data,
-        name=args.out,
-        base=args.base,
-        out_dir=args.out_dir,
-        polarity=args.polarity,
-        config=config,
-        progress=progress,
-        overwrite=args.overwrite,
-    )
+    return progress
+
+
+def _print_result(result: Any) -> None:
     held = result.card["fine_tuning"]["heldout"]
     if math.isnan(result.f1_before):
         scores = "nothing held out (--val-fraction 0)"
@@ -148,4 +173,101 @@ def run_train(args: argparse.Namespace) -> int:
             f"({result.card['fine_tuning']['heldout_atoms']} atoms; {held['split']})"
         )
     print(f"wrote {result.onnx_path} (+ .json, .pt); {scores}")
+
+
+def register_adapt(subparsers: Any) -> argparse.ArgumentParser:
+    """Add ``adapt`` to the ``atomnet`` subcommands.
+
+    Parameters
+    ----------
+    subparsers : argparse._SubParsersAction
+        From ``parser.add_subparsers(dest="command")``.
+
+    Returns
+    -------
+    argparse.ArgumentParser
+        The ``adapt`` parser.
+    """
+    p = subparsers.add_parser(
+        "adapt",
+        help="adapt the HRTEM detector to your microscope's imaging conditions (needs the "
+        "[train] extra)",
+        description="Simulate graphene HRTEM images at your microscope's conditions (defocus "
+        "and Cs within a tolerance, astigmatism, dose, sampling, voltage) and fine-tune the "
+        "HRTEM detector on them (about 5 min on 2 CPU cores). Prints the F1 before and after "
+        "on held-out simulations at those conditions, and writes NAME.onnx + NAME.json + "
+        "NAME.pt into the user model folder, where 'atomnet detect --model NAME' and the "
+        "Detect widget find it. Use the adapted model for images taken at those conditions.",
+    )
+    p.add_argument("--defocus", type=float, required=True, help="defocus, Å (positive: underfocus)")
+    p.add_argument("--cs", type=float, required=True, help="spherical aberration Cs, µm")
+    p.add_argument("--pixel-size", type=float, required=True, help="sampling, Å per pixel")
+    p.add_argument(
+        "--astigmatism", type=float, default=10.0, help="residual astigmatism up to, Å (10)"
+    )
+    p.add_argument("--dose", type=float, default=1e4, help="dose, e/Å² (1e4; drawn within x2)")
+    p.add_argument("--voltage", type=float, default=80.0, help="acceleration voltage, kV (80)")
+    p.add_argument("--defocus-tolerance", type=float, default=20.0, help="± Å (20)")
+    p.add_argument("--cs-tolerance", type=float, default=5.0, help="± µm (5)")
+    p.add_argument("--out", required=True, metavar="NAME", help="name of the new model")
+    p.add_argument(
+        "--base",
+        default="atomnet-hrtem",
+        help="model to start from (default: %(default)s)",
+    )
+    p.add_argument(
+        "--out-dir", default=None, help="folder to write to (default: the user model folder)"
+    )
+    p.add_argument(
+        "--images", type=argtypes.positive_int, default=100, help="simulated images (100)"
+    )
+    p.add_argument("--steps", type=argtypes.positive_int, default=None, help="steps (1500)")
+    _add_run_options(p)
+    p.set_defaults(func=run_adapt)
+    return p
+
+
+def run_adapt(args: argparse.Namespace) -> int:
+    """Run ``atomnet adapt`` (see :func:`register_adapt` for the arguments).
+
+    Returns
+    -------
+    int
+        0 on success.
+
+    Raises
+    ------
+    ValueError
+        Bad input (the message is printed as one line), also when torch is not installed.
+    """
+    _require_torch()
+    from .training.adapt import ImagingConditions, adapt_config, adapt_detector
+
+    conditions = ImagingConditions(
+        defocus=args.defocus,
+        cs_um=args.cs,
+        pixel_size_angstrom=args.pixel_size,
+        astig_max_angstrom=args.astigmatism,
+        dose=args.dose,
+        voltage_kv=args.voltage,
+        defocus_tolerance=args.defocus_tolerance,
+        cs_tolerance_um=args.cs_tolerance,
+    )
+    conditions.check()  # before anything is simulated
+    overrides = {
+        key: getattr(args, key)
+        for key in ("steps", "seed", "threads")
+        if getattr(args, key) is not None
+    }
+    result = adapt_detector(
+        conditions,
+        name=args.out,
+        base=args.base,
+        n_images=args.images,
+        out_dir=args.out_dir,
+        config=adapt_config(**overrides),
+        progress=_progress_printer(args.quiet),
+        overwrite=args.overwrite,
+    )
+    _print_result(result)
     return 0

@@ -53,12 +53,51 @@ class AtomsResult:
     spacing: float = float("nan")
 
 
+def refines_by_default(detector: Any) -> bool:
+    """Say whether :func:`find_atoms` refines a detector's peaks when not told.
+
+    Parameters
+    ----------
+    detector : str, ModelCard or None
+        As in :func:`find_atoms`.
+
+    Returns
+    -------
+    bool
+        The model card's :attr:`~napari_atomnet.models.registry.ModelCard.refine_default`;
+        True for the classical detector.
+    """
+    resolved = resolve_detector(detector)
+    return resolved == CLASSICAL or resolved.refine_default
+
+
+def resolve_detector(detector: Any) -> Any:
+    """Load a detection model's card once (not once per frame); pass the classical through.
+
+    Parameters
+    ----------
+    detector : str, ModelCard or None
+        As in :func:`find_atoms`.
+
+    Returns
+    -------
+    ModelCard or str
+        The card (:func:`~napari_atomnet.models.detector.detection_card`), or
+        :data:`CLASSICAL`.
+    """
+    if isinstance(detector, str) and detector == CLASSICAL:
+        return CLASSICAL
+    from .models.detector import detection_card
+
+    return detection_card(detector)
+
+
 def find_atoms(
     image: ArrayLike,
     *,
     detector: Any = None,
     threshold: float | None = None,
-    refine: bool = True,
+    refine: bool | None = None,
     polarity: str = "auto",
     spacing: float | None = None,
     gaussian: str = "auto",
@@ -79,8 +118,11 @@ def find_atoms(
         ``"classical"`` for the Gaussian-filter + local-maximum baseline.
     threshold : float, optional
         Detection confidence threshold (the model card's default when omitted).
-    refine : bool
-        Refine every peak by a 2D Gaussian fit.
+    refine : bool, optional
+        Refine every peak by a 2D Gaussian fit.  By default the model card decides
+        (:attr:`~napari_atomnet.models.registry.ModelCard.refine_default`: off for a model of
+        HRTEM phase-contrast images, where the fits would be judged not Gaussian and the
+        detected positions kept anyway); the classical detector refines.
     polarity : {"auto", "bright", "dark"}
         Atom contrast: bright (HAADF), dark (ABF, bright-field) or guessed from the image
         (:func:`napari_atomnet.core.detect.resolve_polarity`: right for STEM, not reliable for
@@ -122,12 +164,16 @@ def find_atoms(
         raise ValueError(f"polarity must be one of {', '.join(POLARITIES)}, got {polarity!r}")
     img = as_analysis_image(image)
     t0 = time.perf_counter()
+    detector = resolve_detector(detector)
+    classical = detector == CLASSICAL
+    if refine is None:
+        refine = refines_by_default(detector)
     params: dict[str, Any] = {"refine": refine, "polarity_requested": polarity}
     model_info = None
     check_rule: dict[str, Any] | None = None
     classes: list[str] = []
     run_device = "cpu"
-    if isinstance(detector, str) and detector == CLASSICAL:
+    if classical:
         if spacing is None:
             spacing = estimate_spacing(img)
         contrast = resolve_polarity(img, polarity, spacing=spacing)
@@ -360,6 +406,7 @@ def find_cells(
             img,
             detector=detector,
             threshold=threshold,
+            refine=True,  # the B-site fits subtract the A columns' Gaussians
             polarity=polarity,
             source=source,
             cancelled=cancelled,

@@ -35,7 +35,7 @@ from numpy.typing import ArrayLike, NDArray
 from scipy.spatial import cKDTree
 
 from ._provenance import make_provenance
-from .pipeline import CLASSICAL, find_atoms
+from .pipeline import CLASSICAL, find_atoms, refines_by_default, resolve_detector
 
 ProgressCallback = Callable[[int, int], None]
 CancelledCallback = Callable[[], bool]
@@ -67,19 +67,6 @@ class SequenceResult:
     drift: NDArray[np.float64]
     frames: pd.DataFrame
     provenance: dict[str, Any] = field(default_factory=dict)
-
-
-def _resolve_detector(detector: Any) -> Any:
-    """Load a model card once (not once per frame); pass the classical baseline through."""
-    if isinstance(detector, str) and detector == CLASSICAL:
-        return detector
-    from .models.registry import ModelCard, load_model
-
-    if isinstance(detector, ModelCard):
-        return detector
-    from .models.detector import DEFAULT_DETECTOR
-
-    return load_model(detector or DEFAULT_DETECTOR, task="detection")
 
 
 def movie_constants(
@@ -140,7 +127,7 @@ def find_atoms_stack(
     *,
     detector: Any = None,
     threshold: float | None = None,
-    refine: bool = True,
+    refine: bool | None = None,
     polarity: str = "auto",
     spacing: float | None = None,
     gaussian: str = "auto",
@@ -193,7 +180,9 @@ def find_atoms_stack(
     bad = [f for f in todo if not 0 <= f < n]
     if bad:
         raise ValueError(f"frame(s) {bad[:5]} out of range (the stack has {n} frames)")
-    det = _resolve_detector(detector)
+    det = resolve_detector(detector)
+    if refine is None:  # the model card decides (off for HRTEM phase-contrast models)
+        refine = refines_by_default(det)
     t0 = time.perf_counter()
     contrast = None
     if todo:
@@ -574,7 +563,7 @@ def analyze_sequence(
     *,
     detector: Any = None,
     threshold: float | None = None,
-    refine: bool = True,
+    refine: bool | None = None,
     polarity: str = "auto",
     spacing: float | None = None,
     gaussian: str = "auto",

@@ -183,6 +183,10 @@ def test_quick_training_run_end_to_end(tmp_path):
     assert info["margin"] >= info["architecture"]["receptive_field_px"] / 2
     assert 0.0 < info["default_threshold"] < 1.0
     assert "perovskite_dose200" in info["validation"]["metrics_at_default_threshold"]
+    assert set(info["validation"]["images_refined_by_fits"]) == {"perovskite_dose200"} | set(
+        info["validation"]["cases"]
+    )
+    assert isinstance(info["refine_default"], bool)
     img = data.validation_image("perovskite_dose200", 5, (64, 64)).image
     detect_atoms(img, model=card)  # runs with the card's defaults
 
@@ -351,3 +355,53 @@ def test_bad_mix_is_refused_with_a_message(mix, tmp_path, capsys):
     assert exc.value.code != 0
     assert "--mix" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
+
+
+def test_graphene_draws_set_the_holes_and_the_microscopes():
+    """``graphene={"holes", "aligned"}`` changes what is drawn; the default draws stay the same."""
+    from napari_atomnet.training.train_detector import TrainConfig, _simulator_text
+
+    def draw(**graphene):
+        rng = np.random.default_rng(3)
+        sims = [data.random_simulation("graphene", rng, (64, 64), graphene) for _ in range(12)]
+        return [s.params["n_holes"] for s in sims], [s.params for s in sims]
+
+    holes, params = draw()
+    assert (holes, params) == draw(**data.DEFAULT_GRAPHENE_DRAWS)
+    assert max(holes) <= 2
+    holes, _ = draw(holes=[0, 0, 0, 0, 1])  # always four holes
+    assert holes == [4] * 12
+    _, params = draw(aligned=1.0)  # every microscope aligned: astigmatism <= 10 A
+    assert all(p["astig_angstrom"] <= 10 for p in params)
+    _, params = draw(aligned=0.0)  # none: seed 003's Table 1 draws inside the simulator
+    assert any(p["astig_angstrom"] > 10 for p in params)
+    cfg = TrainConfig()
+    cfg.graphene = {"holes": [1, 1, 1, 1, 1], "aligned": 0.9}
+    text = _simulator_text("graphene", cfg)
+    assert "0-4 (probabilities 0.2/0.2/0.2/0.2/0.2) holes" in text and "90 % of" in text
+
+
+@pytest.mark.parametrize(
+    "option",
+    [["--graphene-holes", "0.5,x"], ["--graphene-holes", "0,0"], ["--aligned-share", "1.5"]],
+)
+def test_bad_graphene_draws_are_refused_with_a_message(option, tmp_path, capsys):
+    from napari_atomnet.training.train_detector import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--out", str(tmp_path), "--quick", *option])
+    assert exc.value.code != 0
+    assert option[0] in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
+def test_fits_used_tells_stem_from_phase_contrast():
+    """The card's refine_default rests on this: STEM fits give the positions, HRTEM's do not."""
+    from napari_atomnet.training.train_detector import VAL_SEED, fits_used
+
+    def predict(image):  # validation images come oriented (atoms bright)
+        return detect_atoms(image, "atomnet-detect", threshold=0.2, polarity="bright").table
+
+    cases = ["perovskite_dose200", "graphene_dark_1e4"]
+    shares = fits_used(predict, cases, VAL_SEED, 2, (192, 192), (0.4, 0.3))
+    assert shares == {"perovskite_dose200": 1.0, "graphene_dark_1e4": 0.0}

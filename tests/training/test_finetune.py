@@ -281,11 +281,11 @@ def test_labels_keep_columns_inside_the_image_and_map_classes(tmp_path):
 def test_rotated_copies_keep_labels_on_the_columns():
     """The extra rotated training copies move the labels with the image; corners carry no loss."""
     from napari_atomnet.training import data
-    from napari_atomnet.training.finetune import PAD, _Labelled, _user_example
+    from napari_atomnet.training.finetune import PAD, LabelledImage, _user_example
 
     sim = synth.lattice_image((96, 96), spacing=16, sigma_frac=0.12, dose=2000, seed=2)
     rows = data.label_atoms(sim.atoms)
-    part = _Labelled("square", sim.image, rows, "bright")
+    part = LabelledImage("square", sim.image, rows, "bright")
     for angle in (0.0, 30.0, 75.0):
         ex = _user_example(part, angle, data.DEFAULT_NORMALIZATION)
         inside = (ex.atoms[:, :2] >= PAD).all(axis=1) & (ex.atoms[:, :2] < PAD + 96).all(axis=1)
@@ -295,3 +295,17 @@ def test_rotated_copies_keep_labels_on_the_columns():
         assert len(yx) > 20 and on.min() > np.percentile(ex.image, 90) > off.max(), angle
         zero = (ex.targets["weight"] == 0).mean()
         assert (zero > 0.3) if angle else (zero < 0.01)  # padding + corners vs nothing
+
+
+def test_rehearsal_follows_the_base_models_recipe():
+    """Fine-tuning the HRTEM model rehearses graphene only; the general model the general mix."""
+    from napari_atomnet.training import data
+    from napari_atomnet.training.finetune import rehearsal_draws
+
+    hrtem = rehearsal_draws(load_model("atomnet-hrtem", task="detection"))
+    assert hrtem["mix"] == {"graphene": 1.0}
+    pool = data.make_pool(3, 7, shape=(64, 64), pad=8, prerender=False, **hrtem)
+    assert {ex.source for ex in pool} == {"graphene"}
+    general = rehearsal_draws(load_model("atomnet-detect", task="detection"))
+    pool = data.make_pool(5, 7, shape=(64, 64), pad=8, prerender=False, **general)
+    assert {ex.source for ex in pool} == set(data.DEFAULT_MIX)

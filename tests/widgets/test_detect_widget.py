@@ -222,6 +222,7 @@ def test_hrtem_model_from_the_picker_on_the_graphene_sample(make_napari_viewer, 
     info = load_model("atomnet-hrtem").info
     assert widget._threshold.value == pytest.approx(info["default_threshold"])
     assert widget._model.tooltip == info["description"]
+    assert not widget._refine.value  # its card: phase-contrast atoms are not Gaussian
     widget._contrast.value = "bright"  # the sample: defocus -60 Å, Cs -10 µm
     _run(qtbot, widget)
     atoms = viewer.layers["Atoms (graphene_hrtem)"]
@@ -238,3 +239,8 @@ def test_hrtem_model_from_the_picker_on_the_graphene_sample(make_napari_viewer, 
         border=0.5 * spacing,
     )
     assert score["f1"] >= 0.95
+    assert "fit_ok" not in atoms.features
+    widget._model.value = next(
+        c for c in widget._model.choices if getattr(c, "name", "") == "atomnet-detect"
+    )
+    assert widget._refine.value  # the general model refines again

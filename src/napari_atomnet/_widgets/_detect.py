@@ -47,6 +47,23 @@ def contrast_combo() -> ComboBox:
     )
 
 
+def refine_checkbox() -> CheckBox:
+    """Return the "Refine each peak by a 2D Gaussian fit" box; model pickers set it per card."""
+    return CheckBox(
+        text="Refine each peak by a 2D Gaussian fit",
+        value=True,
+        tooltip="Fit a 2D Gaussian to every detected peak (sub-pixel positions, amplitudes, "
+        "widths). Off by default for HRTEM models: phase-contrast atoms are not Gaussian, so "
+        "the fits would be judged unusable and the detected positions kept anyway.",
+    )
+
+
+def follow_card(card: Any, refine: CheckBox) -> None:
+    """Set the refine box to what a picked model's card says (the classical detector refines)."""
+    if card == "classical" or hasattr(card, "refine_default"):
+        refine.value = card == "classical" or card.refine_default
+
+
 # detection columns kept when re-refining (the fit columns are recomputed)
 _DETECTION_COLUMNS = ("y", "x", "score", "class", "class_name", "y0", "x0", "y1", "x1", "source")
 
@@ -77,7 +94,7 @@ class DetectAtomsWidget(JobWidget):
             "needed 0.1 or 0.05 on some images).",
         )
         self._contrast = contrast_combo()
-        self._refine = CheckBox(text="Refine each peak by a 2D Gaussian fit", value=True)
+        self._refine = refine_checkbox()
         self._fit_check = CheckBox(
             text="Drop detections the fit does not confirm",
             value=True,
@@ -116,6 +133,7 @@ class DetectAtomsWidget(JobWidget):
         if card not in (None, CUSTOM):
             self._threshold.value = float(card.info.get("default_threshold", 0.3))
             self._model.tooltip = card.info.get("description", "")  # what the model is for
+            follow_card(card, self._refine)
 
     def _on_refine_changed(self, *_: Any) -> None:
         self._fit_check.enabled = bool(self._refine.value)  # the check needs the fits

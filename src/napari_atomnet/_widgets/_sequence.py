@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, FileEdit, FloatSpinBox
+from magicgui.widgets import ComboBox, FileEdit, FloatSpinBox
 
 from .._provenance import METADATA_KEY
 from . import _layers
 from ._common import follow_models, notify_error
-from ._detect import contrast_combo
+from ._detect import contrast_combo, follow_card, refine_checkbox
 from ._job import JobWidget
 
 if TYPE_CHECKING:
@@ -58,7 +58,7 @@ class SequenceWidget(JobWidget):
             label="Confidence ≥", min=0.01, max=0.99, step=0.01, value=0.3
         )
         self._contrast = contrast_combo()
-        self._refine = CheckBox(text="Refine each peak by a 2D Gaussian fit", value=True)
+        self._refine = refine_checkbox()
         self._drift = ComboBox(label="Drift", choices=DRIFT_CHOICES, value="atoms")
         self._radius = FloatSpinBox(
             label="Site radius (px)",
@@ -100,6 +100,7 @@ class SequenceWidget(JobWidget):
         self._threshold.enabled = card != "classical"
         if card not in (None, CUSTOM, "classical"):
             self._threshold.value = float(card.info.get("default_threshold", 0.3))
+        follow_card(card, self._refine)
 
     def _selected_detector(self) -> Any:
         from ..models.registry import load_model

@@ -72,6 +72,25 @@ class Detections:
     params: dict[str, Any]
 
 
+def detection_card(model: str | ModelCard | None) -> ModelCard:
+    """Return the card of a detection model.
+
+    Parameters
+    ----------
+    model : str, ModelCard or None
+        A card (returned as it is), a registry name or ``.onnx`` path (loaded), or None for the
+        built-in default detector.
+
+    Raises
+    ------
+    ModelError
+        For a model that is missing, corrupt, or not a detection model.
+    """
+    if isinstance(model, ModelCard):
+        return model
+    return load_model(model or DEFAULT_DETECTOR, task="detection")
+
+
 def detect_atoms(
     image: ArrayLike,
     model: str | ModelCard | None = None,
@@ -127,11 +146,7 @@ def detect_atoms(
     Detections
     """
     img = as_analysis_image(image)
-    card = (
-        model
-        if isinstance(model, ModelCard)
-        else load_model(model or DEFAULT_DETECTOR, task="detection")
-    )
+    card = detection_card(model)
     info = card.info
     stride = int(info.get("stride", 1))
     multiple = int(info.get("pad_multiple", 8))

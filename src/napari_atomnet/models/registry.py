@@ -60,6 +60,16 @@ class ModelCard:
         return f"{self.name} (built-in)" if self.builtin else self.name
 
     @property
+    def refine_default(self) -> bool:
+        """Refine this model's detections by Gaussian fits unless told otherwise.
+
+        False when the card says the fits do not describe its images (``"refine_default":
+        false``, measured on the validation images: HRTEM phase contrast, where the fits are
+        judged not Gaussian and the detected positions kept).
+        """
+        return bool(self.info.get("refine_default", True))
+
+    @property
     def weights(self) -> Path:
         """Torch weights (``<model>.pt``) beside the ONNX file; fine-tuning starts from them."""
         return Path(self.path).with_suffix(".pt")

@@ -40,6 +40,7 @@ from scipy.spatial import cKDTree
 __all__ = [
     "BORDER_FILLS",
     "CLASSES",
+    "DEFAULT_GRAPHENE_DRAWS",
     "DEFAULT_MIX",
     "DEFAULT_NORMALIZATION",
     "HOLE_WEIGHT",
@@ -86,6 +87,11 @@ DEFAULT_NORMALIZATION: dict[str, float] = {
 }
 #: Share of each simulator in the training pool.
 DEFAULT_MIX: dict[str, float] = {"lattice": 0.4, "perovskite": 0.2, "graphene": 0.4}
+
+#: How the graphene simulator's random draws are made (card key ``config.graphene``):
+#: ``holes``, the probability of 0, 1, 2, ... holes in an image, and ``aligned``, the share of
+#: images at an aligned microscope (:func:`_good_ctf`; the rest draw seed 003's Table 1).
+DEFAULT_GRAPHENE_DRAWS: dict[str, Any] = {"holes": (0.6, 0.3, 0.1), "aligned": 0.7}
 #: HRTEM images whose clean image correlates less than this with the atom map (either sign)
 #: show no recognisable atoms; their columns are ignored (not learnt either way).
 MIN_HRTEM_CONTRAST = 0.25
@@ -474,7 +480,12 @@ def _loguniform(rng: np.random.Generator, lo: float, hi: float) -> float:
     return float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
 
 
-def random_simulation(kind: str, rng: np.random.Generator, shape: tuple[int, int]) -> Any:
+def random_simulation(
+    kind: str,
+    rng: np.random.Generator,
+    shape: tuple[int, int],
+    graphene: Mapping[str, Any] | None = None,
+) -> Any:
     """Simulate one image of a kind with random parameters.
 
     Parameters
@@ -485,6 +496,9 @@ def random_simulation(kind: str, rng: np.random.Generator, shape: tuple[int, int
         Source of the parameters (and of the simulator's seed).
     shape : tuple of int
         Image size.
+    graphene : dict, optional
+        How graphene images are drawn (default :data:`DEFAULT_GRAPHENE_DRAWS`): ``holes``, the
+        probabilities of 0, 1, 2, ... holes; ``aligned``, the share of aligned microscopes.
 
     Returns
     -------
@@ -519,11 +533,13 @@ def random_simulation(kind: str, rng: np.random.Generator, shape: tuple[int, int
             seed=int(rng.integers(0, 2**31 - 1)),
         )
     if kind == "graphene":
-        good = rng.random() < 0.7  # most draws at good imaging conditions
+        draws = {**DEFAULT_GRAPHENE_DRAWS, **(graphene or {})}
+        holes = np.asarray(draws["holes"], dtype=np.float64)
+        good = rng.random() < float(draws["aligned"])  # most draws at good imaging conditions
         return synth.graphene_hrtem(
             shape,
             pixel_size_angstrom=float(rng.uniform(0.08, 0.18)),
-            n_holes=int(rng.choice([0, 1, 2], p=[0.6, 0.3, 0.1])),
+            n_holes=int(rng.choice(len(holes), p=holes / holes.sum())),
             dose=_loguniform(rng, *HRTEM_DOSE),
             **(_good_ctf(rng) if good else {}),
             seed=int(rng.integers(0, 2**31 - 1)),
@@ -565,6 +581,7 @@ def make_example(
     augment: bool = True,
     sim: Any = None,
     border_fill: str = "reflect",
+    graphene: Mapping[str, Any] | None = None,
 ) -> Example:
     """Simulate, augment, normalise and label one training image.
 
@@ -595,19 +612,21 @@ def make_example(
         Apply the gamma augmentation.
     sim : AtomImage, optional
         Use this simulation instead of drawing one.
+    graphene : dict, optional
+        How graphene images are drawn (see :func:`random_simulation`).
 
     Returns
     -------
     Example
     """
     if sim is None:
-        sim = random_simulation(kind, rng, shape)
+        sim = random_simulation(kind, rng, shape, graphene)
     shape = sim.image.shape
-    graphene = kind == "graphene"
+    hrtem = kind == "graphene"
     # HRTEM contrast is delocalised by the CTF: the per-column SNR test does not apply there
-    clean = None if graphene else sim.extras.get("clean")
-    atoms = label_atoms(sim.atoms, clean=clean, all_strong=graphene)
-    if graphene and abs(float(sim.extras.get("contrast", 1.0))) < MIN_HRTEM_CONTRAST:
+    clean = None if hrtem else sim.extras.get("clean")
+    atoms = label_atoms(sim.atoms, clean=clean, all_strong=hrtem)
+    if hrtem and abs(float(sim.extras.get("contrast", 1.0))) < MIN_HRTEM_CONTRAST:
         # the CTF smears the atoms so much that neither contrast shows a honeycomb: no labels
         atoms[:, _CLS] = -1.0
     img = np.asarray(sim.image, dtype=np.float64)
@@ -710,6 +729,7 @@ def make_pool(
     border_fill: str = "reflect",
     hole_weight: float = 1.0,
     vacuum_weight: float = 1.0,
+    graphene: Mapping[str, Any] | None = None,
 ) -> list[Example]:
     """Pre-generate a fixed, seeded pool of training images.
 
@@ -729,6 +749,8 @@ def make_pool(
     hole_weight, vacuum_weight : float
         Heatmap loss weights at the holes of the column arrangement and in vacuum
         (:meth:`Example.prerender`).
+    graphene : dict, optional
+        How graphene images are drawn (see :func:`random_simulation`).
     workers : int
         Processes to simulate in (1: in this process).
     progress : callable, optional
@@ -744,7 +766,7 @@ def make_pool(
     norm = dict(DEFAULT_NORMALIZATION if normalization is None else normalization)
     weights = {"hole_weight": hole_weight, "vacuum_weight": vacuum_weight}
     jobs = [
-        (kind, child, tuple(shape), int(pad), norm, bool(prerender), border_fill, weights)
+        (kind, child, tuple(shape), int(pad), norm, bool(prerender), border_fill, weights, graphene)
         for kind, child in zip(kinds, ss.spawn(n), strict=True)
     ]
     pool: list[Example] = []
@@ -766,7 +788,7 @@ def make_pool(
 
 
 def _pool_item(job: tuple) -> Example:
-    kind, child, shape, pad, norm, prerender, fill, weights = job
+    kind, child, shape, pad, norm, prerender, fill, weights, graphene = job
     ex = make_example(
         kind,
         np.random.default_rng(child),
@@ -774,6 +796,7 @@ def _pool_item(job: tuple) -> Example:
         pad=pad,
         normalization=norm,
         border_fill=fill,
+        graphene=graphene,
     )
     return ex.prerender(**weights) if prerender else ex
 

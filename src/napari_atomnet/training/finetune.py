@@ -14,7 +14,9 @@ with mirrored labels and orientation (:func:`~.data.labelled_example`: images wh
 are negated, the network only sees bright atoms), crops (:func:`~.data.sample_batch`) and the
 optimisation step (:func:`~.train_detector.train_step`).  Against forgetting, half of each batch
 (``1 - user_fraction``) is cut from fresh simulations whose targets are the base model's own
-outputs (distillation, squared error), and the batch-norm statistics stay the base's.
+outputs (distillation, squared error), and the batch-norm statistics stay the base's.  The
+simulations follow the base model's own training mix when its card records one (an HRTEM model
+rehearses graphene only), the general mix otherwise.
 
 Held-out split: with three or more labelled images, whole images (``val_fraction`` of them, at
 least one) are held out; with fewer, the last ``val_fraction`` of the rows of each image is, and
@@ -56,8 +58,12 @@ __all__ = [
     "TRAIN_EXTRA_HINT",
     "FineTuneConfig",
     "FineTuneResult",
+    "LabelledImage",
     "check_model_name",
     "fine_tune_detector",
+    "fine_tune_on",
+    "prepare_fine_tuning",
+    "rehearsal_draws",
     "require_train_extra",
 ]
 
@@ -196,8 +202,12 @@ class FineTuneResult:
 
 
 @dataclass
-class _Labelled:
-    """One labelled image part (a whole image or a strip of one), in image coordinates."""
+class LabelledImage:
+    """One labelled image part (a whole image or a strip of one), in image coordinates.
+
+    Read from an export folder (:func:`fine_tune_detector`) or simulated
+    (:func:`napari_atomnet.training.adapt.simulate_conditions`).
+    """
 
     name: str
     image: NDArray[np.float32]
@@ -207,6 +217,7 @@ class _Labelled:
 
     @property
     def truth(self) -> NDArray[np.float64]:
+        """Labelled (y, x) of the atoms."""
         return self.rows[:, :2].astype(np.float64)
 
 
@@ -258,6 +269,26 @@ def check_model_name(name: str, folder: str | os.PathLike | None = None) -> str:
     if folder is not None:
         _check_free(Path(folder), name, overwrite=False)
     return name
+
+
+def rehearsal_draws(card: Any) -> dict[str, Any]:
+    """Say how the rehearsal images of a fine-tuning run are simulated.
+
+    They follow the base model's own training recipe (its card's ``training.config``): an HRTEM
+    model rehearses graphene only.  A card that records no mix rehearses the general mix.
+
+    Parameters
+    ----------
+    card : ModelCard
+        The base model.
+
+    Returns
+    -------
+    dict
+        ``mix`` and ``graphene`` keyword arguments of :func:`~.data.make_pool` (None: default).
+    """
+    config = (card.info.get("training") or {}).get("config") or {}
+    return {"mix": config.get("mix"), "graphene": config.get("graphene")}
 
 
 def fine_tune_detector(
@@ -319,33 +350,139 @@ def fine_tune_detector(
     InterruptedError
         ``cancelled()`` returned True; nothing is written.
     """
-    from ..models.registry import load_model, user_model_dir
-
     t_start = time.perf_counter()
     cfg = config or FineTuneConfig()
     cfg.check()
     if polarity not in ("auto", "bright", "dark"):
         raise ValueError(f"polarity must be 'auto', 'bright' or 'dark', got {polarity!r}")
+    card, out = prepare_fine_tuning(name, base, out_dir, overwrite)
+    report = progress or (lambda *_: None)
+    stop = cancelled or (lambda: False)
+    n_sim = cfg.sim_images if cfg.user_fraction < 1.0 else 0
+    images = _read_labelled(Path(data_dir), polarity, _normalization(card), n_sim, report, stop)
+    return fine_tune_on(
+        images,
+        card,
+        name=name,
+        out=out,
+        config=cfg,
+        polarity=polarity,
+        source=str(Path(data_dir).resolve()),
+        progress=report,
+        cancelled=stop,
+        overwrite=overwrite,
+        started=t_start,
+    )
+
+
+def prepare_fine_tuning(
+    name: str, base: str, out_dir: str | os.PathLike | None, overwrite: bool
+) -> tuple[Any, Path]:
+    """Check a new model's name and place and load the base model, before any work.
+
+    Parameters
+    ----------
+    name : str
+        Name of the new model (:func:`check_model_name`).
+    base : str
+        Registry name or ``.onnx`` path of the model to start from.
+    out_dir : path-like, optional
+        Where to write; default the user model folder.
+    overwrite : bool
+        An existing model of that name may be replaced.
+
+    Returns
+    -------
+    card : ModelCard
+        The base model.
+    out : pathlib.Path
+        The folder to write to.
+
+    Raises
+    ------
+    ValueError
+        A bad or taken name, or a base model without torch weights.
+    ImportError
+        torch or onnx is missing.
+    """
+    from ..models.registry import load_model, user_model_dir
+
     name = check_model_name(name)
     out = Path(out_dir).expanduser() if out_dir is not None else user_model_dir(create=False)
     _check_free(out, name, overwrite)
     require_train_extra()
     card = load_model(base, task="detection")
-    weights = card.weights
-    if not weights.is_file():
+    if not card.weights.is_file():
         raise ValueError(
-            f"{card.name} has no torch weights ({weights.name} beside its .onnx); only models "
-            "with their .pt can be fine-tuned"
+            f"{card.name} has no torch weights ({card.weights.name} beside its .onnx); only "
+            "models with their .pt can be fine-tuned"
         )
-    report = progress or (lambda *_: None)
-    stop = cancelled or (lambda: False)
-    norm = dict(card.info.get("normalization") or data.DEFAULT_NORMALIZATION)
+    return card, out
+
+
+def _normalization(card: Any) -> dict[str, float]:
+    """Return the base model's normalisation rule (training images are normalised as it sees)."""
+    return dict(card.info.get("normalization") or data.DEFAULT_NORMALIZATION)
+
+
+def fine_tune_on(
+    images: list[LabelledImage],
+    card: Any,
+    *,
+    name: str,
+    out: Path,
+    config: FineTuneConfig,
+    polarity: str,
+    source: str,
+    progress: ProgressCallback,
+    cancelled: Callable[[], bool],
+    overwrite: bool = False,
+    started: float | None = None,
+    record: dict[str, Any] | None = None,
+    description: str | None = None,
+) -> FineTuneResult:
+    """Fine-tune ``card``'s torch weights on labelled images and write the new model.
+
+    The work of :func:`fine_tune_detector` once the labels are read (also used by
+    :func:`napari_atomnet.training.adapt.adapt_detector` with simulated images): held-out
+    split, training with rehearsal, F1 before and after, the files moved into place together.
+
+    Parameters
+    ----------
+    images : list of LabelledImage
+        Labelled images (oriented labels, see :func:`_label_rows`).
+    card : ModelCard
+        The base model (its ``.pt`` beside its ``.onnx``).
+    name, out, overwrite
+        New model's name and folder; replace an existing one.
+    config : FineTuneConfig
+        Hyper-parameters.
+    polarity : str
+        What the caller said of the atoms' contrast (recorded).
+    source : str
+        Where the images came from (recorded in the card).
+    progress, cancelled : callable
+        As in :func:`fine_tune_detector`.
+    started : float, optional
+        ``time.perf_counter()`` when the whole job started (the card's wall time).
+    record : dict, optional
+        More entries for the card's ``fine_tuning`` record.
+    description : str, optional
+        The new card's description (default: fine-tuned on corrected labels).
+
+    Returns
+    -------
+    FineTuneResult
+    """
+    cfg, report, stop = config, progress, cancelled
+    t_start = time.perf_counter() if started is None else started
+    weights = card.weights
+    norm = _normalization(card)
     fill = str(card.info.get("border_fill", "reflect"))  # the base model's border padding
     holes = float(card.info.get("hole_weight", 1.0))  # and its loss weight at empty cell centres
     vacuum = float(card.info.get("vacuum_weight", 1.0))  # and in vacuum
-
+    draws = rehearsal_draws(card)
     n_sim = cfg.sim_images if cfg.user_fraction < 1.0 else 0
-    images = _read_labelled(Path(data_dir), polarity, norm, n_sim, report, stop)
     train_parts, val_parts, split = _split(images, cfg)
     total_data = len(images) + n_sim
     user_pool = [
@@ -374,6 +511,7 @@ def fine_tune_detector(
             hole_weight=holes,
             vacuum_weight=vacuum,
             progress=sim_progress,
+            **draws,
         )
         if n_sim
         else []
@@ -399,7 +537,12 @@ def fine_tune_detector(
         tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".part", dir=out))
         from .export import export_detector
 
-        info = _card_info(card, name, cfg)
+        info = _card_info(
+            card,
+            name,
+            description
+            or f"{card.name} fine-tuned on corrected labels (napari-atomnet fine-tuning).",
+        )
         export_detector(model, tmp / f"{name}.onnx", info)
         f1_after = _heldout_f1(
             str(tmp / f"{name}.onnx"),
@@ -413,7 +556,7 @@ def fine_tune_detector(
             raise InterruptedError("fine-tuning cancelled")
         info["fine_tuning"] = _fine_tuning_record(
             card,
-            Path(data_dir),
+            source,
             images,
             train_parts,
             val_parts,
@@ -426,7 +569,7 @@ def fine_tune_detector(
             train_s,
             time.perf_counter() - t_start,
             len(sim_pool),
-        )
+        ) | (record or {})
         final_card = export_detector(model, tmp / f"{name}.onnx", info)
         torch.save(model.state_dict(), tmp / f"{name}.pt")
         _move_into_place(tmp, out, name, overwrite)
@@ -453,7 +596,7 @@ def _read_labelled(
     n_more: int,
     report: ProgressCallback,
     stop: Callable[[], bool],
-) -> list[_Labelled]:
+) -> list[LabelledImage]:
     """Read every labelled image of ``folder`` and turn its atoms into training labels.
 
     ``n_more`` data items follow (simulations): the "data" progress counts them too.
@@ -495,7 +638,7 @@ def _read_labelled(
         sign = -1.0 if pol == "dark" else 1.0
         oriented = data.normalize_image(img, norm) * sign
         labels = f"{info.get('format')}: {info.get('label_path')}"
-        out.append(_Labelled(item.stem, img, _label_rows(atoms, oriented), pol, labels))
+        out.append(LabelledImage(item.stem, img, _label_rows(atoms, oriented), pol, labels))
         report("data", k + 1, len(items) + n_more, None)
     if not sum(len(p.rows) for p in out):
         raise ValueError(f"{folder}: the labels hold no atoms")
@@ -549,7 +692,7 @@ def _label_rows(atoms: pd.DataFrame, oriented: NDArray[np.float32]) -> NDArray[n
 
 
 def _user_example(
-    part: _Labelled,
+    part: LabelledImage,
     angle: float,
     norm: dict[str, float],
     fill: str = "reflect",
@@ -601,8 +744,8 @@ def _user_example(
 
 
 def _split(
-    images: list[_Labelled], cfg: FineTuneConfig
-) -> tuple[list[_Labelled], list[_Labelled], str]:
+    images: list[LabelledImage], cfg: FineTuneConfig
+) -> tuple[list[LabelledImage], list[LabelledImage], str]:
     """Training and held-out parts: whole images (>= 3 images) or a bottom strip of each."""
     if cfg.val_fraction <= 0:
         return list(images), [], "none"
@@ -630,9 +773,11 @@ def _split(
         upper = p.rows[:, 0] < cut - 0.5
         lower = p.rows[~upper].copy()
         lower[:, 0] -= cut
-        train.append(_Labelled(p.name, p.image[:cut], p.rows[upper], p.polarity, p.labels))
+        train.append(LabelledImage(p.name, p.image[:cut], p.rows[upper], p.polarity, p.labels))
         val.append(
-            _Labelled(f"{p.name} (rows {cut}-{h - 1})", p.image[cut:], lower, p.polarity, p.labels)
+            LabelledImage(
+                f"{p.name} (rows {cut}-{h - 1})", p.image[cut:], lower, p.polarity, p.labels
+            )
         )
     return train, val, "strip"
 
@@ -738,7 +883,7 @@ def _teacher_targets(teacher: Any, batch: dict[str, NDArray], torch: Any) -> dic
 # --------------------------------------------------------------------------------------------
 def _heldout_f1(
     model: Any,
-    parts: list[_Labelled],
+    parts: list[LabelledImage],
     report: ProgressCallback,
     stop: Callable[[], bool],
     *,
@@ -792,11 +937,11 @@ _NOT_INHERITED = frozenset(
 )
 
 
-def _card_info(card: Any, name: str, cfg: FineTuneConfig) -> dict[str, Any]:
+def _card_info(card: Any, name: str, description: str) -> dict[str, Any]:
     info = {k: v for k, v in card.info.items() if k not in _NOT_INHERITED}
     info.update(
         name=name,
-        description=f"{card.name} fine-tuned on corrected labels (napari-atomnet fine-tuning).",
+        description=description,
         base={
             "name": card.name,
             "sha256": card.sha256,
@@ -809,10 +954,10 @@ def _card_info(card: Any, name: str, cfg: FineTuneConfig) -> dict[str, Any]:
 
 def _fine_tuning_record(
     card: Any,
-    folder: Path,
-    images: list[_Labelled],
-    train_parts: list[_Labelled],
-    val_parts: list[_Labelled],
+    source: str,
+    images: list[LabelledImage],
+    train_parts: list[LabelledImage],
+    val_parts: list[LabelledImage],
     split: str,
     polarity: str,
     cfg: FineTuneConfig,
@@ -833,7 +978,7 @@ def _fine_tuning_record(
         "none": "nothing held out (val_fraction 0)",
     }[split]
     return {
-        "data": str(folder.resolve()),
+        "data": source,
         "images": [
             {
                 "name": p.name,

@@ -89,6 +89,11 @@ class TrainConfig:
         self.time_limit_min: float = 0.0  # safety stop of the training loop (0: none)
         self.mix: dict[str, float] = dict(data.DEFAULT_MIX)  # share of each simulator
         self.init: str = ""  # start from these weights (a .pt state dict) instead of at random
+        # how graphene images draw their holes and microscopes (data.DEFAULT_GRAPHENE_DRAWS)
+        self.graphene: dict[str, Any] = {
+            k: list(v) if isinstance(v, tuple) else v
+            for k, v in data.DEFAULT_GRAPHENE_DRAWS.items()
+        }
         for key, value in kw.items():
             if not hasattr(self, key):
                 raise TypeError(f"unknown option {key}")
@@ -375,6 +380,54 @@ def _refined(image: np.ndarray, peaks: Any) -> Any:
 
     peaks = peaks.reset_index(drop=True)
     return refine_atoms(image, peaks, polarity="bright") if len(peaks) else peaks
+
+
+#: Validation images per case on which :func:`fits_used` decides whether to refine by default.
+REFINE_IMAGES = 4
+
+
+def fits_used(
+    predict: Any,
+    cases: list[str],
+    seed: int,
+    n_images: int,
+    shape: tuple[int, int],
+    thresholds: tuple[float, float],
+) -> dict[str, float]:
+    """Measure, per case, how often the Gaussian refinement gives the positions.
+
+    :func:`~napari_atomnet.pipeline.refine_atoms` keeps the detected positions of an image when
+    fewer than half of its fits succeed (``fit_status`` "not_gaussian": HRTEM phase contrast).
+    A model whose validation images mostly end that way refines for nothing, and its card says
+    so (``refine_default`` false).
+
+    Parameters
+    ----------
+    predict : callable
+        ``predict(image) -> DataFrame`` of peaks at a low threshold (oriented images).
+    cases : list of str
+        Validation cases.
+    seed, n_images, shape
+        Image ``k`` of every case uses ``seed + k``.
+    thresholds : tuple of float
+        Strong and weak class thresholds of the detections refined.
+
+    Returns
+    -------
+    dict
+        case -> share of its images whose refined positions come from the fits.
+    """
+    from ..models.detector import confident
+
+    shares = {}
+    for case in cases:
+        used = 0
+        for k in range(n_images):
+            image, _, _ = data.validation_sample(case, seed + k, shape)
+            refined = _refined(image, confident(predict(image), list(thresholds)))
+            used += bool(len(refined)) and bool((refined["fit_status"] != "not_gaussian").any())
+        shares[case] = used / n_images
+    return shares
 
 
 #: Amplitude significance levels (fitted amplitude / standard error) tried by the fit check.
@@ -681,6 +734,7 @@ def train(cfg: TrainConfig, pool: list[data.Example] | None = None) -> tuple[Any
             workers=cfg.workers,
             progress=progress,
             mix=cfg.mix,
+            graphene=cfg.graphene,
         )
     history["pool_s"] = time.perf_counter() - t0
     counts = {k: sum(e.source == k for e in pool) for k in cfg.mix}
@@ -811,10 +865,9 @@ _SIMULATORS = {
     "domain walls, strain, vacancies 0-5 %, dislocation (30 %), any rotation, scan "
     "jitter, drift",
     "graphene": "synth.graphene_hrtem (seed 003): Table 1 CTF draws (defocus +-200 A, Cs "
-    "+-20 um, C5, astigmatism, focal spread; 70 % of the draws aligned: |defocus| <= "
-    "120 A, "
-    "|Cs| <= 20 um, astigmatism <= 10 A), MTF, dose "
-    f"{data.HRTEM_DOSE[0]:g}-{data.HRTEM_DOSE[1]:g} e/A^2 (log-uniform), 0-2 holes, "
+    "+-20 um, C5, astigmatism, focal spread; {aligned} % of the draws aligned: |defocus| <= "
+    "120 A, |Cs| <= 20 um, astigmatism <= 10 A), MTF, dose "
+    f"{data.HRTEM_DOSE[0]:g}-{data.HRTEM_DOSE[1]:g} e/A^2 (log-uniform), {{holes}} holes, "
     "sampling 0.08-0.18 A/px (scale jitter); columns ignored when the clean image "
     f"correlates < {data.MIN_HRTEM_CONTRAST} with the atom map",
 }
@@ -832,7 +885,7 @@ def _recipe(cfg: TrainConfig) -> dict[str, Any]:
         else {}
     )
     return {
-        "simulators": {k: v for k, v in _SIMULATORS.items() if cfg.mix.get(k, 0) > 0},
+        "simulators": {k: _simulator_text(k, cfg) for k in _SIMULATORS if cfg.mix.get(k, 0) > 0},
         **start,
         "mix": cfg.mix,
         "pool_images": cfg.pool,
@@ -869,6 +922,30 @@ def _recipe(cfg: TrainConfig) -> dict[str, Any]:
         "optimizer": f"AdamW lr {cfg.lr} (warm-up {cfg.warmup}, cosine), weight decay "
         f"{cfg.weight_decay}, batch {cfg.batch}, grad-norm clip 5",
     }
+
+
+def _simulator_text(kind: str, cfg: TrainConfig) -> str:
+    """Describe how the run draws a simulator's images (the card's recipe)."""
+    if kind != "graphene":
+        return _SIMULATORS[kind]
+    holes = [float(p) for p in cfg.graphene["holes"]]
+    total = sum(holes)
+    counts = (
+        f"0-{len(holes) - 1} (probabilities " + "/".join(f"{p / total:.2g}" for p in holes) + ")"
+    )
+    return _SIMULATORS[kind].format(
+        aligned=f"{100 * float(cfg.graphene['aligned']):g}", holes=counts
+    )
+
+
+def _parse_probabilities(text: str, option: str, parser: argparse.ArgumentParser) -> list[float]:
+    try:
+        values = [float(p) for p in text.split(",")]
+    except ValueError:
+        parser.error(f"{option}: {text!r} is not a list of numbers like 0.2,0.2,0.2,0.2,0.2")
+    if not all(v >= 0 for v in values) or sum(values) <= 0:
+        parser.error(f"{option}: the probabilities must be >= 0 and not all 0")
+    return values
 
 
 def _parse_mix(text: str, parser: argparse.ArgumentParser) -> dict[str, float]:
@@ -955,6 +1032,20 @@ def main(argv: list[str] | None = None) -> int:
         + "); validation uses the cases of the simulators drawn from",
     )
     parser.add_argument(
+        "--graphene-holes",
+        default=None,
+        help="probabilities of 0, 1, 2, ... holes in a graphene image (default "
+        + ",".join(f"{p:g}" for p in data.DEFAULT_GRAPHENE_DRAWS["holes"])
+        + ")",
+    )
+    parser.add_argument(
+        "--aligned-share",
+        type=float,
+        default=None,
+        help="share of graphene images at an aligned microscope (default "
+        f"{data.DEFAULT_GRAPHENE_DRAWS['aligned']:g})",
+    )
+    parser.add_argument(
         "--init",
         type=Path,
         default=None,
@@ -1006,6 +1097,14 @@ def main(argv: list[str] | None = None) -> int:
         cfg.channels = tuple(int(c) for c in args.channels.split(","))
     if args.mix:
         cfg.mix = _parse_mix(args.mix, parser)
+    if args.graphene_holes:
+        cfg.graphene["holes"] = _parse_probabilities(
+            args.graphene_holes, "--graphene-holes", parser
+        )
+    if args.aligned_share is not None:
+        if not 0 <= args.aligned_share <= 1:
+            parser.error("--aligned-share must lie in [0, 1]")
+        cfg.graphene["aligned"] = args.aligned_share
     if args.init:
         if not args.init.is_file():
             parser.error(f"--init: no such file {args.init}")
@@ -1102,6 +1201,10 @@ def main(argv: list[str] | None = None) -> int:
         empty_site_images=FIT_CHECK_IMAGES if args.quick else EMPTY_SITE_IMAGES,
     )
     _log(f"fit check: {fit_check}")
+    refined_share = fits_used(predict, cases, VAL_SEED, REFINE_IMAGES, shape, (thr, weak_thr))
+    # refine by default unless most validation images keep the detected positions anyway
+    refine_default = float(np.mean(list(refined_share.values()))) >= 0.5
+    _log(f"images whose positions come from the fits: {refined_share}; refine {refine_default}")
     checked_metrics: dict[str, Any] = {}
     if fit_check is not None:
         from ..models.detector import fit_check as apply_fit_check
@@ -1154,6 +1257,7 @@ def main(argv: list[str] | None = None) -> int:
         default_threshold=thr,
         class_thresholds={"strong": thr, "weak": weak_thr},
         fit_check=fit_check,
+        refine_default=refine_default,
         training=training,
         validation={
             "images": "held-out simulations (seeds never used in training): "
@@ -1161,6 +1265,8 @@ def main(argv: list[str] | None = None) -> int:
             "weak thresholds (grid 0.2-0.85, highest mean F1 over the cases), "
             f"{FIT_CHECK_IMAGES} per case (seed {VAL_SEED}+) to choose the fit check, "
             f"{EMPTY_SITE_IMAGES} per case (seed {VAL_SEED}+) for its empty-site test, "
+            f"{REFINE_IMAGES} per case (seed {VAL_SEED}+) to decide whether to refine by "
+            "default, "
             f"{cfg.test_images} per case (seed {TEST_SEED}+, 256x256) for these metrics",
             "matching_radius": "0.25 x median nearest-neighbour spacing",
             "scoring": "f1: columns whose centres lie just outside the image (up to 16 px; half "
@@ -1170,6 +1276,7 @@ def main(argv: list[str] | None = None) -> int:
             "cases": {c: data.VALIDATION_CASES[c] for c in cases},
             "metrics_at_default_threshold": metrics,
             "metrics_with_fit_check": checked_metrics,
+            "images_refined_by_fits": refined_share,
             "mean_f1_by_single_threshold": {
                 str(t): round(float(np.mean([test[c][t]["f1"] for c in cases])), 5)
                 for t in THRESHOLDS

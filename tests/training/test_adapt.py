@@ -1,0 +1,107 @@
+"""Adapting the HRTEM detector to a microscope's conditions (training.adapt, atomnet adapt)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("onnx")
+
+from napari_atomnet.cli import main  # noqa: E402
+from napari_atomnet.models.registry import load_model  # noqa: E402
+from napari_atomnet.training import adapt  # noqa: E402
+from napari_atomnet.training.adapt import (  # noqa: E402
+    ImagingConditions,
+    adapt_config,
+    adapt_detector,
+    simulate_conditions,
+)
+
+# the detect benchmark's dark-atom HRTEM case: defocus +60 Å, Cs -10 µm, 0.12 Å/px
+DARK = ImagingConditions(defocus=60.0, cs_um=-10.0, pixel_size_angstrom=0.12)
+
+
+def test_simulations_follow_the_conditions_and_are_labelled():
+    images = simulate_conditions(DARK, 4, seed=1, shape=(128, 128))
+    again = simulate_conditions(DARK, 4, seed=1, shape=(128, 128))
+    assert all(np.array_equal(a.image, b.image) for a, b in zip(images, again, strict=True))
+    for part in images:
+        assert part.polarity == "dark"  # this condition images graphene's atoms dark
+        defocus = float(part.labels.split("defocus ")[1].split(",")[0])
+        cs = float(part.labels.split("cs_um ")[1].split(",")[0])
+        assert abs(defocus - 60) <= 20 and abs(cs + 10) <= 5
+        y, x = part.truth.T
+        assert len(y) > 50 and (y > -1).all() and (y < 129).all() and (x < 129).all()
+        # the atoms sit on dark pixels: the image is lower at the labels than on average
+        iy, ix = np.clip(np.round(y).astype(int), 0, 127), np.clip(np.round(x).astype(int), 0, 127)
+        assert part.image[iy, ix].mean() < part.image.mean()
+    other = simulate_conditions(DARK, 1, seed=2, shape=(128, 128))[0]
+    assert not np.array_equal(other.image, images[0].image)
+
+
+def test_conditions_without_atom_contrast_are_refused(monkeypatch):
+    monkeypatch.setattr(adapt, "MIN_CONTRAST", 2.0)  # no image reaches it (|contrast| <= 1)
+    with pytest.raises(ValueError, match="no atom contrast"):
+        simulate_conditions(DARK, 1, shape=(64, 64))
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("pixel_size_angstrom", 0.01, "pixel size"),
+        ("dose", 0.0, "dose"),
+        ("defocus", float("nan"), "defocus"),
+        ("cs_tolerance_um", -1.0, "cs_tolerance_um"),
+    ],
+)
+def test_bad_conditions_say_which_value(field, value, message, tmp_path):
+    bad = ImagingConditions(**{**DARK.__dict__, field: value})
+    with pytest.raises(ValueError, match=message):
+        adapt_detector(bad, name="x", out_dir=tmp_path, config=adapt_config(steps=1))
+    assert not any(tmp_path.iterdir())
+
+
+def test_adapted_model_is_written_with_its_conditions(tmp_path):
+    result = adapt_detector(
+        DARK,
+        name="my-microscope",
+        out_dir=tmp_path,
+        n_images=5,
+        config=adapt_config(steps=6, batch=4, threads=1),
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "my-microscope.json",
+        "my-microscope.onnx",
+        "my-microscope.pt",
+    ]
+    card = load_model(tmp_path / "my-microscope.onnx", task="detection")
+    record = card.info["fine_tuning"]
+    assert record["conditions"]["defocus"] == 60.0 and record["simulated_at_conditions"] == 5
+    assert card.info["base"]["name"] == "atomnet-hrtem"
+    assert "defocus 60 ± 20 Å" in card.info["description"]
+    assert record["polarity"] == "dark" and record["config"]["user_fraction"] == 1.0
+    held = record["heldout"]
+    assert held["split"].startswith("whole images") and len(held["parts"]) == 1
+    assert 0.0 < result.f1_before <= 1.0 and 0.0 < result.f1_after <= 1.0
+    assert card.refine_default is False  # inherited from the HRTEM model
+
+
+def test_cli_adapt_refuses_bad_input_and_writes_nothing(tmp_path, capsys):
+    args = ["adapt", "--defocus", "60", "--cs", "-10", "--out-dir", str(tmp_path)]
+    assert main([*args, "--pixel-size", "0.01", "--out", "m"]) == 2
+    assert "pixel size" in capsys.readouterr().err
+    assert main([*args, "--pixel-size", "0.12", "--out", "bad name"]) == 2
+    assert "bad name" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
+def test_cli_adapt_writes_a_model_detect_can_use(tmp_path, capsys):
+    args = ["adapt", "--defocus", "60", "--cs", "-10", "--pixel-size", "0.12", "--quiet"]
+    opts = ["--images", "5", "--steps", "4", "--threads", "1", "--out-dir", str(tmp_path)]
+    assert main([*args, *opts, "--out", "dark60"]) == 0
+    assert "held-out F1" in capsys.readouterr().out
+    info = json.loads((tmp_path / "dark60.json").read_text())
+    assert info["fine_tuning"]["conditions"]["cs_um"] == -10.0
