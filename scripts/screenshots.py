@@ -199,6 +199,36 @@ def finetune() -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
+def adapt() -> None:
+    """Adapt the HRTEM detector to the bundled graphene sample's imaging conditions."""
+    import os
+    import shutil
+    import tempfile
+
+    from napari_atomnet._widgets._finetune import SIMULATIONS, FineTuneWidget
+
+    work = Path(tempfile.mkdtemp(prefix="atomnet-adapt-shot-"))
+    os.environ["NAPARI_ATOMNET_MODELS"] = str(work / "models")  # not the real user folder
+    viewer = viewer_with("graphene_hrtem")
+    for layer in list(viewer.layers)[1:]:
+        layer.visible = False
+    widget = FineTuneWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Fine-tune detector")
+    widget._source.value = SIMULATIONS
+    # the sample's optics (defocus -60 Å, Cs -10 µm, 0.12 Å/px), stated 10 Å / 2 µm off
+    for key, value in {"defocus": -50.0, "cs_um": -8.0, "pixel_size_angstrom": 0.12}.items():
+        widget._conditions[key].value = value
+    widget._name.value = "my-titan-60"
+    widget._steps.value = 600
+    widget._on_run()
+    try:
+        wait(lambda: widget._worker is None, timeout=900.0)
+        zoom(viewer, 1.5, (0.5, 0.5))
+        save(viewer, "adapt_widget")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 SHOTS = {
     "detect": detect,
     "detect_hrtem": detect_hrtem,
@@ -207,6 +237,7 @@ SHOTS = {
     "curate": curate,
     "segment": segment,
     "finetune": finetune,
+    "adapt": adapt,
 }
 
 if __name__ == "__main__":

@@ -16,7 +16,13 @@ import pytest
 from napari_atomnet import synth
 from napari_atomnet._widgets._common import CUSTOM_MODEL
 from napari_atomnet._widgets._detect import DetectAtomsWidget
-from napari_atomnet._widgets._finetune import INSTALL_HINT, FineTuneWidget
+from napari_atomnet._widgets._finetune import (
+    INSTALL_HINT,
+    LABELS,
+    SIMULATIONS,
+    SOURCE_DEFAULTS,
+    FineTuneWidget,
+)
 from napari_atomnet.io.labels import export_labels
 
 pytestmark = pytest.mark.gui
@@ -175,7 +181,38 @@ def test_module_imports_neither_torch_nor_the_training_code():
 def test_default_steps_are_the_library_default(make_napari_viewer):
     pytest.importorskip("torch")
     from napari_atomnet._widgets._finetune import FineTuneWidget
+    from napari_atomnet.training.adapt import adapt_config
     from napari_atomnet.training.finetune import FineTuneConfig
 
     widget = FineTuneWidget(make_napari_viewer())
-    assert widget._steps.value == FineTuneConfig().steps
+    assert widget._steps.value == FineTuneConfig().steps == SOURCE_DEFAULTS[LABELS][0]
+    assert SOURCE_DEFAULTS[SIMULATIONS][0] == adapt_config().steps
+
+
+def test_adapting_to_imaging_conditions_writes_a_model_for_them(widget, models, qtbot):
+    """Train on simulations at the microscope's conditions: the inputs swap, the run is real."""
+    widget._source.value = SIMULATIONS
+    assert widget._data.native.isHidden() and widget._polarity.native.isHidden()
+    assert not widget._conditions["defocus"].native.isHidden()
+    assert widget._base.value.name == "atomnet-hrtem" and widget._steps.value == 1500
+    widget._name.value = "  "
+    widget._on_run()
+    assert "enter a name" in _notes("error")[-1] and widget._worker is None
+    conditions = {"defocus": 60.0, "cs_um": -10.0, "pixel_size_angstrom": 0.12, "n_images": 10}
+    for key, value in conditions.items():
+        widget._conditions[key].value = value
+    widget._name.value = "dark60"
+    widget._steps.value = 10
+    with qtbot.waitSignal(widget.run_finished, timeout=180_000):
+        widget._on_run()
+    status = widget._status.value
+    assert "held-out atoms in simulations at your conditions" in status, status
+    assert _user_files(models) == ["dark60.json", "dark60.onnx", "dark60.pt"]
+    import json
+
+    record = json.loads((models / "dark60.json").read_text())["fine_tuning"]
+    assert record["conditions"]["defocus"] == 60.0 and record["simulated_at_conditions"] == 10
+    assert [step for step, _ in widget.losses] == [5, 10]
+    widget._source.value = LABELS  # back: the labels' inputs and defaults return
+    assert not widget._data.native.isHidden() and widget._conditions["cs_um"].native.isHidden()
+    assert widget._base.value.name == "atomnet-detect" and widget._steps.value == 300

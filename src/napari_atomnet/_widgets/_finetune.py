@@ -1,9 +1,11 @@
-"""The "Fine-tune detector" dock widget: retrain the atom detector on exported, corrected labels.
+"""The "Fine-tune detector" dock widget: retrain the atom detector on the user's data.
 
-The science is :func:`napari_atomnet.training.finetune.fine_tune_detector`; this widget collects
-its inputs, runs it off the GUI thread, draws the loss curve as it comes in, and announces the
-new model to every model picker (:data:`._common.models_changed`).  Neither torch nor
-``napari_atomnet.training`` is imported until a run starts.
+It trains on exported, corrected labels, or adapts the HRTEM detector to the microscope's imaging
+conditions.  The science is :func:`napari_atomnet.training.finetune.fine_tune_detector` (labels)
+and :func:`napari_atomnet.training.adapt.adapt_detector` (simulations at given conditions); this
+widget collects its inputs, runs it off the GUI thread, draws the loss curve as it comes in, and
+announces the new model to every model picker (:data:`._common.models_changed`).  Neither torch
+nor ``napari_atomnet.training`` is imported until a run starts.
 """
 
 from __future__ import annotations
@@ -46,6 +48,12 @@ STAGES = (
     ("train", "Training", "steps"),
     ("evaluate", "Evaluation", "images"),
 )
+#: What to train on: the user's corrected labels, or simulations at their HRTEM conditions.
+LABELS = "Corrected labels (export folder)"
+SIMULATIONS = "Simulations at my HRTEM conditions"
+#: Steps and base model each source starts with (FineTuneConfig / adapt_config defaults; a
+#: test keeps them equal).
+SOURCE_DEFAULTS = {LABELS: (300, "atomnet-detect"), SIMULATIONS: (1500, "atomnet-hrtem")}
 #: Half-width (in loss points) of the centred moving mean drawn as the loss curve's trend.
 TREND_HALF_WIDTH = 3
 
@@ -102,6 +110,14 @@ class FineTuneWidget(JobWidget):
         self._missing.native.setWordWrap(True)
         self._missing.native.setTextInteractionFlags(_selectable())
         self._missing.native.setStyleSheet("color: #f0a030;")
+        self._source = ComboBox(
+            label="Train on",
+            choices=[LABELS, SIMULATIONS],
+            value=LABELS,
+            tooltip="Your corrected labels (Curate atoms → Export), or graphene HRTEM images "
+            "simulated at your microscope's conditions (adapts the HRTEM detector to them)",
+        )
+        self._conditions = _conditions_widgets()
         self._data = FileEdit(
             label="Labels folder",
             mode="d",
@@ -165,7 +181,9 @@ class FineTuneWidget(JobWidget):
         self.extend(
             [
                 self._missing,
+                self._source,
                 self._data,
+                *self._conditions.values(),
                 self._base,
                 self._custom,
                 self._base_note,
@@ -185,6 +203,8 @@ class FineTuneWidget(JobWidget):
         self._build_canvas()
         self._base.changed.connect(self._on_base_changed)
         self._show_advanced.changed.connect(self._on_show_advanced)
+        self._source.changed.connect(self._on_source_changed)
+        self._on_source_changed()
         self._on_base_changed()
         self._set_running(False)
 
@@ -221,7 +241,21 @@ class FineTuneWidget(JobWidget):
 
     def _on_show_advanced(self, *_: Any) -> None:
         for widget in self._advanced:
-            widget.visible = bool(self._show_advanced.value)
+            widget.visible = bool(self._show_advanced.value) and self._source.value == LABELS
+
+    def _on_source_changed(self, *_: Any) -> None:
+        """Show the inputs of the chosen source; start from its model with its step count."""
+        simulated = self._source.value == SIMULATIONS
+        self._data.visible = self._polarity.visible = not simulated
+        self._show_advanced.visible = not simulated  # an adaptation uses adapt_config
+        for widget in self._conditions.values():
+            widget.visible = simulated
+        steps, base = SOURCE_DEFAULTS[self._source.value]
+        self._steps.value = steps
+        card = next((c for c in self._base.choices if getattr(c, "name", "") == base), None)
+        if card is not None:
+            self._base.value = card
+        self._on_show_advanced()
 
     def _set_running(self, running: bool) -> None:
         super()._set_running(running)
@@ -236,6 +270,20 @@ class FineTuneWidget(JobWidget):
 
         if not self._has_torch:
             raise ValueError(f"PyTorch is not installed; install it with {INSTALL_HINT}")
+        base_arg = self._base_model()
+        if self._source.value == SIMULATIONS:
+            from ..training.adapt import ImagingConditions
+
+            values = {key: float(w.value) for key, w in self._conditions.items()}
+            n_images = int(values.pop("n_images"))
+            ImagingConditions(**values).check()
+            return {
+                "conditions": values,
+                "n_images": n_images,
+                "name": check_new_model_name(str(self._name.value)),
+                "base": base_arg,
+                "config": {"steps": int(self._steps.value)},
+            }
         folder = self._data.value
         if not folder or str(folder) in ("", "."):
             raise ValueError("choose the folder of exported labels")
@@ -246,21 +294,6 @@ class FineTuneWidget(JobWidget):
             raise ValueError(
                 f"no labelled images in {folder} (export them with Curate atoms → Export, or "
                 "choose a folder of labelImg / YOLO labels)"
-            )
-        base = self._base.value
-        if base == CUSTOM_MODEL:
-            path = self._custom.value
-            if not path or not str(path).lower().endswith(".onnx"):
-                raise ValueError("choose the .onnx file of the model to start from")
-            base_arg, weights = str(Path(path).expanduser()), Path(path).with_suffix(".pt")
-        elif base is None:
-            raise ValueError("no detection model to start from; choose a custom .onnx")
-        else:
-            base_arg, weights = base.name, base.weights
-        if not weights.is_file():
-            raise ValueError(
-                f"{Path(base_arg).stem} has no torch weights ({weights.name} beside its .onnx); "
-                "only models with their .pt can be fine-tuned"
             )
         name = check_new_model_name(str(self._name.value))
         return {
@@ -276,6 +309,25 @@ class FineTuneWidget(JobWidget):
             },
         }
 
+    def _base_model(self) -> str:
+        """Return the model to start from (registry name or path); it must have its weights."""
+        base = self._base.value
+        if base == CUSTOM_MODEL:
+            path = self._custom.value
+            if not path or not str(path).lower().endswith(".onnx"):
+                raise ValueError("choose the .onnx file of the model to start from")
+            base_arg, weights = str(Path(path).expanduser()), Path(path).with_suffix(".pt")
+        elif base is None:
+            raise ValueError("no detection model to start from; choose a custom .onnx")
+        else:
+            base_arg, weights = base.name, base.weights
+        if not weights.is_file():
+            raise ValueError(
+                f"{Path(base_arg).stem} has no torch weights ({weights.name} beside its .onnx); "
+                "only models with their .pt can be fine-tuned"
+            )
+        return base_arg
+
     def _on_run(self, *_: Any) -> None:
         try:
             args = self._inputs()
@@ -290,6 +342,18 @@ class FineTuneWidget(JobWidget):
             def report(stage: str, done: int, total: int, loss: float | None = None) -> None:
                 progress(done, total, stage, loss)
 
+            if "conditions" in args:
+                from ..training.adapt import ImagingConditions, adapt_config, adapt_detector
+
+                return adapt_detector(
+                    ImagingConditions(**args["conditions"]),
+                    name=args["name"],
+                    base=args["base"],
+                    n_images=args["n_images"],
+                    config=adapt_config(**args["config"]),
+                    progress=report,
+                    cancelled=cancelled,
+                )
             return fine_tune_detector(
                 args["data_dir"],
                 name=args["name"],
@@ -343,13 +407,14 @@ class FineTuneWidget(JobWidget):
         name = path.stem
         record = (result.card or {}).get("fine_tuning", {})
         f1 = f"Held-out F1 {_f1(result.f1_before)} → {_f1(result.f1_after)}"
+        where = "atoms in simulations at your conditions" if "conditions" in record else "atoms"
         atoms = record.get("heldout_atoms")
         seconds = record.get("wall_seconds")
         self._draw_curve(title=f1)
         took = f" in {_duration(seconds)}" if seconds else ""
         self._status.value = "\n".join(
             [
-                f"{f1} (before → after" + (f"; {atoms} held-out atoms)" if atoms else ")"),
+                f"{f1} (before → after" + (f"; {atoms} held-out {where})" if atoms else ")"),
                 f"Model {name!r} written{took} to {path}",
                 "It is now in the Detect atoms model list.",
             ]
@@ -388,6 +453,47 @@ class FineTuneWidget(JobWidget):
     def losses(self) -> list[tuple[int, float]]:
         """The (step, loss) points on the curve."""
         return list(zip(self._steps_seen, self._losses, strict=True))
+
+
+def _conditions_widgets() -> dict[str, Any]:
+    """Return the inputs of an adaptation: ImagingConditions' fields and the image count."""
+
+    def spin(label: str, lo: float, hi: float, step: float, value: float, tip: str) -> Any:
+        return FloatSpinBox(
+            label=label, min=lo, max=hi, step=step, value=value, tooltip=tip, visible=False
+        )
+
+    dose = spin("Dose (e/Å²)", 10.0, 1e7, 1000.0, 1e4, "Electron dose; images drawn within x2")
+    dose.native.setDecimals(0)
+    return {
+        "defocus": spin(
+            "Defocus (Å)", -2000, 2000, 5, 0.0, "Positive: underfocus (as in seed 003)"
+        ),
+        "defocus_tolerance": spin(
+            "Defocus ± (Å)", 0, 500, 5, 20.0, "Defocus is drawn within ± this of the value"
+        ),
+        "cs_um": spin("Cs (µm)", -2000, 2000, 1, 0.0, "Spherical aberration"),
+        "cs_tolerance_um": spin(
+            "Cs ± (µm)", 0, 500, 1, 5.0, "Cs is drawn within ± this of the value"
+        ),
+        "astig_max_angstrom": spin(
+            "Astigmatism ≤ (Å)", 0, 200, 1, 10.0, "Residual two-fold astigmatism, drawn up to this"
+        ),
+        "pixel_size_angstrom": spin(
+            "Pixel size (Å)", 0.03, 0.5, 0.005, 0.12, "Sampling of your images, Å per pixel"
+        ),
+        "voltage_kv": spin("Voltage (kV)", 20, 1000, 10, 80.0, "Acceleration voltage"),
+        "dose": dose,
+        "n_images": SpinBox(
+            label="Simulated images",
+            min=10,
+            max=2000,
+            step=10,
+            value=100,
+            tooltip="Images simulated, 256² each (a fifth held out to measure F1)",
+            visible=False,
+        ),
+    }
 
 
 def _trend(y: np.ndarray) -> np.ndarray:
