@@ -161,10 +161,22 @@ def segment() -> None:
     save(viewer, "segment_widget")
 
 
+def train_and_save(widget, viewer: napari.Viewer, work: Path, factor: float, name: str) -> None:
+    """Run the Fine-tune dock, wait for it, save the screenshot, remove the work folder."""
+    import shutil
+
+    widget._on_run()
+    try:
+        wait(lambda: widget._worker is None, timeout=900.0)
+        zoom(viewer, factor, (0.5, 0.5))
+        save(viewer, name)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def finetune() -> None:
     """Fine-tune the detector on one corrected image of a kind it handles poorly."""
     import os
-    import shutil
     import tempfile
 
     from napari_atomnet import synth
@@ -190,19 +202,12 @@ def finetune() -> None:
     widget._name.value = "overlap-tuned"
     widget._polarity.value = "bright"
     widget._steps.value = 200
-    widget._on_run()
-    try:
-        wait(lambda: widget._worker is None, timeout=900.0)
-        zoom(viewer, 1.8, (0.5, 0.5))
-        save(viewer, "finetune_widget")
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    train_and_save(widget, viewer, work, 1.8, "finetune_widget")
 
 
 def adapt() -> None:
     """Adapt the HRTEM detector to the bundled graphene sample's imaging conditions."""
     import os
-    import shutil
     import tempfile
 
     from napari_atomnet._widgets._finetune import SIMULATIONS, FineTuneWidget
@@ -220,13 +225,7 @@ def adapt() -> None:
         widget._conditions[key].value = value
     widget._name.value = "my-titan-60"
     widget._steps.value = 600
-    widget._on_run()
-    try:
-        wait(lambda: widget._worker is None, timeout=900.0)
-        zoom(viewer, 1.5, (0.5, 0.5))
-        save(viewer, "adapt_widget")
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    train_and_save(widget, viewer, work, 1.5, "adapt_widget")
 
 
 SHOTS = {
