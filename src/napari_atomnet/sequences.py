@@ -181,6 +181,10 @@ def find_atoms_stack(
     if bad:
         raise ValueError(f"frame(s) {bad[:5]} out of range (the stack has {n} frames)")
     det = resolve_detector(detector)
+    if det != CLASSICAL:  # a model made for given HRTEM conditions knows its atoms' contrast
+        from .models.detector import model_polarity
+
+        polarity = model_polarity(det, polarity)
     if refine is None:  # the model card decides (off for HRTEM phase-contrast models)
         refine = refines_by_default(det)
     t0 = time.perf_counter()

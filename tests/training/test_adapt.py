@@ -105,3 +105,23 @@ def test_cli_adapt_writes_a_model_detect_can_use(tmp_path, capsys):
     assert "held-out F1" in capsys.readouterr().out
     info = json.loads((tmp_path / "dark60.json").read_text())
     assert info["fine_tuning"]["conditions"]["cs_um"] == -10.0
+
+
+def test_an_adapted_model_knows_its_atoms_contrast(tmp_path):
+    """Conditions that image every atom dark make "auto" mean dark for the adapted model."""
+    from napari_atomnet import synth
+    from napari_atomnet.models.detector import detect_atoms
+    from napari_atomnet.pipeline import find_atoms
+
+    adapt_detector(
+        DARK, name="dark", out_dir=tmp_path, n_images=5, config=adapt_config(steps=2, batch=2)
+    )
+    card = load_model(tmp_path / "dark.onnx", task="detection")
+    assert card.info["polarity"] == "dark"
+    sim = synth.graphene_hrtem((128, 128), defocus=60.0, cs_um=-10.0, dose=1e4, seed=3)
+    assert detect_atoms(sim.image, card).params["polarity"] == "dark"
+    assert detect_atoms(sim.image, card, polarity="bright").params["polarity"] == "bright"
+    found = find_atoms(sim.image, detector=card)
+    assert found.provenance["params"]["polarity"] == "dark"
+    # the built-in HRTEM model knows no contrast: its card has none, "auto" guesses
+    assert "polarity" not in load_model("atomnet-hrtem").info

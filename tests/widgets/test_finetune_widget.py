@@ -213,6 +213,11 @@ def test_adapting_to_imaging_conditions_writes_a_model_for_them(widget, models, 
     record = json.loads((models / "dark60.json").read_text())["fine_tuning"]
     assert record["conditions"]["defocus"] == 60.0 and record["simulated_at_conditions"] == 10
     assert [step for step, _ in widget.losses] == [5, 10]
+    # the Detect dock picks up what the adapted card knows: dark atoms, no refinement
+    detect = DetectAtomsWidget(widget._viewer)
+    assert detect._contrast.value == "auto" and detect._refine.value
+    detect._model.value = next(c for c in detect._model.choices if _labels([c]) == ["dark60"])
+    assert detect._contrast.value == "dark" and not detect._refine.value
     widget._source.value = LABELS  # back: the labels' inputs and defaults return
     assert not widget._data.native.isHidden() and widget._conditions["cs_um"].native.isHidden()
     assert widget._base.value.name == "atomnet-detect" and widget._steps.value == 300

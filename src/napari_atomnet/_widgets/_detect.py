@@ -58,10 +58,17 @@ def refine_checkbox() -> CheckBox:
     )
 
 
-def follow_card(card: Any, refine: CheckBox) -> None:
-    """Set the refine box to what a picked model's card says (the classical detector refines)."""
+def follow_card(card: Any, refine: CheckBox, contrast: ComboBox) -> None:
+    """Set the refine box and the contrast to what a picked model's card says.
+
+    The classical detector refines; a model adapted to HRTEM conditions knows its atoms'
+    contrast (card ``polarity``).
+    """
     if card == "classical" or hasattr(card, "refine_default"):
         refine.value = card == "classical" or card.refine_default
+    known = getattr(card, "info", {}).get("polarity")
+    if known in ("bright", "dark"):
+        contrast.value = known
 
 
 # detection columns kept when re-refining (the fit columns are recomputed)
@@ -133,7 +140,7 @@ class DetectAtomsWidget(JobWidget):
         if card not in (None, CUSTOM):
             self._threshold.value = float(card.info.get("default_threshold", 0.3))
             self._model.tooltip = card.info.get("description", "")  # what the model is for
-            follow_card(card, self._refine)
+            follow_card(card, self._refine, self._contrast)
 
     def _on_refine_changed(self, *_: Any) -> None:
         self._fit_check.enabled = bool(self._refine.value)  # the check needs the fits

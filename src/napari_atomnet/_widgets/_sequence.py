@@ -100,7 +100,7 @@ class SequenceWidget(JobWidget):
         self._threshold.enabled = card != "classical"
         if card not in (None, CUSTOM, "classical"):
             self._threshold.value = float(card.info.get("default_threshold", 0.3))
-        follow_card(card, self._refine)
+        follow_card(card, self._refine, self._contrast)
 
     def _selected_detector(self) -> Any:
         from ..models.registry import load_model

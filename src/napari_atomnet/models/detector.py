@@ -91,6 +91,23 @@ def detection_card(model: str | ModelCard | None) -> ModelCard:
     return load_model(model or DEFAULT_DETECTOR, task="detection")
 
 
+def model_polarity(card: ModelCard, polarity: str) -> str:
+    """Return ``polarity``; for "auto", the atoms' contrast the model's card knows, if any.
+
+    A model adapted to HRTEM conditions that image every atom one way records which
+    (``"polarity"`` in its card): there the image's look is no guide, the conditions are.
+
+    Parameters
+    ----------
+    card : ModelCard
+        The detection model.
+    polarity : {"auto", "bright", "dark"}
+        What the caller asked for.
+    """
+    known = card.info.get("polarity")
+    return known if polarity == "auto" and known in ("bright", "dark") else polarity
+
+
 def detect_atoms(
     image: ArrayLike,
     model: str | ModelCard | None = None,
@@ -119,7 +136,8 @@ def detect_atoms(
         image (:func:`~napari_atomnet.core.detect.resolve_polarity`; reliable for STEM, not
         for HRTEM).  The built-in detector sees bright atoms: a dark-atom image is negated
         before the network, which is what keeps it from taking the bright gaps between dark
-        columns for atoms.
+        columns for atoms.  A model whose card knows its atoms' contrast (``"polarity"``: a
+        model adapted to HRTEM conditions that image them one way) uses it for "auto".
     spacing : float, optional
         Lattice spacing (px) when the caller already knows it, e.g. estimated once for all the
         frames of a movie (NaN: no periodicity); otherwise estimated here, once, from the
@@ -161,6 +179,7 @@ def detect_atoms(
     if spacing is None:  # once: it serves the polarity guess and the normalisation window
         spacing = estimate_spacing(img, max_crop=SPACING_CROP)
     spacing = float(spacing)
+    polarity = model_polarity(card, polarity)
     contrast = resolve_polarity(img, polarity, spacing=spacing)
     sign = np.float32(-1.0 if contrast == "dark" else 1.0)
     sigma = normalization_sigma(

@@ -255,7 +255,9 @@ def adapt_detector(
     Returns
     -------
     FineTuneResult
-        The card's ``fine_tuning`` record holds the conditions (``conditions``).
+        The card's ``fine_tuning`` record holds the conditions (``conditions``); when every
+        simulated image showed its atoms one way, the card's ``polarity`` says which, and
+        detection with ``polarity="auto"`` uses it.
 
     Raises
     ------
@@ -298,4 +300,6 @@ def adapt_detector(
         f"{conditions.defocus:g} ± {conditions.defocus_tolerance:g} Å, Cs {conditions.cs_um:g} ± "
         f"{conditions.cs_tolerance_um:g} µm, {conditions.pixel_size_angstrom:g} Å/px, "
         f"{conditions.voltage_kv:g} kV (napari-atomnet adapt). For images taken there.",
+        # conditions that image every atom one way: "auto" contrast means that way
+        card_updates={"polarity": polarities[0]} if len(polarities) == 1 else None,
     )

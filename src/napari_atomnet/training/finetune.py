@@ -440,6 +440,7 @@ def fine_tune_on(
     started: float | None = None,
     record: dict[str, Any] | None = None,
     description: str | None = None,
+    card_updates: dict[str, Any] | None = None,
 ) -> FineTuneResult:
     """Fine-tune ``card``'s torch weights on labelled images and write the new model.
 
@@ -469,6 +470,8 @@ def fine_tune_on(
         More entries for the card's ``fine_tuning`` record.
     description : str, optional
         The new card's description (default: fine-tuned on corrected labels).
+    card_updates : dict, optional
+        More top-level entries of the new card (e.g. ``polarity``).
 
     Returns
     -------
@@ -543,6 +546,7 @@ def fine_tune_on(
             description
             or f"{card.name} fine-tuned on corrected labels (napari-atomnet fine-tuning).",
         )
+        info.update(card_updates or {})
         export_detector(model, tmp / f"{name}.onnx", info)
         f1_after = _heldout_f1(
             str(tmp / f"{name}.onnx"),
