@@ -120,6 +120,18 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sampling(args: argparse.Namespace) -> float:
+    """Return the sampling (Å/px): ``--pixel-size``, or the calibration of the ``--like`` file."""
+    if args.pixel_size is not None:
+        return float(args.pixel_size)
+    from .io import read_image
+
+    nm = read_image(args.like, lazy=True, materialize=False).pixel_size_nm
+    if not nm:
+        raise ValueError(f"{args.like} records no pixel size; give --pixel-size in Å")
+    return 10.0 * float(nm)
+
+
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     """Add the options every training subcommand shares: seed, threads, overwrite, quiet."""
     p.add_argument("--seed", type=int, default=None, help="seed (0)")
@@ -201,7 +213,13 @@ def register_adapt(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("--defocus", type=float, required=True, help="defocus, Å (positive: underfocus)")
     p.add_argument("--cs", type=float, required=True, help="spherical aberration Cs, µm")
-    p.add_argument("--pixel-size", type=float, required=True, help="sampling, Å per pixel")
+    sampling = p.add_mutually_exclusive_group(required=True)
+    sampling.add_argument("--pixel-size", type=float, help="sampling, Å per pixel")
+    sampling.add_argument(
+        "--like",
+        metavar="IMAGE",
+        help="take the sampling from this calibrated microscope file (dm3/dm4, emd, ser, ...)",
+    )
     p.add_argument(
         "--astigmatism", type=float, default=10.0, help="residual astigmatism up to, Å (10)"
     )
@@ -246,7 +264,7 @@ def run_adapt(args: argparse.Namespace) -> int:
     conditions = ImagingConditions(
         defocus=args.defocus,
         cs_um=args.cs,
-        pixel_size_angstrom=args.pixel_size,
+        pixel_size_angstrom=_sampling(args),
         astig_max_angstrom=args.astigmatism,
         dose=args.dose,
         voltage_kv=args.voltage,

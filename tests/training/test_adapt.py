@@ -98,6 +98,24 @@ def test_cli_adapt_refuses_bad_input_and_writes_nothing(tmp_path, capsys):
     assert not any(tmp_path.iterdir())
 
 
+def test_cli_adapt_takes_the_sampling_from_a_calibrated_file(tmp_path, capsys):
+    from napari_atomnet.io import write_tiff
+
+    calibrated, plain = tmp_path / "calibrated.tif", tmp_path / "plain.tif"
+    write_tiff(calibrated, np.zeros((64, 64), np.float32), pixel_size_nm=0.0125)
+    write_tiff(plain, np.zeros((64, 64), np.float32))
+    out = tmp_path / "models"
+    args = ["adapt", "--defocus", "60", "--cs", "-10", "--quiet", "--out-dir", str(out)]
+    assert main([*args, "--like", str(plain), "--out", "m"]) == 2
+    assert "records no pixel size" in capsys.readouterr().err and not out.exists()
+    assert main([*args, "--like", str(tmp_path / "missing.dm4"), "--out", "m"]) == 2
+    assert capsys.readouterr().err.count("\n") == 1 and not out.exists()
+    opts = ["--images", "5", "--steps", "2", "--threads", "1", "--like", str(calibrated)]
+    assert main([*args, *opts, "--out", "m"]) == 0
+    info = json.loads((out / "m.json").read_text())
+    assert info["fine_tuning"]["conditions"]["pixel_size_angstrom"] == pytest.approx(0.125)
+
+
 def test_cli_adapt_writes_a_model_detect_can_use(tmp_path, capsys):
     args = ["adapt", "--defocus", "60", "--cs", "-10", "--pixel-size", "0.12", "--quiet"]
     opts = ["--images", "5", "--steps", "4", "--threads", "1", "--out-dir", str(tmp_path)]

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 
 from napari_atomnet import synth
@@ -191,7 +192,10 @@ def test_default_steps_are_the_library_default(make_napari_viewer):
 
 def test_adapting_to_imaging_conditions_writes_a_model_for_them(widget, models, qtbot):
     """Train on simulations at the microscope's conditions: the inputs swap, the run is real."""
+    layer = widget._viewer.add_image(np.zeros((64, 64)), name="calibrated", scale=(0.0135, 0.0135))
+    widget._viewer.layers.selection.active = layer
     widget._source.value = SIMULATIONS
+    assert widget._conditions["pixel_size_angstrom"].value == pytest.approx(0.135)
     assert widget._data.native.isHidden() and widget._polarity.native.isHidden()
     assert not widget._conditions["defocus"].native.isHidden()
     assert widget._base.value.name == "atomnet-hrtem" and widget._steps.value == 1500

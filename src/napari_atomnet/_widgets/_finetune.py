@@ -33,6 +33,7 @@ from ._common import (
     models_changed,
     notify_error,
     notify_info,
+    pixel_size_of,
 )
 from ._detect import contrast_combo
 from ._job import JobWidget
@@ -250,12 +251,28 @@ class FineTuneWidget(JobWidget):
         self._show_advanced.visible = not simulated  # an adaptation uses adapt_config
         for widget in self._conditions.values():
             widget.visible = simulated
+        if simulated:
+            self._sampling_from_image()
         steps, base = SOURCE_DEFAULTS[self._source.value]
         self._steps.value = steps
         card = next((c for c in self._base.choices if getattr(c, "name", "") == base), None)
         if card is not None:
             self._base.value = card
         self._on_show_advanced()
+
+    def _sampling_from_image(self) -> None:
+        """Take the pixel size from the selected (or only) image layer when it is calibrated."""
+        from napari.layers import Image
+
+        layer = self._viewer.layers.selection.active
+        if not isinstance(layer, Image):
+            images = [lay for lay in self._viewer.layers if isinstance(lay, Image)]
+            layer = images[0] if len(images) == 1 else None
+        nm = pixel_size_of(layer) if layer is not None else None
+        box = self._conditions["pixel_size_angstrom"]
+        if nm is not None and box.min <= 10 * nm <= box.max:
+            box.value = 10 * nm
+            box.tooltip = f"Sampling of your images, Å per pixel (from {layer.name}'s calibration)"
 
     def _set_running(self, running: bool) -> None:
         super()._set_running(running)
