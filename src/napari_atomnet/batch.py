@@ -658,14 +658,9 @@ def run_batch(
     if polarity not in POLARITIES:
         raise ValueError(f"polarity must be one of {', '.join(POLARITIES)}, got {polarity!r}")
     if task != "particles":  # what the detection model's card says, once for the run
-        from .models.detector import model_polarity
-        from .pipeline import CLASSICAL, refines_by_default
+        from .pipeline import card_defaults
 
-        model = _detector(detector)
-        if refine is None:
-            refine = refines_by_default(model)
-        if model != CLASSICAL:
-            polarity = model_polarity(model, polarity)
+        _, refine, polarity = card_defaults(_detector(detector), refine, polarity)
     elif refine is None:
         refine = True
     t0 = time.perf_counter()

@@ -48,16 +48,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         "and the Detect widget find it.",
     )
     p.add_argument("--data", required=True, help="export folder with the corrected labels")
-    p.add_argument("--out", required=True, metavar="NAME", help="name of the new model")
-    p.add_argument(
-        "--base",
-        default="atomnet-detect",
-        help="model to start from: registry name or .onnx path with its .pt beside it "
-        "(default: %(default)s)",
-    )
-    p.add_argument(
-        "--out-dir", default=None, help="folder to write to (default: the user model folder)"
-    )
+    _add_model_options(p, base="atomnet-detect")
     p.add_argument(
         "--polarity",
         choices=("auto", "bright", "dark"),
@@ -100,12 +91,8 @@ def run_train(args: argparse.Namespace) -> int:
     _require_torch()
     from .training.finetune import FineTuneConfig, fine_tune_detector
 
-    overrides = {
-        key: getattr(args, key)
-        for key in ("steps", "batch", "lr", "sim_images", "val_fraction", "seed", "threads")
-        if getattr(args, key) is not None
-    }
-    config = FineTuneConfig(**overrides)
+    keys = ("steps", "batch", "lr", "sim_images", "val_fraction", "seed", "threads")
+    config = FineTuneConfig(**_overrides(args, *keys))
     result = fine_tune_detector(
         args.data,
         name=args.out,
@@ -130,6 +117,25 @@ def _sampling(args: argparse.Namespace) -> float:
     if not nm:
         raise ValueError(f"{args.like} records no pixel size; give --pixel-size in Å")
     return 10.0 * float(nm)
+
+
+def _add_model_options(p: argparse.ArgumentParser, base: str) -> None:
+    """Add the new model's name and folder and the model to start from (``--base``)."""
+    p.add_argument("--out", required=True, metavar="NAME", help="name of the new model")
+    p.add_argument(
+        "--base",
+        default=base,
+        help="model to start from: registry name or .onnx path with its .pt beside it "
+        "(default: %(default)s)",
+    )
+    p.add_argument(
+        "--out-dir", default=None, help="folder to write to (default: the user model folder)"
+    )
+
+
+def _overrides(args: argparse.Namespace, *keys: str) -> dict[str, Any]:
+    """Return the configuration fields given on the command line (the rest keep defaults)."""
+    return {key: getattr(args, key) for key in keys if getattr(args, key) is not None}
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
@@ -227,15 +233,7 @@ def register_adapt(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--voltage", type=float, default=80.0, help="acceleration voltage, kV (80)")
     p.add_argument("--defocus-tolerance", type=float, default=20.0, help="± Å (20)")
     p.add_argument("--cs-tolerance", type=float, default=5.0, help="± µm (5)")
-    p.add_argument("--out", required=True, metavar="NAME", help="name of the new model")
-    p.add_argument(
-        "--base",
-        default="atomnet-hrtem",
-        help="model to start from (default: %(default)s)",
-    )
-    p.add_argument(
-        "--out-dir", default=None, help="folder to write to (default: the user model folder)"
-    )
+    _add_model_options(p, base="atomnet-hrtem")
     p.add_argument(
         "--images", type=argtypes.positive_int, default=100, help="simulated images (100)"
     )
@@ -271,19 +269,13 @@ def run_adapt(args: argparse.Namespace) -> int:
         defocus_tolerance=args.defocus_tolerance,
         cs_tolerance_um=args.cs_tolerance,
     )
-    conditions.check()  # before anything is simulated
-    overrides = {
-        key: getattr(args, key)
-        for key in ("steps", "seed", "threads")
-        if getattr(args, key) is not None
-    }
     result = adapt_detector(
         conditions,
         name=args.out,
         base=args.base,
         n_images=args.images,
         out_dir=args.out_dir,
-        config=adapt_config(**overrides),
+        config=adapt_config(**_overrides(args, "steps", "seed", "threads")),
         progress=_progress_printer(args.quiet),
         overwrite=args.overwrite,
     )

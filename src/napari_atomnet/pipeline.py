@@ -71,6 +71,36 @@ def refines_by_default(detector: Any) -> bool:
     return resolved == CLASSICAL or resolved.refine_default
 
 
+def card_defaults(detector: Any, refine: bool | None, polarity: str) -> tuple[Any, bool, str]:
+    """Resolve a detector once and fill in what its card decides for a run of many images.
+
+    Parameters
+    ----------
+    detector : str, ModelCard or None
+        As in :func:`find_atoms`.
+    refine : bool, optional
+        None: the card's :attr:`~napari_atomnet.models.registry.ModelCard.refine_default`.
+    polarity : {"auto", "bright", "dark"}
+        "auto": the contrast the card knows, if any
+        (:func:`~napari_atomnet.models.detector.model_polarity`).
+
+    Returns
+    -------
+    detector : ModelCard or str
+        :func:`resolve_detector`'s.
+    refine : bool
+    polarity : str
+    """
+    resolved = resolve_detector(detector)
+    if refine is None:
+        refine = refines_by_default(resolved)
+    if resolved != CLASSICAL:
+        from .models.detector import model_polarity
+
+        polarity = model_polarity(resolved, polarity)
+    return resolved, refine, polarity
+
+
 def resolve_detector(detector: Any) -> Any:
     """Load a detection model's card once (not once per frame); pass the classical through.
 

@@ -35,7 +35,7 @@ from numpy.typing import ArrayLike, NDArray
 from scipy.spatial import cKDTree
 
 from ._provenance import make_provenance
-from .pipeline import CLASSICAL, find_atoms, refines_by_default, resolve_detector
+from .pipeline import CLASSICAL, card_defaults, find_atoms
 
 ProgressCallback = Callable[[int, int], None]
 CancelledCallback = Callable[[], bool]
@@ -180,13 +180,8 @@ def find_atoms_stack(
     bad = [f for f in todo if not 0 <= f < n]
     if bad:
         raise ValueError(f"frame(s) {bad[:5]} out of range (the stack has {n} frames)")
-    det = resolve_detector(detector)
-    if det != CLASSICAL:  # a model made for given HRTEM conditions knows its atoms' contrast
-        from .models.detector import model_polarity
-
-        polarity = model_polarity(det, polarity)
-    if refine is None:  # the model card decides (off for HRTEM phase-contrast models)
-        refine = refines_by_default(det)
+    # loaded once for all frames; its card decides refinement and a known contrast
+    det, refine, polarity = card_defaults(detector, refine, polarity)
     t0 = time.perf_counter()
     contrast = None
     if todo:

@@ -397,11 +397,17 @@ def test_bad_graphene_draws_are_refused_with_a_message(option, tmp_path, capsys)
 
 def test_fits_used_tells_stem_from_phase_contrast():
     """The card's refine_default rests on this: STEM fits give the positions, HRTEM's do not."""
-    from napari_atomnet.training.train_detector import VAL_SEED, fits_used
+    from napari_atomnet.training.train_detector import (
+        VAL_SEED,
+        _checked_runs,
+        _validation_runs,
+        fits_used,
+    )
 
     def predict(image):  # validation images come oriented (atoms bright)
         return detect_atoms(image, "atomnet-detect", threshold=0.2, polarity="bright").table
 
     cases = ["perovskite_dose200", "graphene_dark_1e4"]
-    shares = fits_used(predict, cases, VAL_SEED, 2, (192, 192), (0.4, 0.3))
+    raw = _validation_runs(predict, cases, VAL_SEED, 2, (192, 192))
+    shares = fits_used(_checked_runs(raw, 2, (0.4, 0.3)), 2)
     assert shares == {"perovskite_dose200": 1.0, "graphene_dark_1e4": 0.0}

@@ -188,6 +188,14 @@ def test_default_steps_are_the_library_default(make_napari_viewer):
     widget = FineTuneWidget(make_napari_viewer())
     assert widget._steps.value == FineTuneConfig().steps == SOURCE_DEFAULTS[LABELS][0]
     assert SOURCE_DEFAULTS[SIMULATIONS][0] == adapt_config().steps
+    # the adaptation's fields start at the library's defaults (the pixel size has none there)
+    from dataclasses import MISSING, fields
+
+    from napari_atomnet.training.adapt import ImagingConditions
+
+    for field in fields(ImagingConditions):
+        if field.default is not MISSING:
+            assert widget._conditions[field.name].value == field.default, field.name
 
 
 def test_adapting_to_imaging_conditions_writes_a_model_for_them(widget, models, qtbot):

@@ -9,6 +9,7 @@ from magicgui.widgets import CheckBox, ComboBox, FileEdit, FloatSpinBox, PushBut
 
 from .._provenance import METADATA_KEY
 from ..core.image import InvalidImageError, as_analysis_image
+from ..models.registry import ModelCard
 from . import _layers
 from ._common import (
     CUSTOM_MODEL,
@@ -64,11 +65,12 @@ def follow_card(card: Any, refine: CheckBox, contrast: ComboBox) -> None:
     The classical detector refines; a model adapted to HRTEM conditions knows its atoms'
     contrast (card ``polarity``).
     """
-    if card == "classical" or hasattr(card, "refine_default"):
-        refine.value = card == "classical" or card.refine_default
-    known = getattr(card, "info", {}).get("polarity")
-    if known in ("bright", "dark"):
-        contrast.value = known
+    if card == "classical":
+        refine.value = True
+    elif isinstance(card, ModelCard):
+        refine.value = card.refine_default
+        if card.polarity:
+            contrast.value = card.polarity
 
 
 # detection columns kept when re-refining (the fit columns are recomputed)

@@ -104,8 +104,7 @@ def model_polarity(card: ModelCard, polarity: str) -> str:
     polarity : {"auto", "bright", "dark"}
         What the caller asked for.
     """
-    known = card.info.get("polarity")
-    return known if polarity == "auto" and known in ("bright", "dark") else polarity
+    return (card.polarity or polarity) if polarity == "auto" else polarity
 
 
 def detect_atoms(

@@ -70,6 +70,16 @@ class ModelCard:
         return bool(self.info.get("refine_default", True))
 
     @property
+    def polarity(self) -> str | None:
+        """The atoms' contrast this model is made for ("bright" / "dark"), None when any.
+
+        Set for a model adapted to HRTEM conditions that image every atom one way; "auto"
+        contrast then means that way (:func:`~napari_atomnet.models.detector.model_polarity`).
+        """
+        known = self.info.get("polarity")
+        return known if known in ("bright", "dark") else None
+
+    @property
     def weights(self) -> Path:
         """Torch weights (``<model>.pt``) beside the ONNX file; fine-tuning starts from them."""
         return Path(self.path).with_suffix(".pt")

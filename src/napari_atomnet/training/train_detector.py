@@ -386,14 +386,7 @@ def _refined(image: np.ndarray, peaks: Any) -> Any:
 REFINE_IMAGES = 4
 
 
-def fits_used(
-    predict: Any,
-    cases: list[str],
-    seed: int,
-    n_images: int,
-    shape: tuple[int, int],
-    thresholds: tuple[float, float],
-) -> dict[str, float]:
+def fits_used(runs: list, n_images: int) -> dict[str, float]:
     """Measure, per case, how often the Gaussian refinement gives the positions.
 
     :func:`~napari_atomnet.pipeline.refine_atoms` keeps the detected positions of an image when
@@ -403,31 +396,22 @@ def fits_used(
 
     Parameters
     ----------
-    predict : callable
-        ``predict(image) -> DataFrame`` of peaks at a low threshold (oriented images).
-    cases : list of str
-        Validation cases.
-    seed, n_images, shape
-        Image ``k`` of every case uses ``seed + k``.
-    thresholds : tuple of float
-        Strong and weak class thresholds of the detections refined.
+    runs : list
+        :func:`_checked_runs` (the fit check's, reused).
+    n_images : int
+        Judge the first ``n_images`` images of each case.
 
     Returns
     -------
     dict
         case -> share of its images whose refined positions come from the fits.
     """
-    from ..models.detector import confident
-
-    shares = {}
-    for case in cases:
-        used = 0
-        for k in range(n_images):
-            image, _, _ = data.validation_sample(case, seed + k, shape)
-            refined = _refined(image, confident(predict(image), list(thresholds)))
-            used += bool(len(refined)) and bool((refined["fit_status"] != "not_gaussian").any())
-        shares[case] = used / n_images
-    return shares
+    used: dict[str, list[bool]] = {}
+    for case, k, refined, *_ in runs:
+        if k < n_images:
+            fitted = bool(len(refined)) and bool((refined["fit_status"] != "not_gaussian").any())
+            used.setdefault(case, []).append(fitted)
+    return {case: float(np.mean(flags)) for case, flags in used.items()}
 
 
 #: Amplitude significance levels (fitted amplitude / standard error) tried by the fit check.
@@ -475,6 +459,7 @@ def best_fit_check(
     shape: tuple[int, int],
     thresholds: tuple[float, float],
     empty_site_images: int = EMPTY_SITE_IMAGES,
+    validation: tuple[list, list] | None = None,
 ) -> dict[str, Any] | None:
     """Choose the fit-check rule (see :func:`~napari_atomnet.models.detector.fit_confirmed`).
 
@@ -495,6 +480,10 @@ def best_fit_check(
     :func:`~napari_atomnet.models.detector.class_thresholds`), kept if one does strictly
     better.
 
+    ``validation``: the images' detections and refined runs when the caller has them already
+    (:func:`_validation_runs` and :func:`_checked_runs` with ``max(n_images,
+    empty_site_images)`` images per case at ``thresholds``), so they are computed once.
+
     Returns
     -------
     dict or None
@@ -508,8 +497,10 @@ def best_fit_check(
 
     classes = list(data.CLASSES)
     n_every = max(n_images, empty_site_images)
-    raw = _validation_runs(predict, cases, seed, n_every, shape)
-    every = _checked_runs(raw, n_every, thresholds)
+    if validation is None:
+        raw = _validation_runs(predict, cases, seed, n_every, shape)
+        validation = raw, _checked_runs(raw, n_every, thresholds)
+    raw, every = validation
     few = [run for run in every if run[1] < n_images]
 
     def mean_f1(rule: dict[str, Any] | None, runs: list) -> float:
@@ -1191,6 +1182,10 @@ def main(argv: list[str] | None = None) -> int:
 
     chosen = evaluate_model(predict_at_class_thresholds, cases, TEST_SEED, cfg.test_images, shape)
     _log("choosing the fit check on the validation images")
+    empty_images = FIT_CHECK_IMAGES if args.quick else EMPTY_SITE_IMAGES
+    n_every = max(FIT_CHECK_IMAGES, empty_images)
+    raw = _validation_runs(predict, cases, VAL_SEED, n_every, shape)
+    runs = _checked_runs(raw, n_every, (thr, weak_thr))  # judged by the fit check and below
     fit_check = best_fit_check(
         predict,
         cases,
@@ -1198,10 +1193,11 @@ def main(argv: list[str] | None = None) -> int:
         FIT_CHECK_IMAGES,
         shape,
         (thr, weak_thr),
-        empty_site_images=FIT_CHECK_IMAGES if args.quick else EMPTY_SITE_IMAGES,
+        empty_site_images=empty_images,
+        validation=(raw, runs),
     )
     _log(f"fit check: {fit_check}")
-    refined_share = fits_used(predict, cases, VAL_SEED, REFINE_IMAGES, shape, (thr, weak_thr))
+    refined_share = fits_used(runs, REFINE_IMAGES)
     # refine by default unless most validation images keep the detected positions anyway
     refine_default = float(np.mean(list(refined_share.values()))) >= 0.5
     _log(f"images whose positions come from the fits: {refined_share}; refine {refine_default}")
