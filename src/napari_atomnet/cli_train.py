@@ -211,8 +211,9 @@ def register_adapt(subparsers: Any) -> argparse.ArgumentParser:
         help="adapt the HRTEM detector to your microscope's imaging conditions (needs the "
         "[train] extra)",
         description="Simulate graphene HRTEM images at your microscope's conditions (defocus "
-        "and Cs within a tolerance, astigmatism, dose, sampling, voltage) and fine-tune the "
-        "HRTEM detector on them (about 5 min on 2 CPU cores). Prints the F1 before and after "
+        "and Cs within a tolerance, astigmatism, dose, sampling, voltage) and train a detector "
+        "of the HRTEM model's architecture on them, from scratch (about 12 min on 2 CPU "
+        "cores). Prints the F1 before and after "
         "on held-out simulations at those conditions, and writes NAME.onnx + NAME.json + "
         "NAME.pt into the user model folder, where 'atomnet detect --model NAME' and the "
         "Detect widget find it. Use the adapted model for images taken at those conditions.",
@@ -235,9 +236,9 @@ def register_adapt(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--cs-tolerance", type=float, default=5.0, help="± µm (5)")
     _add_model_options(p, base="atomnet-hrtem")
     p.add_argument(
-        "--images", type=argtypes.positive_int, default=100, help="simulated images (100)"
+        "--images", type=argtypes.positive_int, default=500, help="simulated images (500)"
     )
-    p.add_argument("--steps", type=argtypes.positive_int, default=None, help="steps (1500)")
+    p.add_argument("--steps", type=argtypes.positive_int, default=None, help="steps (3000)")
     _add_run_options(p)
     p.set_defaults(func=run_adapt)
     return p

@@ -182,12 +182,13 @@ def test_module_imports_neither_torch_nor_the_training_code():
 def test_default_steps_are_the_library_default(make_napari_viewer):
     pytest.importorskip("torch")
     from napari_atomnet._widgets._finetune import FineTuneWidget
-    from napari_atomnet.training.adapt import adapt_config
+    from napari_atomnet.training.adapt import ADAPT_IMAGES, adapt_config
     from napari_atomnet.training.finetune import FineTuneConfig
 
     widget = FineTuneWidget(make_napari_viewer())
     assert widget._steps.value == FineTuneConfig().steps == SOURCE_DEFAULTS[LABELS][0]
     assert SOURCE_DEFAULTS[SIMULATIONS][0] == adapt_config().steps
+    assert widget._conditions["n_images"].value == ADAPT_IMAGES
     # the adaptation's fields start at the library's defaults (the pixel size has none there)
     from dataclasses import MISSING, fields
 
@@ -206,7 +207,8 @@ def test_adapting_to_imaging_conditions_writes_a_model_for_them(widget, models, 
     assert widget._conditions["pixel_size_angstrom"].value == pytest.approx(0.135)
     assert widget._data.native.isHidden() and widget._polarity.native.isHidden()
     assert not widget._conditions["defocus"].native.isHidden()
-    assert widget._base.value.name == "atomnet-hrtem" and widget._steps.value == 1500
+    assert widget._base.value.name == "atomnet-hrtem" and widget._steps.value == 3000
+    assert widget._base.label == "Architecture of"  # trained from scratch, not fine-tuned
     widget._name.value = "  "
     widget._on_run()
     assert "enter a name" in _notes("error")[-1] and widget._worker is None
@@ -233,3 +235,4 @@ def test_adapting_to_imaging_conditions_writes_a_model_for_them(widget, models, 
     widget._source.value = LABELS  # back: the labels' inputs and defaults return
     assert not widget._data.native.isHidden() and widget._conditions["cs_um"].native.isHidden()
     assert widget._base.value.name == "atomnet-detect" and widget._steps.value == 300
+    assert widget._base.label == "Start from"

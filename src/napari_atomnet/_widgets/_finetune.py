@@ -54,7 +54,23 @@ LABELS = "Corrected labels (export folder)"
 SIMULATIONS = "Simulations at my HRTEM conditions"
 #: Steps and base model each source starts with (FineTuneConfig / adapt_config defaults; a
 #: test keeps them equal).
-SOURCE_DEFAULTS = {LABELS: (300, "atomnet-detect"), SIMULATIONS: (1500, "atomnet-hrtem")}
+SOURCE_DEFAULTS = {LABELS: (300, "atomnet-detect"), SIMULATIONS: (3000, "atomnet-hrtem")}
+#: What the base model is for each source (label, tooltip) and what the steps cost.
+BASE_ROLES = {
+    LABELS: (
+        "Start from",
+        "The detector to fine-tune; its torch weights (.pt) must lie beside its .onnx",
+    ),
+    SIMULATIONS: (
+        "Architecture of",
+        "A new detector of this one's architecture is trained from scratch on the simulations "
+        "(this one's F1 on them is the 'before'); its .pt must lie beside its .onnx",
+    ),
+}
+STEPS_TOOLTIPS = {
+    LABELS: "More steps learn more and take longer (300: a few minutes on a laptop CPU)",
+    SIMULATIONS: "More steps learn more and take longer (3000: about 10 minutes on 2 CPU cores)",
+}
 #: Half-width (in loss points) of the centred moving mean drawn as the loss curve's trend.
 TREND_HALF_WIDTH = 3
 
@@ -126,9 +142,9 @@ class FineTuneWidget(JobWidget):
             "labelImg (Pascal VOC) / YOLO label files beside their images",
         )
         self._base = ComboBox(
-            label="Start from",
+            label=BASE_ROLES[LABELS][0],
             choices=lambda _w: model_choices("detection"),
-            tooltip="The detector to fine-tune; its torch weights (.pt) must lie beside its .onnx",
+            tooltip=BASE_ROLES[LABELS][1],
         )
         follow_models(self._base)
         self._custom = FileEdit(label="Model file", filter="*.onnx", mode="r", visible=False)
@@ -146,7 +162,7 @@ class FineTuneWidget(JobWidget):
             max=100_000,
             step=50,
             value=300,  # FineTuneConfig().steps (a test keeps them equal)
-            tooltip="More steps learn more and take longer (300: a few minutes on a laptop CPU)",
+            tooltip=STEPS_TOOLTIPS[LABELS],
         )
         self._show_advanced = CheckBox(text="Advanced settings", value=False)
         self._lr = FloatSpinBox(
@@ -255,6 +271,8 @@ class FineTuneWidget(JobWidget):
             self._sampling_from_image()
         steps, base = SOURCE_DEFAULTS[self._source.value]
         self._steps.value = steps
+        self._steps.tooltip = STEPS_TOOLTIPS[self._source.value]
+        self._base.label, self._base.tooltip = BASE_ROLES[self._source.value]
         card = next((c for c in self._base.choices if getattr(c, "name", "") == base), None)
         if card is not None:
             self._base.value = card
@@ -506,7 +524,7 @@ def _conditions_widgets() -> dict[str, Any]:
             min=10,
             max=2000,
             step=10,
-            value=100,
+            value=500,
             tooltip="Images simulated, 256² each (a fifth held out to measure F1)",
             visible=False,
         ),
