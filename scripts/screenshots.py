@@ -167,7 +167,7 @@ def train_and_save(widget, viewer: napari.Viewer, work: Path, factor: float, nam
 
     widget._on_run()
     try:
-        wait(lambda: widget._worker is None, timeout=900.0)
+        wait(lambda: widget._worker is None, timeout=1800.0)
         zoom(viewer, factor, (0.5, 0.5))
         save(viewer, name)
     finally:
@@ -223,8 +223,7 @@ def adapt() -> None:
     # the sample's optics (defocus -60 Å, Cs -10 µm, 0.12 Å/px), stated 10 Å / 2 µm off
     for key, value in {"defocus": -50.0, "cs_um": -8.0, "pixel_size_angstrom": 0.12}.items():
         widget._conditions[key].value = value
-    widget._name.value = "my-titan-60"
-    widget._steps.value = 600
+    widget._name.value = "my-titan-60"  # the default run: from scratch, 3,000 steps
     train_and_save(widget, viewer, work, 1.5, "adapt_widget")
 
 
