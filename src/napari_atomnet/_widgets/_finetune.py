@@ -69,7 +69,7 @@ BASE_ROLES = {
 }
 STEPS_TOOLTIPS = {
     LABELS: "More steps learn more and take longer (300: a few minutes on a laptop CPU)",
-    SIMULATIONS: "More steps learn more and take longer (3000: about 10 minutes on 2 CPU cores)",
+    SIMULATIONS: "More steps learn more and take longer (3000: 11-16 minutes on 2 CPU cores)",
 }
 #: Half-width (in loss points) of the centred moving mean drawn as the loss curve's trend.
 TREND_HALF_WIDTH = 3
