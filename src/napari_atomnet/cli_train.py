@@ -212,7 +212,7 @@ def register_adapt(subparsers: Any) -> argparse.ArgumentParser:
         "[train] extra)",
         description="Simulate graphene HRTEM images at your microscope's conditions (defocus "
         "and Cs within a tolerance, astigmatism, dose, sampling, voltage) and train a detector "
-        "of the HRTEM model's architecture on them, from scratch (about 12 min on 2 CPU "
+        "of the HRTEM model's architecture on them, from scratch (about 11 min on 2 CPU "
         "cores). Prints the F1 before and after "
         "on held-out simulations at those conditions, and writes NAME.onnx + NAME.json + "
         "NAME.pt into the user model folder, where 'atomnet detect --model NAME' and the "

@@ -540,8 +540,9 @@ def fine_tune_on(
     tmp: Path | None = None
     try:
         if cfg.from_scratch:
-            torch.manual_seed(cfg.seed)
-            model = _new_model(card, AtomDetector)
+            with torch.random.fork_rng(devices=[]):  # seeded, without touching the caller's
+                torch.manual_seed(cfg.seed)
+                model = _new_model(card, AtomDetector)
         else:
             model = _load_weights(card, weights, AtomDetector, torch)
         t_train = time.perf_counter()
