@@ -209,6 +209,7 @@ def test_adapting_to_imaging_conditions_writes_a_model_for_them(widget, models, 
     assert not widget._conditions["defocus"].native.isHidden()
     assert widget._base.value.name == "atomnet-hrtem" and widget._steps.value == 3000
     assert widget._base.label == "Architecture of"  # trained from scratch, not fine-tuned
+    assert widget._run.text == "Train"
     widget._name.value = "  "
     widget._on_run()
     assert "enter a name" in _notes("error")[-1] and widget._worker is None
@@ -235,4 +236,4 @@ def test_adapting_to_imaging_conditions_writes_a_model_for_them(widget, models, 
     widget._source.value = LABELS  # back: the labels' inputs and defaults return
     assert not widget._data.native.isHidden() and widget._conditions["cs_um"].native.isHidden()
     assert widget._base.value.name == "atomnet-detect" and widget._steps.value == 300
-    assert widget._base.label == "Start from"
+    assert widget._base.label == "Start from" and widget._run.text == "Fine-tune"

@@ -67,6 +67,7 @@ BASE_ROLES = {
         "(this one's F1 on them is the 'before'); its .pt must lie beside its .onnx",
     ),
 }
+RUN_TEXTS = {LABELS: "Fine-tune", SIMULATIONS: "Train"}
 STEPS_TOOLTIPS = {
     LABELS: "More steps learn more and take longer (300: a few minutes on a laptop CPU)",
     SIMULATIONS: "More steps learn more and take longer (3000: 11-16 minutes on 2 CPU cores)",
@@ -215,7 +216,7 @@ class FineTuneWidget(JobWidget):
         for stage, label, unit in STAGES:
             bar = self._bars[stage] = ProgressBar(label=label, min=0, max=1, value=0)
             bar.native.setFormat(f"%v / %m {unit}")
-        self._add_job_controls("Fine-tune", *self._bars.values())
+        self._add_job_controls(RUN_TEXTS[LABELS], *self._bars.values())
         _wrap_freely(self._status)
         self._build_canvas()
         self._base.changed.connect(self._on_base_changed)
@@ -273,6 +274,7 @@ class FineTuneWidget(JobWidget):
         self._steps.value = steps
         self._steps.tooltip = STEPS_TOOLTIPS[self._source.value]
         self._base.label, self._base.tooltip = BASE_ROLES[self._source.value]
+        self._run.text = RUN_TEXTS[self._source.value]
         card = next((c for c in self._base.choices if getattr(c, "name", "") == base), None)
         if card is not None:
             self._base.value = card
