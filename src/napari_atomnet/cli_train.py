@@ -48,7 +48,11 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         "and the Detect widget find it.",
     )
     p.add_argument("--data", required=True, help="export folder with the corrected labels")
-    _add_model_options(p, base="atomnet-detect")
+    _add_model_options(
+        p,
+        base="atomnet-detect",
+        role="model to start from: registry name or .onnx path with its .pt beside it",
+    )
     p.add_argument(
         "--polarity",
         choices=("auto", "bright", "dark"),
@@ -119,14 +123,13 @@ def _sampling(args: argparse.Namespace) -> float:
     return 10.0 * float(nm)
 
 
-def _add_model_options(p: argparse.ArgumentParser, base: str) -> None:
-    """Add the new model's name and folder and the model to start from (``--base``)."""
+def _add_model_options(p: argparse.ArgumentParser, base: str, role: str) -> None:
+    """Add the new model's name and folder and the base model (``--base``, help ``role``)."""
     p.add_argument("--out", required=True, metavar="NAME", help="name of the new model")
     p.add_argument(
         "--base",
         default=base,
-        help="model to start from: registry name or .onnx path with its .pt beside it "
-        "(default: %(default)s)",
+        help=f"{role} (default: %(default)s)",
     )
     p.add_argument(
         "--out-dir", default=None, help="folder to write to (default: the user model folder)"
@@ -234,7 +237,12 @@ def register_adapt(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--voltage", type=float, default=80.0, help="acceleration voltage, kV (80)")
     p.add_argument("--defocus-tolerance", type=float, default=20.0, help="± Å (20)")
     p.add_argument("--cs-tolerance", type=float, default=5.0, help="± µm (5)")
-    _add_model_options(p, base="atomnet-hrtem")
+    _add_model_options(
+        p,
+        base="atomnet-hrtem",
+        role="model whose architecture is trained from scratch: registry name or .onnx path "
+        "(its card is enough)",
+    )
     p.add_argument(
         "--images", type=argtypes.positive_int, default=500, help="simulated images (500)"
     )

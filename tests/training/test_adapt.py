@@ -169,6 +169,30 @@ def test_adaptation_trains_the_architecture_from_scratch(tmp_path):
         adapt_config(freeze_norm=True).check()
 
 
+def test_training_from_scratch_needs_the_architecture_not_the_weights(tmp_path):
+    """A base model without its .pt serves as architecture; one of a foreign make does not."""
+    import shutil
+
+    from conftest import make_log_detector
+    from napari_atomnet.models.registry import builtin_dir
+
+    for suffix in (".onnx", ".json"):
+        shutil.copy(builtin_dir() / f"atomnet-hrtem{suffix}", tmp_path / f"nopt{suffix}")
+    base = str(tmp_path / "nopt.onnx")
+    out = tmp_path / "models"
+    config = adapt_config(steps=1, batch=2)
+    adapt_detector(DARK, name="fresh", base=base, out_dir=out, n_images=4, config=config)
+    assert (out / "fresh.pt").is_file()
+    assert load_model(out / "fresh.onnx").info["base"]["name"] == "nopt"
+    continued = adapt_config(steps=1, batch=2, from_scratch=False)
+    with pytest.raises(ValueError, match=r"no torch weights \(nopt.pt"):
+        adapt_detector(DARK, name="moved", base=base, out_dir=out, n_images=4, config=continued)
+    foreign = make_log_detector(tmp_path / "foreign.onnx")
+    with pytest.raises(ValueError, match="no napari-atomnet architecture"):
+        adapt_detector(DARK, name="other", base=str(foreign), out_dir=out, config=config)
+    assert sorted(p.name for p in out.iterdir()) == ["fresh.json", "fresh.onnx", "fresh.pt"]
+
+
 def test_cli_defaults_are_the_library_defaults():
     from napari_atomnet.cli import _build_parser
 

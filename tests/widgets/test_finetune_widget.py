@@ -148,6 +148,13 @@ def test_bad_input_notifies_and_changes_nothing(widget, models, tmp_path):
     widget._on_run()
     assert "no torch weights" in _notes("error")[-1]
     assert widget._worker is None and _user_files(models) == before
+    # training from scratch on simulations takes only the architecture: no note then
+    widget._source.value = SIMULATIONS
+    widget._base.value = next(c for c in widget._base.choices if getattr(c, "name", "") == "taken")
+    assert widget._base_note.native.isHidden()
+    widget._source.value = LABELS
+    widget._base.value = next(c for c in widget._base.choices if getattr(c, "name", "") == "taken")
+    assert "taken.pt" in widget._base_note.value
 
 
 def test_without_torch_the_widget_says_how_to_install_it(make_napari_viewer, models, monkeypatch):

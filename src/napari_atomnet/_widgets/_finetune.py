@@ -64,7 +64,8 @@ BASE_ROLES = {
     SIMULATIONS: (
         "Architecture of",
         "A new detector of this one's architecture is trained from scratch on the simulations "
-        "(this one's F1 on them is the 'before'); its .pt must lie beside its .onnx",
+        "(this one's F1 on them is the 'before'); it needs no .pt, only a card naming "
+        "napari-atomnet's architecture",
     ),
 }
 RUN_TEXTS = {LABELS: "Fine-tune", SIMULATIONS: "Train"}
@@ -249,7 +250,11 @@ class FineTuneWidget(JobWidget):
         note = ""
         if choice is None:
             note = "No detection model is installed; choose a custom .onnx with its .pt."
-        elif choice != CUSTOM_MODEL and not choice.weights.is_file():
+        elif (
+            choice != CUSTOM_MODEL
+            and self._source.value == LABELS  # training from scratch needs no weights
+            and not choice.weights.is_file()
+        ):
             note = (
                 f"{choice.name} cannot be fine-tuned: its torch weights "
                 f"({choice.weights.name}) are not beside {Path(choice.path).name}."
@@ -278,6 +283,7 @@ class FineTuneWidget(JobWidget):
         card = next((c for c in self._base.choices if getattr(c, "name", "") == base), None)
         if card is not None:
             self._base.value = card
+        self._on_base_changed()  # whether the base's weights are needed depends on the source
         self._on_show_advanced()
 
     def _sampling_from_image(self) -> None:
@@ -347,7 +353,7 @@ class FineTuneWidget(JobWidget):
         }
 
     def _base_model(self) -> str:
-        """Return the model to start from (registry name or path); it must have its weights."""
+        """Return the base model (registry name or path); to fine-tune it needs its weights."""
         base = self._base.value
         if base == CUSTOM_MODEL:
             path = self._custom.value
@@ -358,7 +364,7 @@ class FineTuneWidget(JobWidget):
             raise ValueError("no detection model to start from; choose a custom .onnx")
         else:
             base_arg, weights = base.name, base.weights
-        if not weights.is_file():
+        if self._source.value == LABELS and not weights.is_file():
             raise ValueError(
                 f"{Path(base_arg).stem} has no torch weights ({weights.name} beside its .onnx); "
                 "only models with their .pt can be fine-tuned"

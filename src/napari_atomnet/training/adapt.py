@@ -246,7 +246,9 @@ def adapt_detector(
     name : str
         Name of the new model (see :func:`~napari_atomnet.training.finetune.check_model_name`).
     base : str
-        Model to start from (registry name or ``.onnx`` path with its ``.pt`` beside it).
+        Base model: registry name or ``.onnx`` path.  Trained from scratch (the default
+        ``config``), the new model takes only its architecture and its card is enough;
+        continuing from its weights needs its ``.pt`` beside the ``.onnx``.
     n_images : int
         Simulated images (256², about 0.1 s each); ``config.val_fraction`` of them are held
         out to measure F1 before and after.
@@ -273,8 +275,8 @@ def adapt_detector(
     Raises
     ------
     ValueError
-        Bad conditions, name or configuration, a base model without torch weights; nothing
-        is written.
+        Bad conditions, name or configuration, a base model without torch weights (or, from
+        scratch, without this project's architecture); nothing is written.
     ImportError
         torch or onnx is missing.
     """
@@ -282,7 +284,7 @@ def adapt_detector(
     cfg = config or adapt_config()
     cfg.check()
     conditions.check()
-    card, out = prepare_fine_tuning(name, base, out_dir, overwrite)
+    card, out = prepare_fine_tuning(name, base, out_dir, overwrite, from_scratch=cfg.from_scratch)
     report = progress or (lambda *_: None)
     stop = cancelled or (lambda: False)
     images = simulate_conditions(

@@ -365,7 +365,7 @@ def fine_tune_detector(
     cfg.check()
     if polarity not in ("auto", "bright", "dark"):
         raise ValueError(f"polarity must be 'auto', 'bright' or 'dark', got {polarity!r}")
-    card, out = prepare_fine_tuning(name, base, out_dir, overwrite)
+    card, out = prepare_fine_tuning(name, base, out_dir, overwrite, from_scratch=cfg.from_scratch)
     report = progress or (lambda *_: None)
     stop = cancelled or (lambda: False)
     n_sim = cfg.sim_images if cfg.user_fraction < 1.0 else 0
@@ -386,7 +386,12 @@ def fine_tune_detector(
 
 
 def prepare_fine_tuning(
-    name: str, base: str, out_dir: str | os.PathLike | None, overwrite: bool
+    name: str,
+    base: str,
+    out_dir: str | os.PathLike | None,
+    overwrite: bool,
+    *,
+    from_scratch: bool = False,
 ) -> tuple[Any, Path]:
     """Check a new model's name and place and load the base model, before any work.
 
@@ -400,6 +405,9 @@ def prepare_fine_tuning(
         Where to write; default the user model folder.
     overwrite : bool
         An existing model of that name may be replaced.
+    from_scratch : bool
+        The new model takes only the base model's architecture (from its card), not its
+        weights, so the base needs no ``.pt``.
 
     Returns
     -------
@@ -411,7 +419,8 @@ def prepare_fine_tuning(
     Raises
     ------
     ValueError
-        A bad or taken name, or a base model without torch weights.
+        A bad or taken name, or a base model without torch weights (without a card naming
+        this project's architecture, when ``from_scratch``).
     ImportError
         torch or onnx is missing.
     """
@@ -422,7 +431,15 @@ def prepare_fine_tuning(
     _check_free(out, name, overwrite)
     require_train_extra()
     card = load_model(base, task="detection")
-    if not card.weights.is_file():
+    if from_scratch:
+        from .nets import ARCHITECTURE
+
+        if (card.info.get("architecture") or {}).get("class") != ARCHITECTURE:
+            raise ValueError(
+                f"{card.name}'s card names no napari-atomnet architecture; a model can be "
+                "trained from scratch only with the architecture of a model made here"
+            )
+    elif not card.weights.is_file():
         raise ValueError(
             f"{card.name} has no torch weights ({card.weights.name} beside its .onnx); only "
             "models with their .pt can be fine-tuned"

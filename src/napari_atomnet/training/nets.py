@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["AtomDetector", "count_parameters", "receptive_field"]
+__all__ = ["ARCHITECTURE", "AtomDetector", "count_parameters", "receptive_field"]
 
 
 def _conv_bn_relu(cin: int, cout: int, k: int = 3) -> nn.Sequential:
@@ -138,6 +138,10 @@ class AtomDetector(nn.Module):
         if log_size is None:
             return (torch.sigmoid(logits),)
         return torch.sigmoid(logits), torch.exp(log_size.clamp(-3.0, 6.0))
+
+
+#: What a model card's ``architecture.class`` says for :class:`AtomDetector`.
+ARCHITECTURE = f"{AtomDetector.__module__}.{AtomDetector.__qualname__}"
 
 
 class InferenceWrapper(nn.Module):

@@ -1105,7 +1105,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from .export import export_detector
-    from .nets import count_parameters, receptive_field
+    from .nets import ARCHITECTURE, count_parameters, receptive_field
 
     _log(f"config {json.dumps(cfg.as_dict())}")
     record: dict[str, Any] | None = None
@@ -1148,7 +1148,7 @@ def main(argv: list[str] | None = None) -> int:
         "atoms": "bright",  # dark-atom images are negated before the network (detect_atoms)
         "design": DESIGN,
         "architecture": {
-            "class": "napari_atomnet.training.nets.AtomDetector",
+            "class": ARCHITECTURE,
             "channels": list(cfg.channels),
             "parameters": count_parameters(model),
             "receptive_field_px": rf,
