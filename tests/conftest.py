@@ -99,3 +99,19 @@ def score_atoms(atoms, truth, shape) -> dict:
     true = yx(truth)
     spacing = nn_spacing(true)
     return detection_scores(yx(atoms), true, 0.25 * spacing, shape=shape, border=0.5 * spacing)
+
+
+@pytest.fixture
+def napari_bars(monkeypatch):
+    """Record the napari progress bars (napari's activity dock) that jobs open: their names."""
+    import napari.utils
+
+    opened: list[str] = []
+
+    class Recording(napari.utils.progress):
+        def __init__(self, *args, **kwargs):
+            opened.append(kwargs.get("desc", ""))
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(napari.utils, "progress", Recording)
+    return opened

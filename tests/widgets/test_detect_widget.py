@@ -37,7 +37,7 @@ def _run(qtbot, widget):
         widget._on_run()
 
 
-def test_detect_adds_boxes_and_atoms_layers(viewer_with_sample, qtbot, tmp_path):
+def test_detect_adds_boxes_and_atoms_layers(viewer_with_sample, qtbot, tmp_path, napari_bars):
     from conftest import make_log_detector
 
     viewer = viewer_with_sample
@@ -45,6 +45,7 @@ def test_detect_adds_boxes_and_atoms_layers(viewer_with_sample, qtbot, tmp_path)
     widget = _widget(viewer, model)
     widget._threshold.value = 0.5
     _run(qtbot, widget)
+    assert napari_bars == [widget.job_name]  # a short job: napari's progress bar
     atoms = viewer.layers["Atoms (perovskite_haadf)"]
     boxes = viewer.layers["Boxes (perovskite_haadf)"]
     image = viewer.layers["perovskite_haadf"]

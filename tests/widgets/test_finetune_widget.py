@@ -74,7 +74,9 @@ def _user_files(folder) -> list[str]:
     return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
 
 
-def test_fine_tune_draws_the_loss_writes_the_model_and_updates_the_pickers(widget, models, qtbot):
+def test_fine_tune_draws_the_loss_writes_the_model_and_updates_the_pickers(
+    widget, models, qtbot, napari_bars
+):
     detect = DetectAtomsWidget(widget._viewer)
     assert NAME not in _labels(detect._model.choices)
     with qtbot.waitSignal(widget.run_finished, timeout=120_000):
@@ -89,6 +91,7 @@ def test_fine_tune_draws_the_loss_writes_the_model_and_updates_the_pickers(widge
     assert steps == [5, 10], steps
     assert len(widget._raw_line.get_xdata()) == len(steps)
     assert all(bar.value == bar.max for bar in widget._bars.values())
+    assert napari_bars == []  # minutes long: the stage bars show the progress, not napari's
     # the new model is offered by the Detect atoms picker (and as a base here) at once
     assert NAME in _labels(detect._model.choices)
     assert NAME in _labels(widget._base.choices)

@@ -11,6 +11,7 @@ nor ``napari_atomnet.training`` is imported until a run starts.
 from __future__ import annotations
 
 import importlib.util
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -73,6 +74,9 @@ STEPS_TOOLTIPS = {
     LABELS: "More steps learn more and take longer (300: a few minutes on a laptop CPU)",
     SIMULATIONS: "More steps learn more and take longer (3000: 11-16 minutes on 2 CPU cores)",
 }
+#: Least seconds between two redraws of the loss curve while training: a redraw costs tens of
+#: milliseconds of the CPU the training needs, and the curve changes slowly.
+CURVE_REDRAW_S = 2.0
 #: Half-width (in loss points) of the centred moving mean drawn as the loss curve's trend.
 TREND_HALF_WIDTH = 3
 
@@ -121,6 +125,7 @@ class FineTuneWidget(JobWidget):
         self._has_torch = torch_available()
         self._steps_seen: list[int] = []
         self._losses: list[float] = []
+        self._drawn_at = -float("inf")  # time.monotonic() of the last loss-curve redraw
         self._missing = Label(
             value=f"Fine-tuning needs PyTorch, which is not installed.\nInstall it with:\n"
             f"    {INSTALL_HINT}\nthen restart napari.",
@@ -412,6 +417,7 @@ class FineTuneWidget(JobWidget):
             self._show,
             status=f"Fine-tuning {args['base']} as {args['name']}…",
             on_progress=self._on_progress,
+            activity=False,  # minutes long: the stage bars above show the progress
         )
 
     def _on_error(self, err: BaseException) -> None:
@@ -437,7 +443,10 @@ class FineTuneWidget(JobWidget):
         if stage == "train" and loss is not None and np.isfinite(loss):
             self._steps_seen.append(int(done))
             self._losses.append(float(loss))
-            self._draw_curve(title=f"Training loss: step {done}/{total}")
+            now = time.monotonic()
+            if now - self._drawn_at >= CURVE_REDRAW_S or done >= total:
+                self._drawn_at = now
+                self._draw_curve(title=f"Training loss: step {done}/{total}")
 
     def _show(self, result: Any) -> None:
         """Show a finished fine-tune (GUI thread): F1 before → after, where it was written."""
@@ -468,6 +477,7 @@ class FineTuneWidget(JobWidget):
     # -- loss curve -----------------------------------------------------------------------------
     def _reset_views(self) -> None:
         self._steps_seen, self._losses = [], []
+        self._drawn_at = -float("inf")
         for bar in self._bars.values():
             bar.max, bar.value = 1, 0
         self._draw_curve(title="Training loss")

@@ -6,7 +6,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from magicgui.widgets import Container, Label, PushButton
+from magicgui.widgets import Container, Label, ProgressBar, PushButton
 from psygnal import Signal
 
 from ._common import notify_error
@@ -18,7 +18,9 @@ class JobWidget(Container):
 
     Subclasses build their controls, call :meth:`_add_job_controls` to append the Run / Cancel
     buttons and the status line, and start work with :meth:`_start_job`.  ``run_finished`` is
-    emitted on the GUI thread whenever a job ends (done, failed or cancelled).
+    emitted on the GUI thread whenever a job ends (done, failed or cancelled).  Short jobs show
+    their progress in napari's activity bar; long ones in a bar of their own dock
+    (``_add_job_controls(..., job_bar=True)`` and ``_start_job(..., activity=False)``).
     """
 
     #: Emitted on the GUI thread when a job ends.
@@ -31,15 +33,26 @@ class JobWidget(Container):
         super().__init__(**kwargs)
         self._worker: Any = None
         self._stop = threading.Event()
+        self._job_bar: ProgressBar | None = None
 
-    def _add_job_controls(self, run_text: str, *extra: Any) -> None:
-        """Append Run / Cancel (and ``extra`` widgets after them) and the status line."""
+    def _add_job_controls(self, run_text: str, *extra: Any, job_bar: bool = False) -> None:
+        """Append Run / Cancel, the dock's own progress bar (``job_bar``), ``extra``, status."""
         self._run = PushButton(text=run_text)
         self._cancel = PushButton(text="Cancel", enabled=False)
         self._status = Label(value="")
         self._status.native.setWordWrap(True)
         buttons = Container(widgets=[self._run, self._cancel], layout="horizontal", labels=False)
+        if job_bar:
+            self._job_bar = ProgressBar(min=0, max=1, value=0, label="Progress")
+            extra = (self._job_bar, *extra)
         self.extend([buttons, *extra, self._status])
+
+    def _on_job_progress(self, item: tuple) -> None:
+        """Show a progress report ``(done, total, ...)`` in the dock's own bar."""
+        if self._job_bar is not None:
+            done, total = int(item[0]), max(int(item[1]), 1)
+            self._job_bar.max = total
+            self._job_bar.value = min(done, total)
         self._run.changed.connect(self._on_run)
         self._cancel.changed.connect(self._on_cancel)
 
@@ -53,15 +66,20 @@ class JobWidget(Container):
         *,
         status: str,
         on_progress: Callable[[tuple], None] | None = None,
+        activity: bool = True,
     ) -> None:
         """Run ``compute(progress=..., cancelled=...)`` in a worker; ``on_result`` on the GUI.
 
         ``on_progress`` gets every progress report ``(done, total, *extra)`` on the GUI thread.
+        ``activity=False``: no napari progress bar (for long jobs whose dock shows their
+        progress itself, see :func:`start_job`).
         Cancel is cooperative: ``cancelled()`` turns True, the job stops at its next check (or
         finishes), and only then does the worker end; a result that arrives after Cancel is
         dropped, so a cancelled job never changes the layers.
         """
         self._set_running(True)
+        if self._job_bar is not None:
+            self._job_bar.max, self._job_bar.value = 1, 0
         self._status.value = status
         stop = self._stop = threading.Event()
 
@@ -79,6 +97,7 @@ class JobWidget(Container):
             on_error=self._on_error,
             on_finished=self._on_finished,
             on_progress=on_progress,
+            activity=activity,
         )
 
     def _on_error(self, err: BaseException) -> None:

@@ -74,13 +74,19 @@ def start_job(
     on_error: Callable[[BaseException], None],
     on_finished: Callable[[], None],
     on_progress: Callable[[tuple], None] | None = None,
+    activity: bool = True,
 ) -> Any:
     """Start ``job`` (a generator function yielding ``(done, total)``) in a napari worker.
 
-    A napari progress bar follows the yielded progress; ``on_result`` gets the returned value on
-    the GUI thread, ``on_error`` any exception, and ``on_finished`` runs last in every case.
-    ``on_progress``, if given, gets every yielded tuple (``(done, total, *extra)``) on the GUI
-    thread.
+    A napari progress bar follows the yielded progress (unless ``activity`` is False);
+    ``on_result`` gets the returned value on the GUI thread, ``on_error`` any exception, and
+    ``on_finished`` runs last in every case. ``on_progress``, if given, gets every yielded tuple
+    (``(done, total, *extra)``) on the GUI thread.
+
+    While a napari progress bar is open, napari animates a spinner in its status bar; where the
+    window is drawn in software (no GPU, remote desktops, Xvfb) that costs about a third of a
+    CPU core for as long as the bar is open. Jobs of minutes that show their own progress in
+    their dock pass ``activity=False`` so the CPU goes to the job.
 
     Returns
     -------
@@ -90,21 +96,23 @@ def start_job(
     from napari.qt.threading import thread_worker
     from napari.utils import progress
 
-    bar = progress(total=0, desc=description)
+    bar = progress(total=0, desc=description) if activity else None
     # errors go to on_error only (not re-raised in the Qt event loop as well)
     worker = thread_worker(job, start_thread=False, ignore_errors=True)()
 
     def on_yield(item: tuple) -> None:
-        done, total = item[:2]
-        if bar.total != total:
-            bar.total = total
-        bar.n = done
-        bar.refresh()
+        if bar is not None:
+            done, total = item[:2]
+            if bar.total != total:
+                bar.total = total
+            bar.n = done
+            bar.refresh()
         if on_progress is not None:
             on_progress(item)
 
     def finished() -> None:
-        bar.close()
+        if bar is not None:
+            bar.close()
         on_finished()
 
     worker.yielded.connect(on_yield)
