@@ -72,7 +72,7 @@ BASE_ROLES = {
 RUN_TEXTS = {LABELS: "Fine-tune", SIMULATIONS: "Train"}
 STEPS_TOOLTIPS = {
     LABELS: "More steps learn more and take longer (300: a few minutes on a laptop CPU)",
-    SIMULATIONS: "More steps learn more and take longer (3000: 11-16 minutes on 2 CPU cores)",
+    SIMULATIONS: "More steps learn more and take longer (3000: about 11 minutes on 2 CPU cores)",
 }
 #: Least seconds between two redraws of the loss curve while training: a redraw costs tens of
 #: milliseconds of the CPU the training needs, and the curve changes slowly.
