@@ -227,6 +227,38 @@ def adapt() -> None:
     train_and_save(widget, viewer, work, 1.5, "adapt_widget")
 
 
+def sequence() -> None:
+    """Atoms in every frame of a drifting movie whose columns come and go (Sequence dock)."""
+    import numpy as np
+
+    from napari_atomnet._widgets._sequence import SequenceWidget
+    from napari_atomnet.synth import render_gaussians
+
+    rng = np.random.default_rng(7)
+    n_frames, shape, spacing = 40, (256, 256), 18.0
+    yy, xx = np.mgrid[0:13, 0:13] * spacing + 20.0
+    sites = np.column_stack([yy.ravel(), xx.ravel()])
+    present = (
+        rng.random((len(sites), n_frames)) < np.where(rng.random(len(sites)) < 0.2, 0.5, 1)[:, None]
+    )
+    drift = np.cumsum(rng.normal((0.3, -0.2), 0.1, (n_frames, 2)), axis=0)
+    frames = [
+        rng.poisson(
+            render_gaussians(shape, *(sites[present[:, t]] + drift[t]).T, 60.0, 2.5) + 10.0
+        ).astype(np.float32)
+        for t in range(n_frames)
+    ]
+    viewer = napari.Viewer(show=True)
+    viewer.window.resize(1500, 950)
+    viewer.add_image(np.stack(frames), name="movie")
+    widget = SequenceWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Sequence")
+    run(widget, viewer, "Atoms (movie)")
+    viewer.dims.set_point(0, n_frames // 2)
+    zoom(viewer, 1.0)
+    save(viewer, "sequence_widget")
+
+
 SHOTS = {
     "detect": detect,
     "detect_hrtem": detect_hrtem,
@@ -236,6 +268,7 @@ SHOTS = {
     "segment": segment,
     "finetune": finetune,
     "adapt": adapt,
+    "sequence": sequence,
 }
 
 if __name__ == "__main__":
