@@ -59,7 +59,7 @@ def save(viewer: napari.Viewer, name: str) -> None:
 
 def run(widget, viewer: napari.Viewer, layer: str) -> None:
     """Press the widget's Run and wait until its job is done and ``layer`` exists."""
-    widget._on_run()
+    widget._run.native.click()
     wait(lambda: widget._worker is None and layer in viewer.layers)
 
 
@@ -165,7 +165,7 @@ def train_and_save(widget, viewer: napari.Viewer, work: Path, factor: float, nam
     """Run the Fine-tune dock, wait for it, save the screenshot, remove the work folder."""
     import shutil
 
-    widget._on_run()
+    widget._run.native.click()
     try:
         wait(lambda: widget._worker is None, timeout=1800.0)
         zoom(viewer, factor, (0.5, 0.5))

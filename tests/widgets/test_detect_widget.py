@@ -34,7 +34,7 @@ def _widget(viewer, model_path):
 
 def _run(qtbot, widget):
     with qtbot.waitSignal(widget.run_finished, timeout=60_000):
-        widget._on_run()
+        widget._run.native.click()
 
 
 def test_detect_adds_boxes_and_atoms_layers(viewer_with_sample, qtbot, tmp_path, napari_bars):
@@ -91,7 +91,7 @@ def test_bad_input_notifies_and_changes_nothing(make_napari_viewer, tmp_path):
     before = [layer.name for layer in viewer.layers]
     for layer, message in ((rgb, "RGB"), (viewer.layers["holes"], "NaN")):
         widget._image.value = layer
-        widget._on_run()
+        widget._run.native.click()
         assert message in _errors()[-1]
     assert [layer.name for layer in viewer.layers] == before
     assert widget._worker is None and widget._run.enabled
@@ -104,8 +104,8 @@ def test_cancel_leaves_layers_unchanged(viewer_with_sample, qtbot, tmp_path):
     model = make_log_detector(tmp_path / "tiny.onnx", card={"tile": 32, "margin": 8})
     widget = _widget(viewer, model)
     with qtbot.waitSignal(widget.run_finished, timeout=60_000):
-        widget._on_run()
-        widget._on_cancel()
+        widget._run.native.click()
+        widget._cancel.native.click()
     assert "Atoms (perovskite_haadf)" not in viewer.layers
     assert "Cancel" in widget._status.value
 

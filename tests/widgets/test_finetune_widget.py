@@ -80,7 +80,7 @@ def test_fine_tune_draws_the_loss_writes_the_model_and_updates_the_pickers(
     detect = DetectAtomsWidget(widget._viewer)
     assert NAME not in _labels(detect._model.choices)
     with qtbot.waitSignal(widget.run_finished, timeout=120_000):
-        widget._on_run()
+        widget._run.native.click()
         assert not widget._run.enabled and widget._cancel.enabled
     status = widget._status.value
     assert "F1" in status and "→" in status, status
@@ -102,9 +102,9 @@ def test_fine_tune_draws_the_loss_writes_the_model_and_updates_the_pickers(
 def test_cancel_writes_nothing(widget, models, qtbot):
     widget._steps.value = 100_000
     with qtbot.waitSignal(widget.run_finished, timeout=120_000):
-        widget._on_run()
+        widget._run.native.click()
         qtbot.waitUntil(lambda: len(widget.losses) > 0, timeout=90_000)
-        widget._on_cancel()
+        widget._cancel.native.click()
     assert "Cancelled" in widget._status.value
     assert not any(name.startswith(NAME) for name in _user_files(models))
     assert widget._run.enabled and widget._worker is None
@@ -138,7 +138,7 @@ def test_bad_input_notifies_and_changes_nothing(widget, models, tmp_path):
                 getattr(widget, attr).line_edit.value = ""
             else:
                 getattr(widget, attr).value = value
-        widget._on_run()
+        widget._run.native.click()
         assert message in _notes("error")[-1], (change, _notes("error")[-1])
         assert widget._worker is None and widget._run.enabled
     assert _user_files(models) == before
@@ -148,7 +148,7 @@ def test_bad_input_notifies_and_changes_nothing(widget, models, tmp_path):
     widget._base.value = next(c for c in widget._base.choices if getattr(c, "name", "") == "taken")
     assert not widget._base_note.native.isHidden()
     assert "taken.pt" in widget._base_note.value
-    widget._on_run()
+    widget._run.native.click()
     assert "no torch weights" in _notes("error")[-1]
     assert widget._worker is None and _user_files(models) == before
     # training from scratch on simulations takes only the architecture: no note then
@@ -170,7 +170,9 @@ def test_without_torch_the_widget_says_how_to_install_it(make_napari_viewer, mod
     widget = FineTuneWidget(make_napari_viewer())
     assert not widget._missing.native.isHidden() and INSTALL_HINT in widget._missing.value
     assert not widget._run.enabled
-    widget._on_run()
+    widget._run.native.click()  # disabled: a click does nothing
+    assert widget._worker is None
+    widget._on_run()  # and a run started anyway says what is missing
     assert INSTALL_HINT in _notes("error")[-1]
     assert widget._worker is None and not widget._run.enabled
 
@@ -221,7 +223,7 @@ def test_adapting_to_imaging_conditions_writes_a_model_for_them(widget, models, 
     assert widget._base.label == "Architecture of"  # trained from scratch, not fine-tuned
     assert widget._run.text == "Train"
     widget._name.value = "  "
-    widget._on_run()
+    widget._run.native.click()
     assert "enter a name" in _notes("error")[-1] and widget._worker is None
     conditions = {"defocus": 60.0, "cs_um": -10.0, "pixel_size_angstrom": 0.12, "n_images": 10}
     for key, value in conditions.items():
@@ -229,7 +231,7 @@ def test_adapting_to_imaging_conditions_writes_a_model_for_them(widget, models, 
     widget._name.value = "dark60"
     widget._steps.value = 10
     with qtbot.waitSignal(widget.run_finished, timeout=180_000):
-        widget._on_run()
+        widget._run.native.click()
     status = widget._status.value
     assert "held-out atoms in simulations at your conditions" in status, status
     assert _user_files(models) == ["dark60.json", "dark60.onnx", "dark60.pt"]

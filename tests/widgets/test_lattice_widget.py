@@ -29,7 +29,7 @@ def test_lattice_layers_and_table(viewer_with_atoms, qtbot, tmp_path):
     viewer.window.add_dock_widget(widget)
     assert widget._atoms.value.name == "Atoms (perovskite_haadf)"  # picked for the image
     with qtbot.waitSignal(widget.run_finished, timeout=60_000):
-        widget._on_run()
+        widget._run.native.click()
     cells = viewer.layers["Unit cells (perovskite_haadf)"]
     disp = viewer.layers["Displacements (perovskite_haadf)"]
     bsites = viewer.layers["B sites (perovskite_haadf)"]
@@ -66,7 +66,7 @@ def test_lattice_layers_and_table(viewer_with_atoms, qtbot, tmp_path):
     assert np.ptp(shot[..., :3].astype(float), axis=2).mean() > 5  # colourful overlays drawn
     # re-running replaces, never stacks
     with qtbot.waitSignal(widget.run_finished, timeout=60_000):
-        widget._on_run()
+        widget._run.native.click()
     names = [layer.name for layer in viewer.layers]
     assert names.count("Unit cells (perovskite_haadf)") == 1
 
@@ -79,6 +79,6 @@ def test_too_few_atoms_notifies(make_napari_viewer):
     viewer.add_points(np.array([[1.0, 1.0], [5.0, 5.0]]), name="Atoms (img)")
     widget = LatticeWidget(viewer)
     before = len(viewer.layers)
-    widget._on_run()
+    widget._run.native.click()
     assert "at least 4" in notification_manager.records[-1].message
     assert len(viewer.layers) == before

@@ -37,7 +37,7 @@ def widget(viewer):
 
 def _run(qtbot, widget):
     with qtbot.waitSignal(widget.run_finished, timeout=60_000):
-        widget._on_run()
+        widget._run.native.click()
 
 
 def test_segment_adds_particles_layer_table_and_histograms(viewer, widget, qtbot):
@@ -165,7 +165,7 @@ def test_bad_input_notifies_and_changes_nothing(make_napari_viewer):
     before = [layer.name for layer in viewer.layers]
     for layer, message in ((rgb, "RGB"), (flat, "constant")):
         widget._image.value = layer
-        widget._on_run()
+        widget._run.native.click()
         assert message in _errors()[-1]
     widget._on_export()
     assert "segment an image first" in _errors()[-1]
@@ -175,7 +175,7 @@ def test_bad_input_notifies_and_changes_nothing(make_napari_viewer):
 
 def test_cancel_leaves_layers_unchanged(viewer, widget, qtbot):
     with qtbot.waitSignal(widget.run_finished, timeout=60_000):
-        widget._on_run()
-        widget._on_cancel()
+        widget._run.native.click()
+        widget._cancel.native.click()
     assert LAYER not in viewer.layers
     assert "Cancel" in widget._status.value

@@ -34,7 +34,7 @@ def movie():
 
 def _run(qtbot, widget):
     with qtbot.waitSignal(widget.run_finished, timeout=60_000):
-        widget._on_run()
+        widget._run.native.click()
 
 
 def test_sequence_widget_points_on_the_stack(
@@ -92,8 +92,8 @@ def test_cancel_keeps_layers(make_napari_viewer, qtbot, movie):
     widget = SequenceWidget(viewer)
     widget._model.value = "classical"
     with qtbot.waitSignal(widget.run_finished, timeout=60_000):
-        widget._on_run()
-        widget._on_cancel()
+        widget._run.native.click()
+        widget._cancel.native.click()
     assert "Atoms (long)" not in viewer.layers
     assert "Cancel" in widget._status.value
 
@@ -102,7 +102,7 @@ def test_no_stack_gives_a_message(make_napari_viewer, qtbot):
     viewer = make_napari_viewer()
     viewer.add_image(np.zeros((32, 32)), name="flat")
     widget = SequenceWidget(viewer)
-    widget._on_run()
+    widget._run.native.click()
     assert any("T×Y×X" in m for m in _errors())
     assert len(viewer.layers) == 1
 
@@ -149,7 +149,7 @@ def test_sequence_on_a_lazy_stack_from_a_file(make_napari_viewer, qtbot, tmp_pat
     widget._model.value = "classical"
     widget._drift.value = None
     with qtbot.waitSignal(widget.run_finished, timeout=60_000):
-        widget._on_run()
+        widget._run.native.click()
     points = viewer.layers["Atoms (m)"]
     assert len(points.data) == present.sum()
     np.testing.assert_allclose(points.scale, [1.0, 0.02, 0.02])

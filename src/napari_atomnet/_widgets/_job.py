@@ -46,6 +46,8 @@ class JobWidget(Container):
             self._job_bar = ProgressBar(min=0, max=1, value=0, label="Progress")
             extra = (self._job_bar, *extra)
         self.extend([buttons, *extra, self._status])
+        self._run.changed.connect(self._on_run)
+        self._cancel.changed.connect(self._on_cancel)
 
     def _on_job_progress(self, item: tuple) -> None:
         """Show a progress report ``(done, total, ...)`` in the dock's own bar."""
@@ -53,8 +55,6 @@ class JobWidget(Container):
             done, total = int(item[0]), max(int(item[1]), 1)
             self._job_bar.max = total
             self._job_bar.value = min(done, total)
-        self._run.changed.connect(self._on_run)
-        self._cancel.changed.connect(self._on_cancel)
 
     def _on_run(self, *_: Any) -> None:  # pragma: no cover - overridden
         raise NotImplementedError
