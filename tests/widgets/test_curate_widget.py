@@ -56,18 +56,18 @@ def test_delete_move_and_undo(curated):
     layer.selected_data = {0, 1}
     layer.remove_selected()
     assert len(layer.data) == len(original) - 2
-    widget.undo()
+    widget._undo.native.click()
     np.testing.assert_allclose(layer.data, original)
     layer._move({5}, layer.data[5] + [2.0, 0.0])  # drag off the peak: snaps back
     assert np.hypot(*(layer.data[5] - original[5])) < 0.15
     assert layer.metadata["napari_atomnet"]["edits"]["moved"] == 1
-    widget.undo()
+    widget._undo.native.click()
     np.testing.assert_allclose(layer.data, original)
 
 
 def test_suggestions_find_missed_atoms_and_keys_accept_or_reject(curated, qtbot):
     viewer, widget, layer, missed, sim = curated
-    widget.suggest()
+    widget._suggest.native.click()
     sugg = viewer.layers["Suggestions (img)"]
     d, _ = cKDTree(missed[["y", "x"]].to_numpy()).query(sugg.data)
     assert len(sugg.data) >= 10 and (d < 0.5).mean() > 0.9  # the missed columns, snapped

@@ -136,7 +136,7 @@ def test_refine_selected_points(viewer_with_sample, qtbot, tmp_path):
     moved[0] += [1.0, 1.0]  # not selected: stays where it is
     atoms.data = moved
     atoms.selected_data = {strong}
-    widget._on_refine_points()
+    widget._refine_points.native.click()
     np.testing.assert_allclose(atoms.data[strong], good[strong], atol=0.05)
     np.testing.assert_allclose(atoms.data[0], moved[0])
     assert "Refined 1 atom" in widget._status.value
@@ -174,7 +174,7 @@ def test_atom_contrast_reaches_the_detector(make_napari_viewer, qtbot, monkeypat
     assert scores["recall"] >= 0.98 and scores["f1"] >= 0.95, scores
     # "Refine selected atoms" uses the contrast the detection used
     widget._contrast.value = "auto"
-    widget._on_refine_points()
+    widget._refine_points.native.click()
     assert "fits ok" in widget._status.value
     assert (atoms.features.loc[atoms.features["fit_ok"], "amplitude"] < 0).all()
 

@@ -120,7 +120,7 @@ def test_csv_export_is_atomic_and_refuses_to_overwrite(viewer, widget, qtbot, tm
     _run(qtbot, widget)
     out = tmp_path / "particles.csv"
     widget._csv.value = out
-    widget._on_export()
+    widget._export.native.click()
     import pandas as pd
 
     table = pd.read_csv(out)
@@ -132,7 +132,7 @@ def test_csv_export_is_atomic_and_refuses_to_overwrite(viewer, widget, qtbot, tm
     prov = json.loads(out.with_suffix(".json").read_text())
     assert prov["layer"] == LAYER and prov["model"]["name"] == "atomnet-particles"
     before = out.read_text()
-    widget._on_export()
+    widget._export.native.click()
     assert "exists" in _errors()[-1] and out.read_text() == before
 
 
@@ -167,7 +167,7 @@ def test_bad_input_notifies_and_changes_nothing(make_napari_viewer):
         widget._image.value = layer
         widget._run.native.click()
         assert message in _errors()[-1]
-    widget._on_export()
+    widget._export.native.click()
     assert "segment an image first" in _errors()[-1]
     assert [layer.name for layer in viewer.layers] == before
     assert widget._worker is None and widget._run.enabled
