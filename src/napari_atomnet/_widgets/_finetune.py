@@ -255,11 +255,7 @@ class FineTuneWidget(JobWidget):
         note = ""
         if choice is None:
             note = "No detection model is installed; choose a custom .onnx with its .pt."
-        elif (
-            choice != CUSTOM_MODEL
-            and self._source.value == LABELS  # training from scratch needs no weights
-            and not choice.weights.is_file()
-        ):
+        elif choice != CUSTOM_MODEL and self._needs_weights() and not choice.weights.is_file():
             note = (
                 f"{choice.name} cannot be fine-tuned: its torch weights "
                 f"({choice.weights.name}) are not beside {Path(choice.path).name}."
@@ -357,6 +353,10 @@ class FineTuneWidget(JobWidget):
             },
         }
 
+    def _needs_weights(self) -> bool:
+        """Fine-tuning on labels starts from the base's weights; training from scratch does not."""
+        return self._source.value == LABELS
+
     def _base_model(self) -> str:
         """Return the base model (registry name or path); to fine-tune it needs its weights."""
         base = self._base.value
@@ -369,7 +369,7 @@ class FineTuneWidget(JobWidget):
             raise ValueError("no detection model to start from; choose a custom .onnx")
         else:
             base_arg, weights = base.name, base.weights
-        if self._source.value == LABELS and not weights.is_file():
+        if self._needs_weights() and not weights.is_file():
             raise ValueError(
                 f"{Path(base_arg).stem} has no torch weights ({weights.name} beside its .onnx); "
                 "only models with their .pt can be fine-tuned"

@@ -20,7 +20,7 @@ class JobWidget(Container):
     buttons and the status line, and start work with :meth:`_start_job`.  ``run_finished`` is
     emitted on the GUI thread whenever a job ends (done, failed or cancelled).  Short jobs show
     their progress in napari's activity bar; long ones in a bar of their own dock
-    (``_add_job_controls(..., job_bar=True)`` and ``_start_job(..., activity=False)``).
+    (``_add_job_controls(..., job_bar=True)``), and then napari's bar is not opened.
     """
 
     #: Emitted on the GUI thread when a job ends.
@@ -44,17 +44,16 @@ class JobWidget(Container):
         buttons = Container(widgets=[self._run, self._cancel], layout="horizontal", labels=False)
         if job_bar:
             self._job_bar = ProgressBar(min=0, max=1, value=0, label="Progress")
-            extra = (self._job_bar, *extra)
+            extra = (self._job_bar, *extra)  # _start_job then reports there, not to napari
         self.extend([buttons, *extra, self._status])
         self._run.changed.connect(self._on_run)
         self._cancel.changed.connect(self._on_cancel)
 
-    def _on_job_progress(self, item: tuple) -> None:
+    def _show_job_progress(self, item: tuple) -> None:
         """Show a progress report ``(done, total, ...)`` in the dock's own bar."""
-        if self._job_bar is not None:
-            done, total = int(item[0]), max(int(item[1]), 1)
-            self._job_bar.max = total
-            self._job_bar.value = min(done, total)
+        done, total = int(item[0]), max(int(item[1]), 1)
+        self._job_bar.max = total
+        self._job_bar.value = min(done, total)
 
     def _on_run(self, *_: Any) -> None:  # pragma: no cover - overridden
         raise NotImplementedError
@@ -71,8 +70,9 @@ class JobWidget(Container):
         """Run ``compute(progress=..., cancelled=...)`` in a worker; ``on_result`` on the GUI.
 
         ``on_progress`` gets every progress report ``(done, total, *extra)`` on the GUI thread.
-        ``activity=False``: no napari progress bar (for long jobs whose dock shows their
-        progress itself, see :func:`start_job`).
+        The progress goes to the dock's own bar when it has one, else to napari's activity bar
+        unless ``activity`` is False (a long job whose dock shows its progress itself; see
+        :func:`start_job` for why).
         Cancel is cooperative: ``cancelled()`` turns True, the job stops at its next check (or
         finishes), and only then does the worker end; a result that arrives after Cancel is
         dropped, so a cancelled job never changes the layers.
@@ -80,6 +80,8 @@ class JobWidget(Container):
         self._set_running(True)
         if self._job_bar is not None:
             self._job_bar.max, self._job_bar.value = 1, 0
+            activity = False
+            on_progress = _both(self._show_job_progress, on_progress)
         self._status.value = status
         stop = self._stop = threading.Event()
 
@@ -121,3 +123,17 @@ class JobWidget(Container):
     def _set_running(self, running: bool) -> None:
         self._run.enabled = not running
         self._cancel.enabled = running
+
+
+def _both(
+    first: Callable[[tuple], None], then: Callable[[tuple], None] | None
+) -> Callable[[tuple], None]:
+    """Return a progress callback that calls ``first`` and then ``then`` (if any)."""
+    if then is None:
+        return first
+
+    def call(item: tuple) -> None:
+        first(item)
+        then(item)
+
+    return call

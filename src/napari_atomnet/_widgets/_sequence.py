@@ -81,6 +81,7 @@ class SequenceWidget(JobWidget):
                 self._radius,
             ]
         )
+        # a movie takes minutes: its progress shows in this dock, not in napari's activity bar
         self._add_job_controls("Analyse all frames", job_bar=True)
         self._model.changed.connect(self._on_model_changed)
         viewer.layers.events.inserted.connect(self._image.reset_choices)
@@ -150,8 +151,6 @@ class SequenceWidget(JobWidget):
             compute,
             lambda result: self._show(layer, result),
             status=f"Analysing {stack.shape[0]} frames of {layer.name}…",
-            on_progress=self._on_job_progress,
-            activity=False,  # a movie takes minutes: its progress shows in this dock
         )
 
     def _show(self, layer: napari.layers.Image, result: Any) -> None:
