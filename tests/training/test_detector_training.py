@@ -411,3 +411,72 @@ def test_fits_used_tells_stem_from_phase_contrast():
     raw = _validation_runs(predict, cases, VAL_SEED, 2, (192, 192))
     shares = fits_used(_checked_runs(raw, 2, (0.4, 0.3)), 2)
     assert shares == {"perovskite_dose200": 1.0, "graphene_dark_1e4": 0.0}
+
+
+def test_context_branch_starts_as_the_identity_and_exports():
+    """A network with the image-level context branch loads the weights of one without it
+    unchanged (the branch starts as the identity), reports only its local receptive field,
+    and exports to ONNX with the same outputs as torch."""
+    from napari_atomnet.training.nets import (
+        CONTEXT_KEYS,
+        architecture_record,
+        detector_from_architecture,
+    )
+
+    torch.manual_seed(3)
+    plain = AtomDetector(channels=(8, 12, 16, 16)).eval()
+    ctx = AtomDetector(channels=(8, 12, 16, 16), context=8, conditions=4).eval()
+    missing, unexpected = ctx.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and missing and all(k.startswith(CONTEXT_KEYS) for k in missing)
+    x = torch.randn(1, 1, 64, 80)
+    with torch.no_grad():
+        assert torch.equal(ctx(x)[0], plain(x)[0])
+        _, _, conditions = ctx.forward_all(x)
+    assert conditions.shape == (1, 4)
+    # once trained, the branch reaches every pixel; the tiles' overlap needs the local paths only
+    torch.nn.init.normal_(ctx.film.weight, std=0.2)
+    assert receptive_field(ctx, 256) == receptive_field(plain, 256)
+    with torch.no_grad():  # and it does change the output now
+        assert (ctx(x)[0] - plain(x)[0]).abs().max() > 1e-2
+    record = architecture_record(ctx)
+    assert record["context"] == 8 and record["conditions"] == 4
+    rebuilt = detector_from_architecture(record, classes=2)
+    assert rebuilt.context == 8 and rebuilt.n_conditions == 4
+
+
+def test_context_network_onnx_matches_torch(tmp_path):
+    torch.manual_seed(4)
+    model = AtomDetector(channels=(8, 12, 16, 16), context=8, conditions=4)
+    torch.nn.init.normal_(model.film.weight, std=0.2)
+    model.eval()
+    path = tmp_path / "ctx.onnx"
+    export_detector(model, path, CARD)
+    for shape in [(64, 96), (112, 48)]:
+        x = np.random.default_rng(1).normal(size=(1, 1, *shape)).astype(np.float32)
+        heat_o, _ = _onnx_outputs(path, x)
+        with torch.no_grad():
+            heat_t, _ = model.inference(torch.from_numpy(x))
+        assert np.abs(heat_o - heat_t.numpy()).max() < 1e-4
+
+
+def test_hrtem_examples_carry_the_lattice_transfer():
+    """The context branch's auxiliary target: the CTF at graphene's reflections, signed as the
+    training image is oriented (a dark-atom image is negated, and so is its transfer)."""
+    from napari_atomnet.synth import graphene_hrtem
+
+    assert np.allclose(
+        [1.42 * f for f in data.GRAPHENE_REFLECTIONS], [2.13, 1.23, 1.065, 0.805], atol=0.002
+    )
+    for seed in range(4):
+        sim = graphene_hrtem((64, 64), defocus=-40.0 + 30 * seed, cs_um=-10.0, seed=seed)
+        ex = data.make_example("graphene", np.random.default_rng(seed), sim=sim, pad=0)
+        polarity = data.sim_polarity(sim)
+        transfer = ex.meta["transfer"]
+        assert transfer == data.lattice_transfer(sim.params, polarity)
+        assert transfer == [-v for v in data.lattice_transfer(sim.params, -polarity)]
+        assert all(-1.0 <= v <= 1.0 for v in transfer)
+    pool = [ex, data.make_example("lattice", np.random.default_rng(9), shape=(64, 64), pad=0)]
+    batch = data.sample_batch(pool, np.random.default_rng(0), 6, 48)
+    assert batch["conditions"].shape == (6, 4)
+    known = np.isfinite(batch["conditions"]).all(axis=1)
+    assert known.any() and not known.all()  # the lattice image has none: NaN, not trained on
