@@ -560,43 +560,6 @@ def _good_ctf(rng: np.random.Generator) -> dict[str, float]:
     }
 
 
-#: Graphene's first reflections, as multiples of its bond length: d = bond * factor (Å).
-GRAPHENE_REFLECTIONS = (1.5, 0.5 * 3**0.5, 0.75, 1.5 / 7**0.5)
-
-
-def lattice_transfer(params: Mapping[str, Any], polarity: int = 1) -> list[float]:
-    """Return the CTF's transfer ``sin chi(q) * E(q)`` at graphene's first four reflections.
-
-    An image-level target of the context branch (:class:`~napari_atomnet.training.nets.
-    AtomDetector`): what the microscope does to each lattice frequency, the one thing that
-    decides where the atoms lie in the pattern.  Isotropic part only (astigmatism is small at
-    aligned conditions); multiplied by ``polarity`` as the training image is oriented.
-
-    Parameters
-    ----------
-    params : dict
-        ``AtomImage.params`` of a :func:`~napari_atomnet.synth.graphene_hrtem` simulation.
-    polarity : {1, -1}
-        -1 when the training image was negated (dark atoms).
-
-    Returns
-    -------
-    list of float
-        Four values in [-1, 1].
-    """
-    from ..synth.hrtem import electron_wavelength
-
-    lam = electron_wavelength(float(params["voltage_kv"]))
-    q = 1.0 / (float(params["bond_angstrom"]) * np.asarray(GRAPHENE_REFLECTIONS))
-    chi = (
-        -np.pi * lam * float(params["defocus"]) * q**2
-        + 0.5 * np.pi * float(params["cs_um"]) * 1e4 * lam**3 * q**4
-        + np.pi / 3.0 * float(params["c5_mm"]) * 1e7 * lam**5 * q**6
-    )
-    envelope = np.exp(-0.5 * (np.pi * lam * float(params["focal_spread"])) ** 2 * q**4)
-    return [float(v) for v in polarity * np.sin(chi) * envelope]
-
-
 def sim_polarity(sim: Any) -> int:
     """Return +1 when a simulation's atoms are bright, -1 when they are dark.
 
@@ -679,8 +642,6 @@ def make_example(
         "polarity": polarity,
         "gamma": gamma,
     }
-    if hrtem:
-        meta["transfer"] = lattice_transfer(sim.params, polarity)
     return labelled_example(
         img,
         atoms,
@@ -881,11 +842,8 @@ def sample_batch(
     -------
     dict
         ``image`` (B, 1, c, c), ``heat`` (B, C, c, c), ``log_size`` (B, 1, c, c),
-        ``size_mask`` (B, 1, c, c), ``weight`` (B, 1, c, c), all float32; and
-        ``conditions`` (B, K), the images' ``meta["transfer"]`` (NaN where an image has none),
-        when any image of the pool has one.
+        ``size_mask`` (B, 1, c, c), ``weight`` (B, 1, c, c), all float32.
     """
-    n_cond = max((len(e.meta.get("transfer", ())) for e in pool), default=0)
     out = {
         "image": np.zeros((batch, 1, crop, crop), np.float32),
         "heat": np.zeros((batch, n_classes, crop, crop), np.float32),
@@ -893,12 +851,8 @@ def sample_batch(
         "size_mask": np.zeros((batch, 1, crop, crop), np.float32),
         "weight": np.zeros((batch, 1, crop, crop), np.float32),
     }
-    if n_cond:
-        out["conditions"] = np.full((batch, n_cond), np.nan, np.float32)
     for b in range(batch):
         ex = pool[int(rng.integers(len(pool)))]
-        if n_cond and "transfer" in ex.meta:
-            out["conditions"][b] = ex.meta["transfer"]
         h, w = ex.image.shape
         oy = int(rng.integers(0, max(h - crop, 0) + 1))
         ox = int(rng.integers(0, max(w - crop, 0) + 1))

@@ -550,6 +550,8 @@ def fine_tune_on(
 
     import torch
 
+    from .nets import AtomDetector
+
     threads = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
     tmp: Path | None = None
@@ -557,9 +559,9 @@ def fine_tune_on(
         if cfg.from_scratch:
             with torch.random.fork_rng(devices=[]):  # seeded, without touching the caller's
                 torch.manual_seed(cfg.seed)
-                model = _new_model(card)
+                model = _new_model(card, AtomDetector)
         else:
-            model = _load_weights(card, weights, torch)
+            model = _load_weights(card, weights, AtomDetector, torch)
         t_train = time.perf_counter()
         history = _train(model, user_pool, sim_pool, cfg, batch_ss, report, stop, torch)
         train_s = time.perf_counter() - t_train
@@ -819,16 +821,17 @@ def _split(
 # --------------------------------------------------------------------------------------------
 # training
 # --------------------------------------------------------------------------------------------
-def _new_model(card: Any) -> Any:
+def _new_model(card: Any, net_class: type) -> Any:
     """Return a network of ``card``'s architecture with freshly initialised weights."""
-    from .nets import detector_from_architecture
-
     arch = card.info.get("architecture") or {}
-    return detector_from_architecture(arch, len(card.info.get("classes", data.CLASSES)))
+    return net_class(
+        classes=len(card.info.get("classes", data.CLASSES)),
+        channels=tuple(arch.get("channels", (16, 32, 48, 64))),
+    )
 
 
-def _load_weights(card: Any, weights: Path, torch: Any) -> Any:
-    model = _new_model(card)
+def _load_weights(card: Any, weights: Path, net_class: type, torch: Any) -> Any:
+    model = _new_model(card, net_class)
     try:
         state = torch.load(weights, map_location="cpu", weights_only=True)
         model.load_state_dict(state)

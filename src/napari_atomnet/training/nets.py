@@ -23,15 +23,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = [
-    "ARCHITECTURE",
-    "CONTEXT_KEYS",
-    "AtomDetector",
-    "architecture_record",
-    "count_parameters",
-    "detector_from_architecture",
-    "receptive_field",
-]
+__all__ = ["ARCHITECTURE", "AtomDetector", "count_parameters", "receptive_field"]
 
 
 def _conv_bn_relu(cin: int, cout: int, k: int = 3) -> nn.Sequential:
@@ -49,12 +41,6 @@ class _Block(nn.Sequential):
         super().__init__(_conv_bn_relu(cin, cout), _conv_bn_relu(cout, cout))
 
 
-def _modulate(h: torch.Tensor, film: torch.Tensor) -> torch.Tensor:
-    """Scale and shift each channel: ``h * (1 + gamma) + beta`` (``film`` = [gamma, beta])."""
-    gamma, beta = film.chunk(2, dim=1)
-    return h * (1.0 + gamma[:, :, None, None]) + beta[:, :, None, None]
-
-
 class AtomDetector(nn.Module):
     """U-Net centre-heatmap detector with a pixel-unshuffle stem and a pixel-shuffle head.
 
@@ -70,17 +56,6 @@ class AtomDetector(nn.Module):
         Also predict the box side (one channel, ``exp`` of a log-size).
     prior : float
         Initial heatmap probability (bias of the logits), as in CenterNet / RetinaNet.
-    context : int
-        Width of the image-level context branch (0: none).  The bottleneck features are
-        averaged over the whole input, passed through a small MLP, and scale and shift the
-        features of the bottleneck and of every decoder level (FiLM).  In phase contrast the
-        same local pattern means atoms at different places under different imaging conditions;
-        the conditions show in the whole image, not in a pixel's neighbourhood, and this branch
-        lets the network read them once and decode accordingly.  Its last layer starts at zero
-        (the identity), so weights of a network without the branch load unchanged.
-    conditions : int
-        Image-level quantities the context branch also predicts (an auxiliary training target,
-        e.g. the CTF at the lattice's reflections; 0: none).
 
     Notes
     -----
@@ -96,13 +71,8 @@ class AtomDetector(nn.Module):
         stem: int = 2,
         size_head: bool = True,
         prior: float = 0.02,
-        context: int = 0,
-        conditions: int = 0,
     ) -> None:
         super().__init__()
-        self.context = int(context)
-        self.n_conditions = int(conditions) if context else 0
-        self.local_only = False
         self.classes = int(classes)
         self.channels = tuple(int(c) for c in channels)
         self.stem_factor = int(stem)
@@ -133,17 +103,6 @@ class AtomDetector(nn.Module):
             nn.Conv2d(c0, s2 * out_ch, 1),
         )
         self.shuffle = nn.PixelShuffle(self.stem_factor)
-        # FiLM of the bottleneck and of each decoder level, from the image-level context
-        self.film_channels = [self.channels[-1]] + [
-            self.channels[lvl] for lvl in range(len(self.channels) - 2, -1, -1)
-        ]
-        if self.context:
-            self.ctx = nn.Sequential(nn.Linear(self.channels[-1], self.context), nn.ReLU(True))
-            self.film = nn.Linear(self.context, 2 * sum(self.film_channels))
-            nn.init.zeros_(self.film.weight)
-            nn.init.zeros_(self.film.bias)
-            if self.n_conditions:
-                self.ctx_out = nn.Linear(self.context, self.n_conditions)
         # bias so the initial heatmap is ~prior everywhere (stable focal-type losses)
         with torch.no_grad():
             bias = self.head[-1].bias.view(out_ch, s2)
@@ -158,13 +117,6 @@ class AtomDetector(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Raw outputs: heatmap logits (N, C, H, W) and log box side (N, 1, H, W) or None."""
-        logits, log_size, _ = self.forward_all(x)
-        return logits, log_size
-
-    def forward_all(
-        self, x: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        """Raw outputs and the predicted image-level conditions (N, K), or None without them."""
         h = self.unshuffle(x)
         skips = []
         for i, block in enumerate(self.enc):
@@ -172,26 +124,13 @@ class AtomDetector(nn.Module):
                 h = self.pool(h)
             h = block(h)
             skips.append(h)
-        films: list[torch.Tensor] = []
-        conditions = None
-        if self.context:
-            pooled = h.mean(dim=(2, 3))
-            if self.local_only:  # receptive_field: the image-level path is not a local one
-                pooled = pooled.detach()
-            z = self.ctx(pooled)
-            films = list(torch.split(self.film(z), [2 * c for c in self.film_channels], dim=1))
-            h = _modulate(h, films[0])
-            if self.n_conditions:
-                conditions = self.ctx_out(z)
         for k, (up, fuse, dec) in enumerate(zip(self.up, self.fuse, self.dec, strict=True)):
             skip = skips[len(skips) - 2 - k]
             h = dec(fuse(torch.cat([up(h), skip], dim=1)))
-            if films:
-                h = _modulate(h, films[k + 1])
         out = self.shuffle(self.head(h))
         logits = out[:, : self.classes]
         log_size = out[:, self.classes :] if self.size_head else None
-        return logits, log_size, conditions
+        return logits, log_size
 
     def inference(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Deployed outputs: ``heatmap`` = sigmoid(logits) and ``size`` = exp(log size)."""
@@ -201,38 +140,8 @@ class AtomDetector(nn.Module):
         return torch.sigmoid(logits), torch.exp(log_size.clamp(-3.0, 6.0))
 
 
-#: Parameter names of the context branch (absent from weights of a network without it).
-CONTEXT_KEYS = ("ctx.", "film.", "ctx_out.")
-
 #: What a model card's ``architecture.class`` says for :class:`AtomDetector`.
 ARCHITECTURE = f"{AtomDetector.__module__}.{AtomDetector.__qualname__}"
-
-
-def architecture_record(model: AtomDetector) -> dict:
-    """Return what a model card's ``architecture`` holds to rebuild ``model``."""
-    record = {"class": ARCHITECTURE, "channels": list(model.channels)}
-    if model.context:
-        record["context"] = model.context
-        record["conditions"] = model.n_conditions
-    return record
-
-
-def detector_from_architecture(architecture: dict, classes: int) -> AtomDetector:
-    """Return a freshly initialised :class:`AtomDetector` as a card's ``architecture`` says.
-
-    Parameters
-    ----------
-    architecture : dict
-        ``channels`` and, for a network with a context branch, ``context`` and ``conditions``.
-    classes : int
-        Heatmap classes.
-    """
-    return AtomDetector(
-        classes=classes,
-        channels=tuple(architecture.get("channels", (16, 32, 48, 64))),
-        context=int(architecture.get("context", 0)),
-        conditions=int(architecture.get("conditions", 0)),
-    )
 
 
 class InferenceWrapper(nn.Module):
@@ -257,9 +166,7 @@ def receptive_field(model: AtomDetector, size: int = 512) -> int:
 
     The gradient of the centre output pixel with respect to a random input is non-zero on the
     receptive field (eval mode, current weights; a union over a few inputs so that no ReLU
-    happens to block a path).  The context branch's image-level average is left out: it
-    reaches every pixel, but tiles of one image share nearly the same average, so the overlap
-    tiles need is set by the local paths.
+    happens to block a path).
 
     Parameters
     ----------
@@ -275,7 +182,6 @@ def receptive_field(model: AtomDetector, size: int = 512) -> int:
     """
     was_training = model.training
     model.eval()
-    model.local_only = True
     gen = torch.Generator().manual_seed(0)
     grad = torch.zeros(size, size, dtype=torch.bool)
     c = size // 2
@@ -287,7 +193,6 @@ def receptive_field(model: AtomDetector, size: int = 512) -> int:
     rows = torch.nonzero(grad.any(dim=1)).flatten()
     cols = torch.nonzero(grad.any(dim=0)).flatten()
     model.train(was_training)
-    model.local_only = False
     if len(rows) == 0:
         return 0
     return int(max(rows.max() - rows.min(), cols.max() - cols.min()) + 1)

@@ -57,13 +57,6 @@ DESIGN = (
     "seed 001), head 3x3 conv + 1x1 conv to 4*(C+1) channels + PixelShuffle(2) back to full "
     "resolution (stride 1): C class heatmaps (sigmoid) + 1 log box side (exp)."
 )
-CONTEXT_DESIGN = (
-    " Image-level context branch (width {context}): the bottleneck features averaged over the "
-    "whole input, a small MLP, and a per-channel scale and shift (FiLM) of the bottleneck and "
-    "of every decoder level. In phase contrast one local pattern means atoms at different "
-    "places under different imaging conditions; the conditions show in the whole image, and "
-    "the branch reads them once."
-)
 
 
 class TrainConfig:
@@ -86,8 +79,6 @@ class TrainConfig:
         self.loss: str = "focal"
         self.size_weight: float = 0.2
         self.channels: tuple[int, ...] = (16, 32, 48, 64)
-        self.context: int = 0  # width of the image-level context branch (nets.AtomDetector)
-        self.condition_weight: float = 0.0  # its auxiliary target: the CTF at the reflections
         self.val_every: int = 2000
         self.val_images: int = 2
         self.test_images: int = 6
@@ -116,12 +107,6 @@ class TrainConfig:
 # --------------------------------------------------------------------------------------------
 # losses
 # --------------------------------------------------------------------------------------------
-def _architecture(cfg: TrainConfig) -> dict[str, Any]:
-    """Return the network a configuration trains (as a card's ``architecture`` says it)."""
-    conditions = len(data.GRAPHENE_REFLECTIONS) if cfg.context and cfg.condition_weight else 0
-    return {"channels": cfg.channels, "context": cfg.context, "conditions": conditions}
-
-
 def heatmap_loss(logits: Any, heat: Any, weight: Any, kind: str = "focal") -> Any:
     """Heatmap loss normalised by the number of columns in the batch.
 
@@ -647,7 +632,6 @@ def train_step(
     loss: str | Sequence[tuple[str, slice, float]] = "focal",
     size_weight: float = 0.2,
     clip: float = 5.0,
-    condition_weight: float = 0.0,
 ) -> tuple[float, float]:
     """One optimisation step on a batch (shared by training and fine-tuning).
 
@@ -669,34 +653,23 @@ def train_step(
         Weight of the box-size loss.
     clip : float
         Gradient-norm clip.
-    condition_weight : float
-        Weight of the squared error of the context branch's image-level predictions against
-        the batch's ``conditions`` (images without them do not count; 0: not trained).
 
     Returns
     -------
     heatmap_loss, size_loss : float
-        (The condition loss, when trained, is in ``model.last_condition_loss``.)
     """
     import torch
 
     x = torch.from_numpy(batch["image"])
     heat = torch.from_numpy(batch["heat"])
     weight = torch.from_numpy(batch["weight"])
-    logits, log_size, conditions = model.forward_all(x)
+    logits, log_size = model(x)
     parts = [(loss, slice(None), 1.0)] if isinstance(loss, str) else loss
     l_hm = sum(w * heatmap_loss(logits[i], heat[i], weight[i], kind) for kind, i, w in parts)
     l_sz = size_loss(
         log_size, torch.from_numpy(batch["log_size"]), torch.from_numpy(batch["size_mask"])
     )
     total = l_hm + size_weight * l_sz
-    if condition_weight and conditions is not None and "conditions" in batch:
-        target = torch.from_numpy(batch["conditions"])
-        known = torch.isfinite(target)
-        if bool(known.any()):
-            l_cond = ((conditions - torch.nan_to_num(target)) ** 2)[known].mean()
-            total = total + condition_weight * l_cond
-            model.last_condition_loss = float(l_cond.item())
     for group in opt.param_groups:
         group["lr"] = lr
     opt.zero_grad(set_to_none=True)
@@ -725,7 +698,7 @@ def train(cfg: TrainConfig, pool: list[data.Example] | None = None) -> tuple[Any
     """
     import torch
 
-    from .nets import CONTEXT_KEYS, count_parameters, detector_from_architecture
+    from .nets import AtomDetector, count_parameters
 
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
@@ -758,16 +731,10 @@ def train(cfg: TrainConfig, pool: list[data.Example] | None = None) -> tuple[Any
     counts = {k: sum(e.source == k for e in pool) for k in cfg.mix}
     _log(f"pool ready in {history['pool_s']:.0f} s: {counts}")
 
-    model = detector_from_architecture(_architecture(cfg), len(data.CLASSES))
+    model = AtomDetector(classes=len(data.CLASSES), channels=tuple(cfg.channels))
     if cfg.init:
-        # a network without the context branch loads too: the branch starts as the identity
-        missing, unexpected = model.load_state_dict(
-            torch.load(cfg.init, map_location="cpu"), strict=False
-        )
-        foreign = unexpected + [k for k in missing if not k.startswith(CONTEXT_KEYS)]
-        if foreign:
-            raise ValueError(f"{cfg.init}: not weights of this architecture ({foreign[:3]} ...)")
-        _log(f"starting from {cfg.init}" + (" (context branch new)" if missing else ""))
+        model.load_state_dict(torch.load(cfg.init, map_location="cpu"))
+        _log(f"starting from {cfg.init}")
     _log(f"AtomDetector {cfg.channels}: {count_parameters(model)} parameters")
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
@@ -776,7 +743,7 @@ def train(cfg: TrainConfig, pool: list[data.Example] | None = None) -> tuple[Any
 
     rng = np.random.default_rng(batch_ss)
     t1 = time.perf_counter()
-    run = {"hm": 0.0, "sz": 0.0, "cond": 0.0, "n": 0}
+    run = {"hm": 0.0, "sz": 0.0, "n": 0}
     model.train()
     history["stopped_at"] = None
     for step in range(cfg.steps):
@@ -786,28 +753,20 @@ def train(cfg: TrainConfig, pool: list[data.Example] | None = None) -> tuple[Any
             break
         batch = data.sample_batch(pool, rng, cfg.batch, cfg.crop, len(data.CLASSES))
         l_hm, l_sz = train_step(
-            model,
-            opt,
-            batch,
-            lr=lr_at(step),
-            loss=cfg.loss,
-            size_weight=cfg.size_weight,
-            condition_weight=cfg.condition_weight,
+            model, opt, batch, lr=lr_at(step), loss=cfg.loss, size_weight=cfg.size_weight
         )
         run["hm"] += l_hm
         run["sz"] += l_sz
-        run["cond"] += getattr(model, "last_condition_loss", 0.0)
         run["n"] += 1
         if (step + 1) % 100 == 0 or step + 1 == cfg.steps:
             el = time.perf_counter() - t1
-            cond = f"conditions {run['cond'] / run['n']:.4f} " if cfg.condition_weight else ""
             _log(
                 f"step {step + 1}/{cfg.steps} heatmap {run['hm'] / run['n']:.4f} "
-                f"size {run['sz'] / run['n']:.4f} {cond}lr {lr_at(step):.2e} "
+                f"size {run['sz'] / run['n']:.4f} lr {lr_at(step):.2e} "
                 f"({el / (step + 1):.3f} s/step)"
             )
             history["loss"].append((step + 1, run["hm"] / run["n"], run["sz"] / run["n"]))
-            run = {"hm": 0.0, "sz": 0.0, "cond": 0.0, "n": 0}
+            run = {"hm": 0.0, "sz": 0.0, "n": 0}
         if cfg.val_every and (step + 1) % cfg.val_every == 0 and step + 1 < cfg.steps:
             res = quick_validation(model, cfg)
             model.train()
@@ -953,20 +912,6 @@ def _recipe(cfg: TrainConfig) -> dict[str, Any]:
         ),
         "optimizer": f"AdamW lr {cfg.lr} (warm-up {cfg.warmup}, cosine), weight decay "
         f"{cfg.weight_decay}, batch {cfg.batch}, grad-norm clip 5",
-        **(
-            {
-                "context": f"image-level context branch of width {cfg.context}"
-                + (
-                    f"; auxiliary target (weight {cfg.condition_weight:g}, squared error): the "
-                    "CTF's transfer sin(chi) x temporal envelope at graphene's reflections "
-                    "2.13, 1.23, 1.065 and 0.805 A, signed as the image is oriented"
-                    if cfg.condition_weight
-                    else ""
-                )
-            }
-            if cfg.context
-            else {}
-        ),
     }
 
 
@@ -1037,20 +982,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pool", type=int, default=None)
     parser.add_argument("--loss", default=None, choices=["focal", "centernet", "mse"])
     parser.add_argument("--channels", default=None, help="e.g. 16,32,48,64")
-    parser.add_argument(
-        "--context",
-        type=int,
-        default=None,
-        help="width of the image-level context branch (0: none); it reads the imaging "
-        "conditions from the whole input and modulates the decoder",
-    )
-    parser.add_argument(
-        "--condition-weight",
-        type=float,
-        default=None,
-        help="weight of the context branch's auxiliary target, the CTF at graphene's "
-        "reflections (HRTEM simulations only)",
-    )
     parser.add_argument("--lr", type=float, default=None)
     parser.add_argument("--batch", type=int, default=None)
     parser.add_argument("--val-every", type=int, default=None)
@@ -1155,10 +1086,6 @@ def main(argv: list[str] | None = None) -> int:
             setattr(cfg, key, value)
     if args.channels:
         cfg.channels = tuple(int(c) for c in args.channels.split(","))
-    if args.context is not None:
-        cfg.context = args.context
-    if args.condition_weight is not None:
-        cfg.condition_weight = args.condition_weight
     if args.mix:
         cfg.mix = _parse_mix(args.mix, parser)
     if args.graphene_holes:
@@ -1178,16 +1105,16 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from .export import export_detector
-    from .nets import architecture_record, count_parameters, receptive_field
+    from .nets import ARCHITECTURE, count_parameters, receptive_field
 
     _log(f"config {json.dumps(cfg.as_dict())}")
     record: dict[str, Any] | None = None
     if args.weights is not None:
-        from .nets import detector_from_architecture
+        from .nets import AtomDetector
 
         record = json.loads(args.record.read_text())["training"]
         cfg = TrainConfig(**{**record["config"], "channels": tuple(record["config"]["channels"])})
-        model = detector_from_architecture(_architecture(cfg), len(data.CLASSES))
+        model = AtomDetector(classes=len(data.CLASSES), channels=tuple(cfg.channels))
         model.load_state_dict(torch.load(args.weights, map_location="cpu"))
         model.eval()
         history: dict[str, Any] = {}
@@ -1219,9 +1146,10 @@ def main(argv: list[str] | None = None) -> int:
         "default_threshold": 0.3,
         "normalization": dict(data.DEFAULT_NORMALIZATION),
         "atoms": "bright",  # dark-atom images are negated before the network (detect_atoms)
-        "design": DESIGN + (CONTEXT_DESIGN.format(context=cfg.context) if cfg.context else ""),
+        "design": DESIGN,
         "architecture": {
-            **architecture_record(model),
+            "class": ARCHITECTURE,
+            "channels": list(cfg.channels),
             "parameters": count_parameters(model),
             "receptive_field_px": rf,
         },
