@@ -177,4 +177,35 @@ def test_cli_help_explains_polarity(capsys):
     with pytest.raises(SystemExit):
         main(["detect", "--help"])
     text = " ".join(capsys.readouterr().out.split()).replace("- ", "-")  # argparse wraps
-    assert "dark for ABF/bright-field" in text and "choose explicitly for HRTEM" in text
+    assert "dark for ABF/bright-field" in text
+    assert "atomnet-hrtem guesses it itself" in text and "needs to be told" in text
+
+
+def test_hrtem_movie_takes_its_contrast_from_the_hrtem_model(tmp_path):
+    """A dark-atom HRTEM movie left on "auto": its contrast, decided once from the first frame,
+    is the HRTEM model's guess (dark), not the image's look (which says bright here), in the
+    library and in a batch run."""
+    from napari_atomnet.batch import run_batch
+    from napari_atomnet.core.detect import resolve_polarity
+    from napari_atomnet.sequences import find_atoms_stack
+
+    sim = synth.graphene_hrtem(
+        (192, 192), defocus=60.0, cs_um=-10.0, dose=1e4, astig_angstrom=5.0, seed=3_200_000
+    )
+    assert sim.extras["polarity"] < 0 and resolve_polarity(sim.image, "auto") == "bright"
+    stack = np.stack([sim.image, np.roll(sim.image, 3, axis=0)]).astype(np.float32)
+    atoms, _, prov = find_atoms_stack(stack, detector="atomnet-hrtem")
+    assert prov["params"]["polarity"] == "dark"
+    one = find_atoms(stack[1], detector="atomnet-hrtem", polarity="dark").atoms
+    np.testing.assert_array_equal(
+        atoms.loc[atoms["frame"] == 1, ["y", "x"]].to_numpy(), one[["y", "x"]].to_numpy()
+    )
+    folder = tmp_path / "in"
+    folder.mkdir()
+    write_tiff(folder / "movie.tif", stack)
+    result = run_batch(
+        [folder], tmp_path / "out", detector="atomnet-hrtem", polarity="auto", n_workers=0
+    )
+    assert result.n_failed == 0
+    record = json.loads((tmp_path / "out" / "movie" / "provenance.json").read_text())
+    assert record["params"]["polarity"] == "dark"

@@ -309,12 +309,15 @@ def _movie_constants(data: Any, params: dict[str, Any]) -> tuple[str, float, str
     from .sequences import movie_constants
 
     frame = as_analysis_image(_read_frame(data, 0))
-    polarity, spacing = movie_constants(frame, polarity=params.get("polarity") or "auto")
+    detector = _detector(params.get("detector"))
+    polarity, spacing = movie_constants(
+        frame, polarity=params.get("polarity") or "auto", detector=detector
+    )
     if not params.get("refine", True):
         return polarity, spacing, None
     first = find_atoms(
         frame,
-        detector=_detector(params.get("detector")),
+        detector=detector,
         threshold=params.get("threshold"),
         refine=False,
         polarity=polarity,

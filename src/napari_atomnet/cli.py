@@ -33,7 +33,8 @@ class _Parser(argparse.ArgumentParser):
 #: Help of every ``--polarity`` option.
 POLARITY_HELP = (
     "atom contrast: bright (HAADF), dark for ABF/bright-field; auto guesses it from the image "
-    "(right for STEM images; choose explicitly for HRTEM) (default: %(default)s)"
+    "(right for STEM images; for HRTEM, atomnet-hrtem guesses it itself by running both ways, "
+    "the general model needs to be told) (default: %(default)s)"
 )
 
 

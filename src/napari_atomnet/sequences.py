@@ -70,7 +70,11 @@ class SequenceResult:
 
 
 def movie_constants(
-    frame: ArrayLike, *, polarity: str = "auto", spacing: float | None = None
+    frame: ArrayLike,
+    *,
+    polarity: str = "auto",
+    spacing: float | None = None,
+    detector: Any = None,
 ) -> tuple[str, float]:
     """Atom contrast and lattice spacing of a movie, from one of its frames.
 
@@ -84,10 +88,13 @@ def movie_constants(
         A frame of the movie.
     polarity : {"auto", "bright", "dark"}
         What the caller knows of the contrast ("auto": guessed,
-        :func:`napari_atomnet.core.detect.resolve_polarity`).
+        :func:`napari_atomnet.core.detect.resolve_polarity`, or by the detector itself when
+        its card says it tells the contrast, as ``atomnet-hrtem`` does).
     spacing : float, optional
         The lattice spacing (px), if known; otherwise estimated from the frame's central
         crop as detection does (:func:`napari_atomnet.core.detect.estimate_spacing`).
+    detector : ModelCard, optional
+        The movie's detection model (resolved, :func:`napari_atomnet.pipeline.resolve_detector`).
 
     Returns
     -------
@@ -102,6 +109,11 @@ def movie_constants(
     img = as_analysis_image(frame)
     if spacing is None:
         spacing = estimate_spacing(img, max_crop=SPACING_CROP)
+    if polarity == "auto" and getattr(detector, "guesses_contrast", False):
+        from .models.detector import detect_atoms
+
+        guess = detect_atoms(img, detector, polarity="auto", spacing=spacing)
+        return str(guess.params["polarity"]), float(spacing)
     return resolve_polarity(img, polarity, spacing=spacing), float(spacing)
 
 
@@ -186,7 +198,7 @@ def find_atoms_stack(
     contrast = None
     if todo:
         contrast, spacing = movie_constants(
-            get_frame(stack, todo[0]), polarity=polarity, spacing=spacing
+            get_frame(stack, todo[0]), polarity=polarity, spacing=spacing, detector=det
         )
     parts, rows = [], []
     model_info = None

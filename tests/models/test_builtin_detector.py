@@ -118,11 +118,10 @@ def test_builtin_hrtem_card_matches_its_file_and_says_where_it_started():
 HRTEM_CONDITIONS = [(-40, -15, 1e4), (80, -5, 1e4), (50, 10, 1e4), (-60, -10, 3e3), (60, 10, 3e3)]
 
 
-@pytest.mark.slow
-def test_builtin_hrtem_model_beats_the_general_one_on_phase_contrast():
-    f1 = {DEFAULT_DETECTOR: [], HRTEM: []}
+def _hrtem_images():
+    """Held-out graphene HRTEM simulations at HRTEM_CONDITIONS (defocus Å, Cs µm, dose)."""
     for k, (defocus, cs_um, dose) in enumerate(HRTEM_CONDITIONS):
-        sim = synth.graphene_hrtem(
+        yield synth.graphene_hrtem(
             (SIZE + 2 * BORDER,) * 2,
             defocus=defocus,
             cs_um=cs_um,
@@ -130,6 +129,12 @@ def test_builtin_hrtem_model_beats_the_general_one_on_phase_contrast():
             astig_angstrom=5.0,
             seed=3_000_000 + k,
         )
+
+
+@pytest.mark.slow
+def test_builtin_hrtem_model_beats_the_general_one_on_phase_contrast():
+    f1 = {DEFAULT_DETECTOR: [], HRTEM: []}
+    for sim in _hrtem_images():
         image, truth, dont_care, _ = _crop(sim)
         polarity = "bright" if sim.extras["polarity"] > 0 else "dark"
         for name, scores in f1.items():
@@ -139,3 +144,32 @@ def test_builtin_hrtem_model_beats_the_general_one_on_phase_contrast():
     assert hrtem.mean() >= general.mean() + 0.02
     assert (hrtem >= general - 0.005).all()
     assert (hrtem[2:] >= 0.95).all()  # the clear images
+
+
+def test_hrtem_model_tells_the_atom_contrast_itself():
+    """With "auto" contrast the HRTEM model runs both ways and keeps the contrast under which
+    its detections score more: the simulator's contrast, bright or dark, and then exactly the
+    detections it gives when told.  (The image's look, the general model's guess, is no guide
+    in phase contrast: its guess is wrong on some of these.)"""
+    from napari_atomnet.core.detect import resolve_polarity
+
+    card = load_model(HRTEM)
+    assert card.guesses_contrast and not load_model(DEFAULT_DETECTOR).guesses_contrast
+    seen, look_wrong = set(), 0
+    for sim in _hrtem_images():
+        image = _crop(sim)[0]
+        truth = "bright" if sim.extras["polarity"] > 0 else "dark"
+        seen.add(truth)
+        look_wrong += resolve_polarity(image, "auto") != truth
+        calls: list[tuple[int, int]] = []
+        auto = detect_atoms(image, card, progress=lambda *call, out=calls: out.append(call))
+        assert auto.params["polarity"] == truth
+        other = "dark" if truth == "bright" else "bright"
+        evidence = auto.params["polarity_evidence"]
+        assert evidence[truth] > 2 * evidence[other]
+        assert calls[-1][0] == calls[-1][1] == 2  # one tile, two passes
+        told = detect_atoms(image, card, polarity=truth)
+        assert "polarity_evidence" not in told.params
+        assert np.array_equal(auto.table.to_numpy(), told.table.to_numpy())
+    assert seen == {"bright", "dark"}
+    assert look_wrong >= 1

@@ -309,3 +309,22 @@ def test_rehearsal_follows_the_base_models_recipe():
     general = rehearsal_draws(load_model("atomnet-detect", task="detection"))
     pool = data.make_pool(5, 7, shape=(64, 64), pad=8, prerender=False, **general)
     assert {ex.source for ex in pool} == set(data.DEFAULT_MIX)
+
+
+def test_auto_contrast_of_labels_is_read_at_the_labelled_atoms(tmp_path):
+    """Corrected HRTEM labels with "auto" contrast: the labelled atoms say they are dark (the
+    image's look says bright here), so the image is negated as the network sees dark atoms."""
+    from napari_atomnet.core.detect import resolve_polarity
+    from napari_atomnet.training import data
+    from napari_atomnet.training.finetune import _read_labelled
+
+    sim = synth.graphene_hrtem(
+        (160, 160), defocus=60.0, cs_um=-10.0, dose=1e4, astig_angstrom=5.0, seed=3_300_000
+    )
+    assert sim.extras["polarity"] < 0 and resolve_polarity(sim.image, "auto") == "bright"
+    export_labels(sim.image, sim.atoms[["y", "x"]], tmp_path / "hrtem", name="g")
+    norm = data.DEFAULT_NORMALIZATION
+    (item,) = _read_labelled(tmp_path / "hrtem", "auto", norm, 0, lambda *_: None, lambda: False)
+    assert item.polarity == "dark"
+    (told,) = _read_labelled(tmp_path / "hrtem", "bright", norm, 0, lambda *_: None, lambda: False)
+    assert told.polarity == "bright"  # what the user says wins

@@ -245,3 +245,35 @@ def test_hrtem_model_from_the_picker_on_the_graphene_sample(make_napari_viewer, 
         c for c in widget._model.choices if getattr(c, "name", "") == "atomnet-detect"
     )
     assert widget._refine.value  # the general model refines again
+
+
+def test_hrtem_model_finds_dark_atoms_with_the_contrast_left_on_auto(make_napari_viewer, qtbot):
+    """A user who does not know whether the atoms are dark or bright leaves "auto": the HRTEM
+    model tells it (dark at +60 Å defocus) and the result says so."""
+    from napari_atomnet import synth
+    from napari_atomnet.core.metrics import detection_scores
+
+    sim = synth.graphene_hrtem(
+        (256, 256), defocus=60.0, cs_um=-10.0, dose=1e4, astig_angstrom=5.0, seed=3_100_000
+    )
+    assert sim.extras["polarity"] < 0
+    viewer = make_napari_viewer()
+    viewer.add_image(sim.image, name="dark graphene")
+    widget = DetectAtomsWidget(viewer)
+    widget._image.value = viewer.layers["dark graphene"]
+    widget._model.value = next(
+        c for c in widget._model.choices if getattr(c, "name", "") == "atomnet-hrtem"
+    )
+    assert widget._contrast.value == "auto"
+    _run(qtbot, widget)
+    atoms = viewer.layers["Atoms (dark graphene)"]
+    params = provenance_of(atoms)["params"]
+    assert params["polarity"] == "dark"
+    assert params["polarity_evidence"]["dark"] > params["polarity_evidence"]["bright"]
+    assert "dark atoms" in widget._status.value
+    truth = sim.atoms[["y", "x"]].to_numpy()
+    spacing = 1.42 / sim.params["pixel_size_angstrom"]
+    score = detection_scores(
+        atoms.data, truth, 0.25 * spacing, shape=sim.image.shape, border=0.5 * spacing
+    )
+    assert score["f1"] >= 0.9

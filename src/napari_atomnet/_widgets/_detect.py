@@ -36,8 +36,10 @@ CONTRAST_CHOICES = [
 ]
 CONTRAST_TOOLTIP = (
     "Contrast of the atom columns: bright (HAADF), dark (ABF, bright-field), or auto: guessed "
-    "from the image, which is right for STEM images but not reliable for HRTEM, where atoms are "
-    "bright or dark depending on defocus and Cs (choose there)."
+    "from the image, which is right for STEM images. In HRTEM atoms are bright or dark "
+    "depending on defocus and Cs, and the image's look does not say which: there the HRTEM "
+    "model guesses it itself (it runs both ways and keeps the likelier; twice the time), "
+    "while the general model needs to be told."
 )
 
 

@@ -172,8 +172,9 @@ def resolve_polarity(
 
     The guess (the heavier tail of the lightly smoothed image: atoms are sparse sharp extremes)
     is right for HAADF and ABF images, bright or dark, down to a few counts per column; it is
-    unreliable for HRTEM, where the CTF can make the empty hexagon centres the extremes, so
-    HRTEM users should say which contrast their atoms have.
+    unreliable for HRTEM, where the CTF can make the empty hexagon centres the extremes (there
+    a model made for phase contrast guesses it itself:
+    :func:`~napari_atomnet.models.detector.detect_atoms`).
 
     Parameters
     ----------

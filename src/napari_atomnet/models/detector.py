@@ -136,7 +136,11 @@ def detect_atoms(
         for HRTEM).  The built-in detector sees bright atoms: a dark-atom image is negated
         before the network, which is what keeps it from taking the bright gaps between dark
         columns for atoms.  A model whose card knows its atoms' contrast (``"polarity"``: a
-        model adapted to HRTEM conditions that image them one way) uses it for "auto".
+        model adapted to HRTEM conditions that image them one way) uses it for "auto".  A model
+        for phase contrast (card ``"contrast_guess": "model"``, e.g. ``atomnet-hrtem``) guesses
+        it itself for "auto": it runs on the image both ways and keeps the contrast under
+        which its detections' scores add up to more (``params["polarity_evidence"]``); this
+        costs a second pass.
     spacing : float, optional
         Lattice spacing (px) when the caller already knows it, e.g. estimated once for all the
         frames of a movie (NaN: no periodicity); otherwise estimated here, once, from the
@@ -179,8 +183,7 @@ def detect_atoms(
         spacing = estimate_spacing(img, max_crop=SPACING_CROP)
     spacing = float(spacing)
     polarity = model_polarity(card, polarity)
-    contrast = resolve_polarity(img, polarity, spacing=spacing)
-    sign = np.float32(-1.0 if contrast == "dark" else 1.0)
+    guess_by_model = polarity == "auto" and card.guesses_contrast
     sigma = normalization_sigma(
         img,
         factor=norm.get("factor", 3.0),
@@ -193,40 +196,59 @@ def detect_atoms(
     session = create_session(card.path, device=device)
     input_name = session.get_inputs()[0].name
     out_names = [o.name for o in session.get_outputs()]
-
     tiles, _ = plan_tiles(img.shape, tile, margin, multiple, border)
-    parts = []
-    for done, (t, window) in enumerate(iter_windows(img, tile, margin, multiple, border), 1):
-        if cancelled is not None and cancelled():
-            raise InterruptedError("detection cancelled")
-        # windows are multiples of pad_multiple already (plan_tiles puts them on the grid)
-        net_in = np.ascontiguousarray(sign * normalizer.apply(window, t.offset), dtype=np.float32)
-        if zero_fill:  # the network sees nothing beyond the image's own edges
-            _zero_outside(net_in, t.offset, img.shape)
-        outputs = dict(
-            zip(out_names, session.run(out_names, {input_name: net_in[None, None]}), strict=True)
-        )
-        peaks = decode_heatmap(
-            outputs["heatmap"][0],
-            threshold=float(class_thr.min()),
-            size=outputs["size"][0] if "size" in outputs else None,
-            stride=stride,
-        )
-        peaks = confident(peaks, class_thr)
-        # window coordinates -> image coordinates; keep only the peaks in this tile's core
-        oy, ox = t.offset
-        peaks["y"] += oy
-        peaks["x"] += ox
-        r, c = t.core
-        inside = (
-            (peaks["y"] >= r.start - 0.5)
-            & (peaks["y"] < r.stop - 0.5)
-            & (peaks["x"] >= c.start - 0.5)
-            & (peaks["x"] < c.stop - 0.5)
-        )
-        parts.append(peaks[inside])
-        if progress is not None:
-            progress(done, len(tiles))
+    contrasts: list[str] = (
+        ["bright", "dark"] if guess_by_model else [resolve_polarity(img, polarity, spacing=spacing)]
+    )
+    total = len(tiles) * len(contrasts)
+
+    def run(contrast: str, done_before: int) -> list[pd.DataFrame]:
+        sign = np.float32(-1.0 if contrast == "dark" else 1.0)
+        parts = []
+        for done, (t, window) in enumerate(
+            iter_windows(img, tile, margin, multiple, border), done_before + 1
+        ):
+            if cancelled is not None and cancelled():
+                raise InterruptedError("detection cancelled")
+            # windows are multiples of pad_multiple already (plan_tiles puts them on the grid)
+            net_in = np.ascontiguousarray(
+                sign * normalizer.apply(window, t.offset), dtype=np.float32
+            )
+            if zero_fill:  # the network sees nothing beyond the image's own edges
+                _zero_outside(net_in, t.offset, img.shape)
+            outputs = dict(
+                zip(
+                    out_names, session.run(out_names, {input_name: net_in[None, None]}), strict=True
+                )
+            )
+            peaks = decode_heatmap(
+                outputs["heatmap"][0],
+                threshold=float(class_thr.min()),
+                size=outputs["size"][0] if "size" in outputs else None,
+                stride=stride,
+            )
+            peaks = confident(peaks, class_thr)
+            # window coordinates -> image coordinates; keep only the peaks in this tile's core
+            oy, ox = t.offset
+            peaks["y"] += oy
+            peaks["x"] += ox
+            r, c = t.core
+            inside = (
+                (peaks["y"] >= r.start - 0.5)
+                & (peaks["y"] < r.stop - 0.5)
+                & (peaks["x"] >= c.start - 0.5)
+                & (peaks["x"] < c.stop - 0.5)
+            )
+            parts.append(peaks[inside])
+            if progress is not None:
+                progress(done, total)
+        return parts
+
+    runs = {contrast: run(contrast, k * len(tiles)) for k, contrast in enumerate(contrasts)}
+    # phase contrast: the contrast under which the model finds the most atoms, most surely
+    evidence = {c: float(sum(p["score"].sum() for p in parts)) for c, parts in runs.items()}
+    contrast = max(contrasts, key=lambda c: evidence[c])
+    parts = runs[contrast]
     table = (
         pd.concat(parts, ignore_index=True)
         if parts
@@ -239,6 +261,11 @@ def detect_atoms(
         "threshold": thr,
         "class_thresholds": dict(zip(classes, class_thr.round(4).tolist(), strict=False)),
         "polarity": contrast,
+        **(
+            {"polarity_evidence": {c: round(v, 3) for c, v in evidence.items()}}
+            if guess_by_model
+            else {}
+        ),
         "tile": tile,
         "lattice_spacing": round(spacing, 4) if np.isfinite(spacing) else None,
         "normalization_sigma": sigma,

@@ -80,6 +80,16 @@ class ModelCard:
         return known if known in ("bright", "dark") else None
 
     @property
+    def guesses_contrast(self) -> bool:
+        """For "auto" contrast, run the model both ways and keep the likelier contrast.
+
+        Set (card ``"contrast_guess": "model"``) for models of phase-contrast images, whose
+        look does not say whether the atoms are bright or dark
+        (:func:`~napari_atomnet.models.detector.detect_atoms`).
+        """
+        return self.info.get("contrast_guess") == "model"
+
+    @property
     def weights(self) -> Path:
         """Torch weights (``<model>.pt``) beside the ONNX file; fine-tuning starts from them."""
         return Path(self.path).with_suffix(".pt")

@@ -330,8 +330,9 @@ def fine_tune_detector(
         Where to write; default the user model folder
         (:func:`~napari_atomnet.models.registry.user_model_dir`).
     polarity : {"auto", "bright", "dark"}
-        Contrast of the atoms in the user's images; "auto" is resolved per image by
-        :func:`~napari_atomnet.core.detect.resolve_polarity` (reliable for STEM, not for HRTEM).
+        Contrast of the atoms in the user's images; "auto" is read per image from its labels
+        (:func:`~napari_atomnet.core.detect.atom_polarity`: are the labelled atoms brighter or
+        darker than their surroundings; right for STEM and for HRTEM, whose look misleads).
     config : FineTuneConfig, optional
         Hyper-parameters (defaults: :class:`FineTuneConfig`).
     progress : callable, optional
@@ -637,7 +638,7 @@ def _read_labelled(
 
     ``n_more`` data items follow (simulations): the "data" progress counts them too.
     """
-    from ..core.detect import resolve_polarity
+    from ..core.detect import atom_polarity, resolve_polarity
     from ..core.image import as_analysis_image
     from ..io.labels import import_labels, list_label_images
 
@@ -670,7 +671,10 @@ def _read_labelled(
             -0.5, w - 0.5, inclusive="left"
         )
         atoms = atoms[inside]
-        pol = resolve_polarity(img, polarity)
+        if polarity == "auto" and len(atoms):  # the labels say where the atoms are
+            pol = atom_polarity(img, atoms[["y", "x"]].to_numpy(float))
+        else:
+            pol = resolve_polarity(img, polarity)
         sign = -1.0 if pol == "dark" else 1.0
         oriented = data.normalize_image(img, norm) * sign
         labels = f"{info.get('format')}: {info.get('label_path')}"

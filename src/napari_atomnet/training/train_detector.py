@@ -959,8 +959,13 @@ def _parse_mix(text: str, parser: argparse.ArgumentParser) -> dict[str, float]:
     return mix
 
 
+def _phase_contrast_only(mix: dict[str, float]) -> bool:
+    """Whether a training mix holds HRTEM (phase-contrast) simulations only."""
+    return {k for k, v in mix.items() if v > 0} == {"graphene"}
+
+
 def _description(mix: dict[str, float]) -> str:
-    if {k for k, v in mix.items() if v > 0} == {"graphene"}:
+    if _phase_contrast_only(mix):
         return (
             "Atom detector for HRTEM (phase-contrast) images of graphene-like 2D materials, "
             "trained on napari-atomnet's own graphene HRTEM simulations only (seed 003's recipe)."
@@ -1146,6 +1151,8 @@ def main(argv: list[str] | None = None) -> int:
         "default_threshold": 0.3,
         "normalization": dict(data.DEFAULT_NORMALIZATION),
         "atoms": "bright",  # dark-atom images are negated before the network (detect_atoms)
+        # phase contrast only: the image's look does not tell the atoms' contrast, the model does
+        **({"contrast_guess": "model"} if _phase_contrast_only(cfg.mix) else {}),
         "design": DESIGN,
         "architecture": {
             "class": ARCHITECTURE,
