@@ -94,7 +94,7 @@ def detect_hrtem() -> None:
     widget._model.value = next(
         card for card in widget._model.choices if getattr(card, "name", "") == "atomnet-hrtem"
     )
-    widget._contrast.value = "bright"  # the sample's atoms (defocus -60 Å, Cs -10 µm)
+    # contrast left on "auto": the HRTEM model tells it (the sample: bright, at -60 Å, -10 µm)
     run(widget, viewer, "Atoms (graphene_hrtem)")
     viewer.layers["Boxes (graphene_hrtem)"].visible = False
     zoom(viewer, 1.6, (0.62, 0.45))

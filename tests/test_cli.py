@@ -164,3 +164,27 @@ def test_help_lists_the_file_types_the_readers_read(capsys):
             main([command, "--help"])
         text = " ".join(capsys.readouterr().out.split())
         assert "dm3/dm4 (Gatan DigitalMicrograph)" in text and "ser/emi" in text, command
+
+
+def test_detect_hrtem_dark_atoms_with_the_default_contrast(tmp_path, capsys):
+    """No --polarity: on a dark-atom HRTEM image the HRTEM model tells the contrast itself and
+    says so; the atoms are those it finds when told."""
+    from napari_atomnet import synth
+    from napari_atomnet.io import write_tiff
+
+    sim = synth.graphene_hrtem(
+        (192, 192), defocus=60.0, cs_um=-10.0, dose=1e4, astig_angstrom=5.0, seed=3_400_000
+    )
+    image = tmp_path / "dark.tif"
+    write_tiff(image, sim.image.astype(np.float32))
+    args = ["detect", str(image), "--model", "atomnet-hrtem"]
+    assert main([*args, "--out", str(tmp_path / "auto.csv")]) == 0
+    said = capsys.readouterr().out
+    assert " dark atoms " in said and "contrast told by the model" in said
+    assert main([*args, "--polarity", "dark", "--out", str(tmp_path / "told.csv")]) == 0
+    assert "contrast told by the model" not in capsys.readouterr().out
+    auto, told = pd.read_csv(tmp_path / "auto.csv"), pd.read_csv(tmp_path / "told.csv")
+    assert len(auto) > 100
+    pd.testing.assert_frame_equal(auto, told)
+    provenance = json.loads((tmp_path / "auto.json").read_text())
+    assert provenance["params"]["polarity"] == "dark"

@@ -261,6 +261,8 @@ def _cmd_detect(args: argparse.Namespace) -> int:
     contrast = result.provenance["params"].get("polarity")
     dropped = result.provenance["params"].get("fit_check", {}).get("dropped", 0)
     unconfirmed = f", {dropped} unconfirmed dropped" if dropped else ""
+    if "polarity_evidence" in result.provenance["params"]:
+        unconfirmed += "; contrast told by the model"
     print(
         f"{len(result.atoms)} {contrast} atoms ({fitted} Gaussian fits ok{unconfirmed}) in "
         f"{result.provenance['seconds']:.2f} s on {result.provenance['device']} -> {out}"

@@ -169,6 +169,7 @@ def test_atom_contrast_reaches_the_detector(make_napari_viewer, qtbot, monkeypat
     params = provenance_of(atoms)["params"]
     assert params["polarity"] == "dark" and params["polarity_requested"] == contrast
     assert "dark atoms" in widget._status.value
+    assert "contrast told by the model" not in widget._status.value  # STEM: the image tells
     truth = _samples.load_sample("interface_abf")["truth"][["y", "x"]].to_numpy()
     scores = detection_scores(atoms.data, truth, 3.0, shape=(384, 384), border=6.0)
     assert scores["recall"] >= 0.98 and scores["f1"] >= 0.95, scores
@@ -271,6 +272,7 @@ def test_hrtem_model_finds_dark_atoms_with_the_contrast_left_on_auto(make_napari
     assert params["polarity"] == "dark"
     assert params["polarity_evidence"]["dark"] > params["polarity_evidence"]["bright"]
     assert "dark atoms" in widget._status.value
+    assert "contrast told by the model" in widget._status.value
     truth = sim.atoms[["y", "x"]].to_numpy()
     spacing = 1.42 / sim.params["pixel_size_angstrom"]
     score = detection_scores(

@@ -193,6 +193,7 @@ class DetectAtomsWidget(JobWidget):
                 "device": result.provenance.get("device", "cpu"),
                 "seconds": result.provenance.get("seconds"),
                 "polarity": result.provenance["params"].get("polarity"),
+                "by_model": "polarity_evidence" in result.provenance["params"],
                 "dropped": result.provenance["params"].get("fit_check", {}).get("dropped", 0),
             }
 
@@ -258,8 +259,9 @@ class DetectAtomsWidget(JobWidget):
         seconds = out["seconds"]
         contrast = f"{out['polarity']} " if out.get("polarity") else ""
         dropped = f"; {out['dropped']} unconfirmed dropped" if out.get("dropped") else ""
+        told = "; contrast told by the model" if out.get("by_model") else ""
         self._status.value = f"{out['n']} {contrast}atoms in {layer.name}" + (
-            f" ({seconds:.2f} s on {out['device'].upper()}{dropped})" if seconds else ""
+            f" ({seconds:.2f} s on {out['device'].upper()}{dropped}{told})" if seconds else ""
         )
 
 
