@@ -557,7 +557,8 @@ def run(quick: bool = False) -> dict:
         f"contrast guessed (``polarity='auto'``): {ms_per_mp_auto:.0f} ms per megapixel. "
         f"`{hrtem_card.name}` on a 2048² graphene image: "
         f"{hrtem_ms[polarity_of(graphene)]:.0f} ms per megapixel told the contrast, "
-        f"{hrtem_ms['auto']:.0f} with ``polarity='auto'`` (two passes).",
+        f"{hrtem_ms['auto']:.0f} with ``polarity='auto'`` (both ways on the central 1024², "
+        "then the whole image once).",
     ]
     return {
         "title": "Atom detection (issue 3)",

@@ -173,3 +173,20 @@ def test_hrtem_model_tells_the_atom_contrast_itself():
         assert np.array_equal(auto.table.to_numpy(), told.table.to_numpy())
     assert seen == {"bright", "dark"}
     assert look_wrong >= 1
+
+
+def test_hrtem_contrast_of_a_large_image_is_told_on_its_centre():
+    """Beyond 1024 px the two-way pass runs on the central 1024² only; the whole image is then
+    detected once, the likelier way: the same atoms as when told."""
+    sim = synth.graphene_hrtem(
+        (1100, 160), defocus=60.0, cs_um=-10.0, dose=1e4, astig_angstrom=5.0, seed=3_500_000
+    )
+    assert sim.extras["polarity"] < 0
+    calls: list[tuple[int, int]] = []
+    auto = detect_atoms(sim.image, HRTEM, progress=lambda *call: calls.append(call))
+    assert auto.params["polarity"] == "dark"
+    evidence = auto.params["polarity_evidence"]
+    assert evidence["dark"] > 2 * evidence["bright"]
+    assert calls[-1][0] == calls[-1][1] == 2  # the whole image once: two tiles of 1024
+    told = detect_atoms(sim.image, HRTEM, polarity="dark")
+    assert np.array_equal(auto.table.to_numpy(), told.table.to_numpy())

@@ -25,6 +25,19 @@ POLARITIES = ("auto", "bright", "dark")
 SPACING_CROP = 1024
 
 
+def central_crop(image: NDArray, size: int) -> NDArray:
+    """Return the central ``size`` × ``size`` part of an image (all of a smaller side).
+
+    Examples
+    --------
+    >>> central_crop(np.zeros((10, 3)), 4).shape
+    (4, 3)
+    """
+    r0 = max(0, (image.shape[0] - size) // 2)
+    c0 = max(0, (image.shape[1] - size) // 2)
+    return image[r0 : r0 + size, c0 : c0 + size]
+
+
 def estimate_spacing(
     image: ArrayLike, *, strength: float = 0.3, max_crop: int | None = None
 ) -> float:
@@ -60,9 +73,7 @@ def estimate_spacing(
     """
     img = np.asarray(image)
     if max_crop is not None:
-        r0 = max(0, (img.shape[0] - max_crop) // 2)
-        c0 = max(0, (img.shape[1] - max_crop) // 2)
-        img = img[r0 : r0 + max_crop, c0 : c0 + max_crop]
+        img = central_crop(img, max_crop)
     img = np.asarray(img, dtype=np.float64)
     h, w = img.shape
     img = img - img.mean()

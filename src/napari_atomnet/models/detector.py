@@ -30,6 +30,7 @@ from numpy.typing import ArrayLike
 
 from ..core.detect import (
     SPACING_CROP,
+    central_crop,
     decode_heatmap,
     estimate_spacing,
     merge_close_peaks,
@@ -140,7 +141,7 @@ def detect_atoms(
         for phase contrast (card ``"contrast_guess": "model"``, e.g. ``atomnet-hrtem``) guesses
         it itself for "auto": it runs on the image both ways and keeps the contrast under
         which its detections' scores add up to more (``params["polarity_evidence"]``); this
-        costs a second pass.
+        costs a second pass (on a large image, of its central 1024² only).
     spacing : float, optional
         Lattice spacing (px) when the caller already knows it, e.g. estimated once for all the
         frames of a movie (NaN: no periodicity); otherwise estimated here, once, from the
@@ -200,6 +201,22 @@ def detect_atoms(
     contrasts: list[str] = (
         ["bright", "dark"] if guess_by_model else [resolve_polarity(img, polarity, spacing=spacing)]
     )
+    evidence: dict[str, float] = {}
+    if guess_by_model and max(img.shape) > SPACING_CROP:
+        # a large image: both ways on its central part, then the whole once, the likelier way
+        crop = central_crop(img, SPACING_CROP)
+        for c in contrasts:
+            found = detect_atoms(
+                crop,
+                card,
+                threshold=threshold,
+                polarity=c,
+                spacing=spacing,
+                device=device,
+                cancelled=cancelled,
+            )
+            evidence[c] = float(found.table["score"].sum())
+        contrasts = [max(contrasts, key=lambda c: evidence[c])]
     total = len(tiles) * len(contrasts)
 
     def run(contrast: str, done_before: int) -> list[pd.DataFrame]:
@@ -245,9 +262,10 @@ def detect_atoms(
         return parts
 
     runs = {contrast: run(contrast, k * len(tiles)) for k, contrast in enumerate(contrasts)}
-    # phase contrast: the contrast under which the model finds the most atoms, most surely
-    evidence = {c: float(sum(p["score"].sum() for p in parts)) for c, parts in runs.items()}
-    contrast = max(contrasts, key=lambda c: evidence[c])
+    if guess_by_model and not evidence:
+        # phase contrast: the contrast under which the model finds the most atoms, most surely
+        evidence = {c: float(sum(p["score"].sum() for p in parts)) for c, parts in runs.items()}
+    contrast = max(contrasts, key=lambda c: evidence.get(c, 0.0))
     parts = runs[contrast]
     table = (
         pd.concat(parts, ignore_index=True)
