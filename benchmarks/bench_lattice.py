@@ -10,6 +10,10 @@ The displacement floor is the Cramér–Rao bound of one B position plus a quart
 (per axis), from the Fisher information of the simulator's image model; "B alone" is the bound of
 the B position by itself, which no per-cell estimate can beat whatever its reference (only
 smoothing over neighbouring cells, i.e. a different, spatially averaged quantity, could).
+Every cell also reports the standard errors of its displacement (``disp_y_err``, ``disp_x_err``:
+from the Gaussian fits' errors of B and its four corners); "reported disp error" is their RMS,
+and "error / reported error (SD)" the spread of the actual errors in units of the reported ones
+(1: the reported errors are honest; above 1: too small).
 """
 
 from __future__ import annotations
@@ -47,8 +51,10 @@ def evaluate(sim, lattice) -> dict:
     near = db < 0.35 * spacing
     ey = ok["disp_y"].to_numpy()[near] - b_true["disp_y"].to_numpy()[kb[near]]
     ex = ok["disp_x"].to_numpy()[near] - b_true["disp_x"].to_numpy()[kb[near]]
+    sy, sx = ok["disp_y_err"].to_numpy()[near], ok["disp_x_err"].to_numpy()[near]
     good = np.isfinite(ey) & np.isfinite(ex)
-    ey, ex = ey[good], ex[good]
+    ey, ex, sy, sx = ey[good], ex[good], sy[good], sx[good]
+    z = np.concatenate([ey / sy, ex / sx])
     # strain truth: mean of the four corners' continuum values, relative to the median cell
     _, kk = cKDTree(a_true[["y", "x"]].to_numpy()).query(
         np.stack(
@@ -77,6 +83,8 @@ def evaluate(sim, lattice) -> dict:
         "cells": len(cells),
         "disp RMSE (px, 2D)": float(np.sqrt(np.mean(ey**2 + ex**2))),
         "disp RMSE (px, per axis)": float(np.sqrt(np.mean((ey**2 + ex**2) / 2))),
+        "reported disp error (px/axis, RMS)": float(np.sqrt(np.nanmean((sy**2 + sx**2) / 2))),
+        "error / reported error (SD)": float(np.nanstd(z[np.isfinite(z)])),
         "strain RMSE (%, max of εxx εyy εxy)": 100
         * max(strain["exx"], strain["eyy"], strain["exy"]),
         "rotation RMSE (mrad)": 1000 * strain["rotation"],

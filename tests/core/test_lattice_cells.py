@@ -166,3 +166,24 @@ def test_reference_region_and_errors(perovskite):
         analyze_lattice(None, sim.atoms.iloc[:3], bsites=False)
     with pytest.raises(ValueError, match="image is needed"):
         analyze_lattice(None, sim.atoms)
+
+
+def test_displacement_standard_errors_match_the_actual_errors(perovskite):
+    """Each cell's disp_y_err / disp_x_err (the fits' errors of B and its four corners) says how
+    far its displacement is from the truth: the errors in units of them have SD near 1."""
+    sim = perovskite
+    fit = fit_gaussians(sim.image, sim.atoms[["y", "x"]].to_numpy(), isotropic=True)
+    refined = sim.atoms[["class"]].loc[fit.index].join(fit)
+    lat = analyze_lattice(sim.image, refined[refined["fit_ok"]], pixel_size_nm=sim.pixel_size_nm)
+    ok = lat.cells[lat.cells["fit_ok"]]
+    b = sim.atoms[sim.atoms["class"] == 1]
+    _, i = cKDTree(b[["y", "x"]].to_numpy()).query(ok[["bsite_y", "bsite_x"]].to_numpy())
+    z = np.concatenate(
+        [
+            (ok["disp_y"] - b["disp_y"].to_numpy()[i]) / ok["disp_y_err"],
+            (ok["disp_x"] - b["disp_x"].to_numpy()[i]) / ok["disp_x_err"],
+        ]
+    )
+    assert len(z) > 600 and np.isfinite(z).all()
+    assert 0.85 < np.std(z) < 1.2
+    np.testing.assert_allclose(ok["disp_y_err_pm"], ok["disp_y_err"] * sim.pixel_size_nm * 1000)

@@ -420,3 +420,31 @@ def test_first_pass_narrows_windows_only_where_the_peaks_are_narrow():
     err = np.hypot(out.y - truth[:, 0], out.x - truth[:, 1])
     assert ok[interior].mean() > 0.88
     assert np.sqrt(np.mean(err[interior & ok] ** 2)) < 0.45
+
+
+@pytest.mark.parametrize(
+    ("dose", "background", "gain"), [(20, 0.0, 1.0), (500, 5.0, 1.0), (50, 2.0, 30.0)]
+)
+def test_position_standard_errors_are_honest(dose, background, gain):
+    """The reported y_err / x_err match the actual scatter of the fitted positions: low dose on
+    a dark background (most pixels below one count), high dose, and counts times a detector
+    gain (errors in units of the reported ones: SD 1 within sampling)."""
+    rng = np.random.default_rng(int(dose + gain))
+    g = np.arange(24) * 25 + 12
+    yy, xx = np.meshgrid(g, g, indexing="ij")
+    ty = yy.ravel() + rng.uniform(-0.5, 0.5, yy.size)
+    tx = xx.ravel() + rng.uniform(-0.5, 0.5, yy.size)
+    clean = render_gaussians((600, 600), ty, tx, float(dose), 2.0) + background
+    img = (gain * rng.poisson(clean)).astype(np.float32)
+    starts = np.column_stack([ty, tx]) + rng.uniform(-1, 1, (ty.size, 2))
+    fit = fit_gaussians(img, starts, isotropic=True)
+    ok = fit["fit_ok"].to_numpy()
+    assert ok.mean() > 0.99
+    z = np.concatenate(
+        [
+            (fit["y"].to_numpy() - ty)[ok] / fit["y_err"].to_numpy()[ok],
+            (fit["x"].to_numpy() - tx)[ok] / fit["x_err"].to_numpy()[ok],
+        ]
+    )
+    assert 0.9 < z.std() < 1.1  # 1150 values: sampling SD of the SD ~0.02
+    assert fit.loc[~fit["fit_ok"], ["y_err", "x_err"]].isna().all().all()

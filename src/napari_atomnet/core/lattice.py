@@ -364,7 +364,8 @@ def fit_bsites(
     Returns
     -------
     pandas.DataFrame
-        ``bsite_y, bsite_x, bsite_source, bsite_fit_ok`` aligned with ``cells``.
+        ``bsite_y, bsite_x, bsite_y_err, bsite_x_err`` (standard errors from the Gaussian fit,
+        NaN where unknown), ``bsite_source, bsite_fit_ok`` aligned with ``cells``.
     """
     from .gaussians import render_gaussians
     from .refine import fit_gaussians
@@ -375,6 +376,7 @@ def fit_bsites(
     edge = np.minimum(np.hypot(cells["a_y"], cells["a_x"]), np.hypot(cells["b_y"], cells["b_x"]))
     out_y = np.full(n, np.nan)
     out_x = np.full(n, np.nan)
+    err = np.full((n, 2), np.nan)  # standard errors of the B positions (px)
     source = np.full(n, "none", dtype=object)
     ok = np.zeros(n, bool)
     others = atoms[~is_a]
@@ -384,6 +386,8 @@ def fit_bsites(
         hit = d <= search * edge.to_numpy()
         out_y[hit] = others["y"].to_numpy(float)[i[hit]]
         out_x[hit] = others["x"].to_numpy(float)[i[hit]]
+        if {"y_err", "x_err"} <= set(others.columns):
+            err[hit] = others[["y_err", "x_err"]].to_numpy(float)[i[hit]]
         source[hit] = "detected"
         ok[hit] = others["fit_ok"].to_numpy(bool)[i[hit]] if "fit_ok" in others else True
         need_fit = ~hit
@@ -413,11 +417,19 @@ def fit_bsites(
         idx = np.nonzero(need_fit)[0]
         out_y[idx] = fit["y"].to_numpy(float)
         out_x[idx] = fit["x"].to_numpy(float)
+        err[idx] = fit[["y_err", "x_err"]].to_numpy(float)
         source[idx] = "fitted"
         moved = np.hypot(out_y[idx] - centre[idx, 0], out_x[idx] - centre[idx, 1])
         ok[idx] = fit["fit_ok"].to_numpy(bool) & (moved <= search * edge.to_numpy()[idx])
     return pd.DataFrame(
-        {"bsite_y": out_y, "bsite_x": out_x, "bsite_source": source, "bsite_fit_ok": ok},
+        {
+            "bsite_y": out_y,
+            "bsite_x": out_x,
+            "bsite_y_err": err[:, 0],
+            "bsite_x_err": err[:, 1],
+            "bsite_source": source,
+            "bsite_fit_ok": ok,
+        },
         index=cells.index,
     )
 
@@ -465,8 +477,10 @@ def analyze_lattice(
     Returns
     -------
     Lattice
-        ``cells`` columns: those of :func:`build_cells`, then ``bsite_y, bsite_x, bsite_source,
-        bsite_fit_ok, disp_y, disp_x, disp_magnitude, disp_angle`` (degrees, from +x towards +y),
+        ``cells`` columns: those of :func:`build_cells`, then ``bsite_y, bsite_x, bsite_y_err,
+        bsite_x_err, bsite_source, bsite_fit_ok, disp_y, disp_x, disp_magnitude, disp_angle``
+        (degrees, from +x towards +y), ``disp_y_err, disp_x_err`` (standard errors from the
+        Gaussian fits' errors of B and its four corners; NaN without them),
         optional ``*_pm``, ``exx, eyy, exy, rotation``, and ``fit_ok`` (cell closes and, with
         B sites, its B site is found).
     """
@@ -528,8 +542,19 @@ def analyze_lattice(
         cells["disp_x"] = disp_x
         cells["disp_magnitude"] = np.hypot(disp_y, disp_x)
         cells["disp_angle"] = np.degrees(np.arctan2(disp_y, disp_x))
+        # standard errors: the B position's and the mean of four corners' (independent fits)
+        corners = cells[[f"i{k}" for k in range(4)]].to_numpy()
+        for axis in ("y", "x"):
+            a_err = (
+                atoms[f"{axis}_err"].to_numpy(float)[corners]
+                if f"{axis}_err" in atoms
+                else np.full(corners.shape, np.nan)
+            )
+            cells[f"disp_{axis}_err"] = np.sqrt(
+                cells[f"bsite_{axis}_err"] ** 2 + (a_err**2).sum(axis=1) / 16.0
+            )
         if pixel_size_nm:
-            for c in ("disp_y", "disp_x", "disp_magnitude"):
+            for c in ("disp_y", "disp_x", "disp_magnitude", "disp_y_err", "disp_x_err"):
                 cells[c.replace("disp_", "disp_") + "_pm"] = cells[c] * pixel_size_nm * 1000.0
         fit_ok &= cells["bsite_fit_ok"].to_numpy(bool)
         step(4)

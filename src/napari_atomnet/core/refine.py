@@ -84,6 +84,8 @@ COLUMNS = [
     "x",
     "amplitude",
     "amplitude_snr",
+    "y_err",
+    "x_err",
     "sigma_y",
     "sigma_x",
     "theta",
@@ -424,6 +426,7 @@ class _BlockResult:
     chi2: NDArray  # weighted
     var_amp: NDArray  # (n, members): variance of each A from (J^T W J)^-1 * reduced chi2
     n_valid: NDArray
+    var_pos: NDArray  # (n, members, 2): variance of each y and x, as var_amp
 
 
 def _lm_block(data: NDArray, mask: NDArray, p0: NDArray, h: int, cfg: _Cfg) -> _BlockResult:
@@ -552,17 +555,33 @@ def _lm_block(data: NDArray, mask: NDArray, p0: NDArray, h: int, cfg: _Cfg) -> _
         out_rss[idx] = rss
         out_chi2[idx] = chi2
         out_hess[idx] = hess
-    # variance of each amplitude for the significance test
-    e_amp = np.zeros((n, npar, mem))
-    for k in range(mem):
-        e_amp[:, k * cfg.n_peak, k] = 1.0
-    inv, okh = _chol_solve(out_hess, e_amp)
+    # variances of each amplitude (the significance test) and position (standard errors):
+    # the diagonal of (J^T W J)^-1 scaled by the reduced chi2; with Poisson weights at the
+    # maximum-likelihood fit this is the Cramér–Rao bound at the fitted parameters
+    rows = (np.arange(mem)[:, None] * cfg.n_peak + np.arange(3)[None, :]).ravel()  # A, y, x
+    e = np.zeros((n, npar, rows.size))
+    e[:, rows, np.arange(rows.size)] = 1.0
+    inv, okh = _chol_solve(out_hess, e)
     dof = np.maximum(n_valid - npar, 1)
-    diag_inv = inv[:, np.arange(mem) * cfg.n_peak, np.arange(mem)]  # (n, mem)
-    var_amp = np.where(
-        (okh & (n_valid > npar))[:, None], diag_inv * (out_chi2 / dof)[:, None], np.inf
+    diag = inv[:, rows, np.arange(rows.size)].reshape(n, mem, 3)
+    var = np.where(
+        (okh & (n_valid > npar))[:, None, None], diag * (out_chi2 / dof)[:, None, None], np.inf
     )
-    return _BlockResult(out_p, out_conv, out_iter, out_rss, out_chi2, var_amp, n_valid)
+    if poisson:
+        # Positions: chi2 over its Poisson expectation, not over dof.  The weights' floor makes
+        # each faint pixel add m / floor < 1 to chi2 (a window on a dark background: chi2 / dof
+        # far below 1, errors too small), while the ratio still absorbs a detector gain.
+        gs, mdl, _ = evaluate(out_p, n, np.asarray(data, dtype=np.float32))
+        expect = (mask * mdl / np.maximum(mdl, np.float32(_POISSON_FLOOR))).sum(axis=1)
+        expect = np.maximum(expect * (1.0 - npar / np.maximum(n_valid, npar + 1)), 1e-12)
+        var[:, :, 1:] = np.where(
+            np.isfinite(var[:, :, 1:]),
+            diag[:, :, 1:] * (out_chi2 / expect)[:, None, None],
+            np.inf,
+        )
+    return _BlockResult(
+        out_p, out_conv, out_iter, out_rss, out_chi2, var[:, :, 0], n_valid, var[:, :, 1:]
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -855,7 +874,9 @@ def fit_gaussians(
     pandas.DataFrame
         One row per kept input row, indexed like ``coords``, with columns ``y``, ``x``,
         ``amplitude``, ``amplitude_snr`` (amplitude over its standard error: how clearly the
-        column stands above the noise), ``sigma_y``, ``sigma_x``, ``theta`` (radians, in
+        column stands above the noise), ``y_err``, ``x_err`` (standard errors of the position,
+        px, from the fit's curvature and residuals: with Poisson weights the Cramér–Rao bound
+        at the fit; NaN for failed fits), ``sigma_y``, ``sigma_x``, ``theta`` (radians, in
         [-pi/4, pi/4), rotation of the Gaussian's y axis towards +x), ``background``,
         ``fit_ok`` (bool), ``fit_status`` ("ok", "diverged", "moved_too_far", "bad_width",
         "low_amplitude", "max_iter", "merged"),
@@ -922,6 +943,7 @@ def fit_gaussians(
         n_iter=np.zeros(n, dtype=np.int64),
         rms=np.full(n, np.nan),
         snr=np.zeros(n),
+        err=np.full((n, 2), np.nan),
     )
     merged_into = np.full(n, -1, dtype=np.int64)
     centres = np.round(init).astype(np.int64)
@@ -1066,6 +1088,7 @@ class _State:
     n_iter: NDArray
     rms: NDArray
     snr: NDArray  # amplitude / its standard error, from the last fit
+    err: NDArray  # (N, 2): standard errors of y and x, from the last fit
     # the parameters at the start of the pass: what the neighbour image was rendered from
     start: NDArray | None = None
 
@@ -1132,6 +1155,7 @@ def _fit_singles(
     )
     with np.errstate(invalid="ignore", divide="ignore"):
         st.snr[sel] = np.nan_to_num(res.params[:, 0] / np.sqrt(res.var_amp[:, 0]))
+    st.err[sel] = np.sqrt(res.var_pos[:, 0])
 
 
 def _find_clusters(st: _State, active: NDArray, cfg: _Cfg, kappa: float = 3.5) -> list[NDArray]:
@@ -1283,6 +1307,7 @@ def _fit_clusters(
         )
         with np.errstate(invalid="ignore", divide="ignore"):
             st.snr[ids] = np.nan_to_num(pk[:, 0] / np.sqrt(res.var_amp[:, j]))
+        st.err[ids] = np.sqrt(res.var_pos[:, j])
 
 
 def _prune_clusters(
@@ -1448,6 +1473,8 @@ def _frame(
             "x": x,
             "amplitude": params[:, 0],
             "amplitude_snr": st.snr,
+            "y_err": np.where(ok, st.err[:, 0], np.nan),
+            "x_err": np.where(ok, st.err[:, 1], np.nan),
             "sigma_y": sy,
             "sigma_x": sx,
             "theta": th,
