@@ -38,6 +38,11 @@ def test_lattice_layers_and_table(viewer_with_atoms, qtbot, tmp_path):
     assert n_cells > 350 and len(cells.data) == 2 * n_cells
     for col in ("exx", "eyy", "exy", "rotation", "bsite_y", "disp_y", "fit_ok", "status"):
         assert col in strain.features.columns
+    # each displacement's standard error, and their median in the dock's summary
+    ok = strain.features[strain.features["fit_ok"]]
+    median = np.median(np.sqrt((ok["disp_y_err"] ** 2 + ok["disp_x_err"] ** 2) / 2))
+    assert 0.005 < median < 0.3  # px: the classical detections refined at the sample's dose
+    assert "median standard error" in widget._status.value
     # the B sites were fitted with the contrast the detection recorded on the Atoms layer
     assert strain.metadata["napari_atomnet"]["params"]["polarity"] == "bright"
     np.testing.assert_allclose(disp.scale, viewer.layers["perovskite_haadf"].scale[-2:])

@@ -38,6 +38,20 @@ def atoms_from_layer(layer: napari.layers.Points) -> pd.DataFrame:
     return table
 
 
+def _precision(cells: Any) -> str:
+    """Say the median standard error of the cells' displacements (per axis), if known."""
+    unit = "pm" if "disp_y_err_pm" in cells else "px"
+    suffix = "_pm" if unit == "pm" else ""
+    if f"disp_y_err{suffix}" not in cells:
+        return ""
+    ok = cells[cells["fit_ok"]]
+    err = np.sqrt((ok[f"disp_y_err{suffix}"] ** 2 + ok[f"disp_x_err{suffix}"] ** 2) / 2)
+    err = err[np.isfinite(err)]
+    if not len(err):
+        return ""
+    return f"; displacements ± {np.median(err):.3g} {unit} per axis (median standard error)"
+
+
 class LatticeWidget(JobWidget):
     """Build unit cells from an Atoms layer; show cells, B sites, displacements and strain.
 
@@ -162,6 +176,7 @@ class LatticeWidget(JobWidget):
         self._status.value = (
             f"{info['n_cells']} cells ({info['n_cells_ok']} ok, {info['n_distorted']} distorted); "
             f"|a| = {np.hypot(*a):.2f} px, |b| = {np.hypot(*b):.2f} px"
+            + _precision(out["lattice"].cells)
         )
 
     def _rescale_arrows(self, *_: Any) -> None:
