@@ -187,3 +187,22 @@ def test_displacement_standard_errors_match_the_actual_errors(perovskite):
     assert len(z) > 600 and np.isfinite(z).all()
     assert 0.85 < np.std(z) < 1.2
     np.testing.assert_allclose(ok["disp_y_err_pm"], ok["disp_y_err"] * sim.pixel_size_nm * 1000)
+
+
+def test_strain_standard_errors_match_the_actual_errors(perovskite):
+    """Each cell's exx_err ... rotation_err (its corners' errors carried through exactly) says
+    how far its strain is from the same cell's strain on the true positions."""
+    sim = perovskite
+    fit = fit_gaussians(sim.image, sim.atoms[["y", "x"]].to_numpy(), isotropic=True)
+    refined = sim.atoms[["class"]].loc[fit.index].join(fit)
+    measured = analyze_lattice(sim.image, refined[refined["fit_ok"]], bsites=False)
+    exact = analyze_lattice(None, sim.atoms, bsites=False, reference=measured.reference)
+    m, e = measured.cells, exact.cells
+    d, i = cKDTree(e[["y", "x"]].to_numpy()).query(m[["y", "x"]].to_numpy())
+    same = (d < 1.0) & (m["status"] == "ok").to_numpy()
+    assert same.sum() > 300
+    for c in ("exx", "eyy", "exy", "rotation"):
+        err = m[c].to_numpy()[same] - e[c].to_numpy()[i[same]]
+        z = err / m[f"{c}_err"].to_numpy()[same]
+        assert 0.85 < np.std(z) < 1.2, (c, np.std(z))
+    assert exact.cells["exx_err"].isna().all()  # truth positions carry no errors

@@ -332,6 +332,48 @@ def cell_strain(cells: pd.DataFrame, reference: ArrayLike) -> pd.DataFrame:
     )
 
 
+def strain_errors(
+    cells: pd.DataFrame, reference: ArrayLike, err_y: ArrayLike, err_x: ArrayLike
+) -> pd.DataFrame:
+    """Return the standard errors of every cell's strain and rotation from its corners' errors.
+
+    The cell's vectors are linear in its four corners (means of opposite edges), and so is
+    ``F`` (:func:`cell_strain`); the corners' errors, independent between corners and axes,
+    carry through exactly (the reference, a median over many cells, is taken as exact).
+
+    Parameters
+    ----------
+    cells : pandas.DataFrame
+        From :func:`build_cells`.
+    reference : array_like, shape (2, 2)
+        Rows: reference a and b as (y, x).
+    err_y, err_x : array_like, shape (n_cells, 4)
+        Standard errors (px) of the corners p0..p3 along y and x.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``exx_err, eyy_err, exy_err, rotation_err`` aligned with ``cells``.
+    """
+    ref = np.asarray(reference, dtype=float)
+    r = np.array([[ref[0, 1], ref[1, 1]], [ref[0, 0], ref[1, 0]]])
+    # rows of F: (a_c, b_c) @ inv(r) for c = x, y; (a_c, b_c) = corners_c @ M.T
+    m = 0.5 * np.array([[-1.0, 1.0, -1.0, 1.0], [-1.0, -1.0, 1.0, 1.0]])
+    g = m.T @ np.linalg.inv(r)  # (4, 2): dF[c, j] / dp_k,c
+    var_x = (np.asarray(err_x, dtype=float) ** 2) @ (g**2)  # (n, 2): var F[x, 0], F[x, 1]
+    var_y = (np.asarray(err_y, dtype=float) ** 2) @ (g**2)  # (n, 2): var F[y, 0], F[y, 1]
+    shear = 0.5 * np.sqrt(var_x[:, 1] + var_y[:, 0])  # F_xy and F_yx are independent
+    return pd.DataFrame(
+        {
+            "exx_err": np.sqrt(var_x[:, 0]),
+            "eyy_err": np.sqrt(var_y[:, 1]),
+            "exy_err": shear,
+            "rotation_err": shear,
+        },
+        index=cells.index,
+    )
+
+
 def fit_bsites(
     image: ArrayLike,
     cells: pd.DataFrame,
@@ -481,8 +523,9 @@ def analyze_lattice(
         bsite_x_err, bsite_source, bsite_fit_ok, disp_y, disp_x, disp_magnitude, disp_angle``
         (degrees, from +x towards +y), ``disp_y_err, disp_x_err`` (standard errors from the
         Gaussian fits' errors of B and its four corners; NaN without them),
-        optional ``*_pm``, ``exx, eyy, exy, rotation``, and ``fit_ok`` (cell closes and, with
-        B sites, its B site is found).
+        optional ``*_pm``, ``exx, eyy, exy, rotation`` and their standard errors ``*_err``
+        (:func:`strain_errors`; NaN when the atoms have no position errors), and ``fit_ok``
+        (cell closes and, with B sites, its B site is found).
     """
     steps = 4 if bsites else 3
 
@@ -506,6 +549,14 @@ def analyze_lattice(
     a_index = np.nonzero(is_a)[0]
     for k in range(4):  # corner indices into the input atoms table
         cells[f"i{k}"] = a_index[cells[f"i{k}"].to_numpy()]
+    # the corners' position errors (n_cells, 4) per axis, when the fits gave them
+    corners = cells[[f"i{k}" for k in range(4)]].to_numpy()
+    corner_err = {
+        axis: atoms[f"{axis}_err"].to_numpy(float)[corners]
+        if f"{axis}_err" in atoms
+        else np.full(corners.shape, np.nan)
+        for axis in ("y", "x")
+    }
     step(2)
     good = cells["status"] == OK
     if reference is None:
@@ -520,6 +571,7 @@ def analyze_lattice(
         else:
             ref = np.asarray(ref_arr, dtype=float).reshape(2, 2)
     cells = cells.join(cell_strain(cells, ref))
+    cells = cells.join(strain_errors(cells, ref, corner_err["y"], corner_err["x"]))
     step(3)
     fit_ok = good.to_numpy().copy()
     if bsites:
@@ -543,15 +595,9 @@ def analyze_lattice(
         cells["disp_magnitude"] = np.hypot(disp_y, disp_x)
         cells["disp_angle"] = np.degrees(np.arctan2(disp_y, disp_x))
         # standard errors: the B position's and the mean of four corners' (independent fits)
-        corners = cells[[f"i{k}" for k in range(4)]].to_numpy()
         for axis in ("y", "x"):
-            a_err = (
-                atoms[f"{axis}_err"].to_numpy(float)[corners]
-                if f"{axis}_err" in atoms
-                else np.full(corners.shape, np.nan)
-            )
             cells[f"disp_{axis}_err"] = np.sqrt(
-                cells[f"bsite_{axis}_err"] ** 2 + (a_err**2).sum(axis=1) / 16.0
+                cells[f"bsite_{axis}_err"] ** 2 + (corner_err[axis] ** 2).sum(axis=1) / 16.0
             )
         if pixel_size_nm:
             for c in ("disp_y", "disp_x", "disp_magnitude", "disp_y_err", "disp_x_err"):
