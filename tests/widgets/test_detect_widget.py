@@ -170,6 +170,11 @@ def test_atom_contrast_reaches_the_detector(make_napari_viewer, qtbot, monkeypat
     assert params["polarity"] == "dark" and params["polarity_requested"] == contrast
     assert "dark atoms" in widget._status.value
     assert "contrast told by the model" not in widget._status.value  # STEM: the image tells
+    # the refined positions' median standard error, as the Atoms features table holds them
+    ok = atoms.features[atoms.features["fit_ok"]]
+    median = np.median(np.sqrt((ok["y_err"] ** 2 + ok["x_err"] ** 2) / 2))
+    assert 0.005 < median < 0.5
+    assert f"positions ± {median:.2g} px per axis" in widget._status.value
     truth = _samples.load_sample("interface_abf")["truth"][["y", "x"]].to_numpy()
     scores = detection_scores(atoms.data, truth, 3.0, shape=(384, 384), border=6.0)
     assert scores["recall"] >= 0.98 and scores["f1"] >= 0.95, scores

@@ -120,6 +120,29 @@ def follow_models(combo: Any) -> None:
     models_changed.connect(refresh)
 
 
+def median_error_text(table: Any, y_err: str, x_err: str, what: str, unit: str = "px") -> str:
+    """Say the median per-axis standard error of ``table``'s rows ("" when unknown).
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        Rows with standard errors along y and x in the columns ``y_err`` and ``x_err``.
+    y_err, x_err : str
+        The columns.
+    what : str
+        What the errors are of, e.g. "positions".
+    unit : str
+        Their unit.
+    """
+    if y_err not in table or x_err not in table:
+        return ""
+    err = np.sqrt((table[y_err].to_numpy(float) ** 2 + table[x_err].to_numpy(float) ** 2) / 2)
+    err = err[np.isfinite(err)]
+    if not len(err):
+        return ""
+    return f"{what} ± {np.median(err):.2g} {unit} per axis (median standard error)"
+
+
 def pixel_size_of(layer: Any) -> float | None:
     """Pixel size (nm) of an image layer when its scale is a calibration, else None.
 

@@ -16,6 +16,7 @@ from ._common import (
     current_frame,
     follow_models,
     image_layers,
+    median_error_text,
     model_choices,
     notify_error,
     notify_info,
@@ -194,6 +195,7 @@ class DetectAtomsWidget(JobWidget):
                 "seconds": result.provenance.get("seconds"),
                 "polarity": result.provenance["params"].get("polarity"),
                 "by_model": "polarity_evidence" in result.provenance["params"],
+                "precision": median_error_text(result.atoms, "y_err", "x_err", "positions"),
                 "dropped": result.provenance["params"].get("fit_check", {}).get("dropped", 0),
             }
 
@@ -260,8 +262,10 @@ class DetectAtomsWidget(JobWidget):
         contrast = f"{out['polarity']} " if out.get("polarity") else ""
         dropped = f"; {out['dropped']} unconfirmed dropped" if out.get("dropped") else ""
         told = "; contrast told by the model" if out.get("by_model") else ""
-        self._status.value = f"{out['n']} {contrast}atoms in {layer.name}" + (
-            f" ({seconds:.2f} s on {out['device'].upper()}{dropped}{told})" if seconds else ""
+        self._status.value = (
+            f"{out['n']} {contrast}atoms in {layer.name}"
+            + (f" ({seconds:.2f} s on {out['device'].upper()}{dropped}{told})" if seconds else "")
+            + (f"; {out['precision']}" if out.get("precision") else "")
         )
 
 

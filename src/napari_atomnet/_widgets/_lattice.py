@@ -11,7 +11,13 @@ from magicgui.widgets import CheckBox, ComboBox, FloatSpinBox
 from .._provenance import METADATA_KEY
 from ..core.image import InvalidImageError, as_analysis_image
 from . import _layers
-from ._common import current_frame, image_layers, notify_error, pixel_size_of
+from ._common import (
+    current_frame,
+    image_layers,
+    median_error_text,
+    notify_error,
+    pixel_size_of,
+)
 from ._job import JobWidget
 
 if TYPE_CHECKING:
@@ -39,17 +45,13 @@ def atoms_from_layer(layer: napari.layers.Points) -> pd.DataFrame:
 
 
 def _precision(cells: Any) -> str:
-    """Say the median standard error of the cells' displacements (per axis), if known."""
-    unit = "pm" if "disp_y_err_pm" in cells else "px"
-    suffix = "_pm" if unit == "pm" else ""
-    if f"disp_y_err{suffix}" not in cells:
-        return ""
-    ok = cells[cells["fit_ok"]]
-    err = np.sqrt((ok[f"disp_y_err{suffix}"] ** 2 + ok[f"disp_x_err{suffix}"] ** 2) / 2)
-    err = err[np.isfinite(err)]
-    if not len(err):
-        return ""
-    return f"; displacements ± {np.median(err):.3g} {unit} per axis (median standard error)"
+    """Say the median standard error of the good cells' displacements, in pm when calibrated."""
+    pm = "disp_y_err_pm" in cells
+    suffix, unit = ("_pm", "pm") if pm else ("", "px")
+    text = median_error_text(
+        cells[cells["fit_ok"]], f"disp_y_err{suffix}", f"disp_x_err{suffix}", "displacements", unit
+    )
+    return f"; {text}" if text else ""
 
 
 class LatticeWidget(JobWidget):
