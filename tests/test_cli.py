@@ -188,3 +188,44 @@ def test_detect_hrtem_dark_atoms_with_the_default_contrast(tmp_path, capsys):
     pd.testing.assert_frame_equal(auto, told)
     provenance = json.loads((tmp_path / "auto.json").read_text())
     assert provenance["params"]["polarity"] == "dark"
+
+
+def test_cells_on_the_perovskite_sample(tmp_path, capsys):
+    """``atomnet cells``: one row per cell with the issue's columns and their standard errors,
+    displacements that follow the simulator's truth within their reported errors, a provenance
+    record, the same cells from a given atoms CSV, and no silent overwrite."""
+    from scipy.spatial import cKDTree
+
+    files = sample_files("perovskite_haadf")
+    out = tmp_path / "cells.csv"
+    assert main(["cells", str(files["image"]), "--out", str(out)]) == 0
+    said = capsys.readouterr().out
+    assert " cells (" in said and "displacements ± " in said and "pm per axis" in said
+    cells = pd.read_csv(out)
+    needed = {"y", "x", "a_y", "a_x", "b_y", "b_x", "bsite_y", "bsite_x", "disp_y", "disp_x"}
+    needed |= {"fit_ok", "exx", "eyy", "exy", "rotation", "disp_y_err", "disp_x_err", "exx_err"}
+    assert needed <= set(cells.columns)
+    assert len(cells) > 350 and cells["fit_ok"].mean() > 0.95
+    truth = pd.read_csv(files["truth"])
+    b_true = truth[truth["class"] == 1]
+    ok = cells[cells["fit_ok"]]
+    d, i = cKDTree(b_true[["y", "x"]].to_numpy()).query(ok[["bsite_y", "bsite_x"]].to_numpy())
+    assert (d < 1.0).mean() > 0.99
+    z = (ok["disp_y"] - b_true["disp_y"].to_numpy()[i]) / ok["disp_y_err"]
+    assert 0.7 < np.std(z) < 1.4  # the reported errors are the size of the actual ones
+    provenance = json.loads(out.with_suffix(".json").read_text())
+    assert provenance["n_cells"] == len(cells) and provenance["model"]["name"] == "atomnet-detect"
+    assert provenance["source"].endswith("perovskite_haadf.tif")
+    atoms = tmp_path / "atoms.csv"
+    assert main(["detect", str(files["image"]), "--out", str(atoms)]) == 0
+    assert "px per axis" in capsys.readouterr().out  # the positions' median standard error
+    again = tmp_path / "again.csv"
+    assert main(["cells", str(files["image"]), "--atoms", str(atoms), "--out", str(again)]) == 0
+    # the atoms CSV holds positions to 1e-4 px: the same cells, to about that
+    same = ["y", "x", "bsite_y", "bsite_x", "disp_y", "disp_x", "exx", "eyy", "exy", "fit_ok"]
+    pd.testing.assert_frame_equal(
+        pd.read_csv(again)[same], cells[same], check_exact=False, atol=1e-3
+    )
+    capsys.readouterr()
+    assert main(["cells", str(files["image"]), "--out", str(out)]) == 2
+    assert "exists" in capsys.readouterr().err

@@ -239,6 +239,9 @@ def _check_outputs(*paths: Path, overwrite: bool) -> None:
 
 
 def _cmd_detect(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .core.refine import median_standard_error
     from .io import provenance_path, write_csv
     from .pipeline import find_atoms
 
@@ -263,6 +266,9 @@ def _cmd_detect(args: argparse.Namespace) -> int:
     unconfirmed = f", {dropped} unconfirmed dropped" if dropped else ""
     if "polarity_evidence" in result.provenance["params"]:
         unconfirmed += "; contrast told by the model"
+    err = median_standard_error(result.atoms)
+    if np.isfinite(err):
+        unconfirmed += f"; positions ± {err:.2g} px per axis"
     print(
         f"{len(result.atoms)} {contrast} atoms ({fitted} Gaussian fits ok{unconfirmed}) in "
         f"{result.provenance['seconds']:.2f} s on {result.provenance['device']} -> {out}"
@@ -303,6 +309,9 @@ def _cmd_refine(args: argparse.Namespace) -> int:
 
 
 def _cmd_cells(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .core.refine import median_standard_error
     from .io import provenance_path, read_csv, write_csv
     from .pipeline import find_cells
 
@@ -325,9 +334,14 @@ def _cmd_cells(args: argparse.Namespace) -> int:
     table = lattice.cells.drop(columns=["i0", "i1", "i2", "i3"])
     write_csv(table, out, provenance=provenance, overwrite=args.overwrite)
     info = lattice.info
+    ok = lattice.cells[lattice.cells["fit_ok"]]
+    unit = "pm" if "disp_y_err_pm" in ok else "px"
+    suffix = "_pm" if unit == "pm" else ""
+    err = median_standard_error(ok, f"disp_y_err{suffix}", f"disp_x_err{suffix}")
+    precision = f"; displacements ± {err:.2g} {unit} per axis" if np.isfinite(err) else ""
     print(
         f"{info['n_cells']} cells ({info['n_cells_ok']} ok, {info['n_distorted']} distorted) "
-        f"from {info['n_a_sites']} A sites in {provenance['seconds']:.2f} s -> {out}"
+        f"from {info['n_a_sites']} A sites{precision} in {provenance['seconds']:.2f} s -> {out}"
     )
     return 0
 

@@ -134,13 +134,12 @@ def median_error_text(table: Any, y_err: str, x_err: str, what: str, unit: str =
     unit : str
         Their unit.
     """
-    if y_err not in table or x_err not in table:
+    from ..core.refine import median_standard_error
+
+    err = median_standard_error(table, y_err, x_err)
+    if not np.isfinite(err):
         return ""
-    err = np.sqrt((table[y_err].to_numpy(float) ** 2 + table[x_err].to_numpy(float) ** 2) / 2)
-    err = err[np.isfinite(err)]
-    if not len(err):
-        return ""
-    return f"{what} ± {np.median(err):.2g} {unit} per axis (median standard error)"
+    return f"{what} ± {err:.2g} {unit} per axis (median standard error)"
 
 
 def pixel_size_of(layer: Any) -> float | None:

@@ -74,7 +74,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
-__all__ = ["fit_gaussian_at", "fit_gaussians"]
+__all__ = ["fit_gaussian_at", "fit_gaussians", "median_standard_error"]
 
 STATUSES = ("ok", "diverged", "moved_too_far", "bad_width", "low_amplitude", "max_iter", "merged")
 _OK, _DIVERGED, _MOVED, _BAD_WIDTH, _LOW_AMP, _MAX_ITER, _MERGED = range(7)
@@ -1643,3 +1643,26 @@ def columns_are_elliptical(
     strength = 1.0 - (minor / major) ** 2
     mean = np.array([np.mean(strength * np.cos(2 * angle)), np.mean(strength * np.sin(2 * angle))])
     return bool(np.hypot(*mean) > threshold)
+
+
+def median_standard_error(table: pd.DataFrame, y_err: str = "y_err", x_err: str = "x_err") -> float:
+    """Return the median per-axis standard error of a table's rows (NaN when it has none).
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        Rows with standard errors along y and x, e.g. refined atoms (``y_err``, ``x_err``) or
+        cells (``disp_y_err``, ``disp_x_err``).
+    y_err, x_err : str
+        The columns.
+
+    Examples
+    --------
+    >>> median_standard_error(pd.DataFrame({"y_err": [0.03, 0.05], "x_err": [0.03, 0.05]}))
+    0.04
+    """
+    if y_err not in table or x_err not in table:
+        return float("nan")
+    err = np.sqrt((table[y_err].to_numpy(float) ** 2 + table[x_err].to_numpy(float) ** 2) / 2)
+    err = err[np.isfinite(err)]
+    return float(np.median(err)) if len(err) else float("nan")
