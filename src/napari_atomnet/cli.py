@@ -311,7 +311,7 @@ def _cmd_refine(args: argparse.Namespace) -> int:
 def _cmd_cells(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from .core.refine import median_standard_error
+    from .core.lattice import displacement_precision
     from .io import provenance_path, read_csv, write_csv
     from .pipeline import find_cells
 
@@ -334,10 +334,7 @@ def _cmd_cells(args: argparse.Namespace) -> int:
     table = lattice.cells.drop(columns=["i0", "i1", "i2", "i3"])
     write_csv(table, out, provenance=provenance, overwrite=args.overwrite)
     info = lattice.info
-    ok = lattice.cells[lattice.cells["fit_ok"]]
-    unit = "pm" if "disp_y_err_pm" in ok else "px"
-    suffix = "_pm" if unit == "pm" else ""
-    err = median_standard_error(ok, f"disp_y_err{suffix}", f"disp_x_err{suffix}")
+    err, unit = displacement_precision(lattice.cells)
     precision = f"; displacements ± {err:.2g} {unit} per axis" if np.isfinite(err) else ""
     print(
         f"{info['n_cells']} cells ({info['n_cells_ok']} ok, {info['n_distorted']} distorted) "

@@ -120,26 +120,11 @@ def follow_models(combo: Any) -> None:
     models_changed.connect(refresh)
 
 
-def median_error_text(table: Any, y_err: str, x_err: str, what: str, unit: str = "px") -> str:
-    """Say the median per-axis standard error of ``table``'s rows ("" when unknown).
-
-    Parameters
-    ----------
-    table : pandas.DataFrame
-        Rows with standard errors along y and x in the columns ``y_err`` and ``x_err``.
-    y_err, x_err : str
-        The columns.
-    what : str
-        What the errors are of, e.g. "positions".
-    unit : str
-        Their unit.
-    """
-    from ..core.refine import median_standard_error
-
-    err = median_standard_error(table, y_err, x_err)
-    if not np.isfinite(err):
+def error_text(what: str, error: float, unit: str = "px") -> str:
+    """Say a median per-axis standard error ("" when it is unknown: NaN)."""
+    if not np.isfinite(error):
         return ""
-    return f"{what} ± {err:.2g} {unit} per axis (median standard error)"
+    return f"{what} ± {error:.2g} {unit} per axis (median standard error)"
 
 
 def pixel_size_of(layer: Any) -> float | None:

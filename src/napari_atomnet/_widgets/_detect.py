@@ -9,14 +9,15 @@ from magicgui.widgets import CheckBox, ComboBox, FileEdit, FloatSpinBox, PushBut
 
 from .._provenance import METADATA_KEY
 from ..core.image import InvalidImageError, as_analysis_image
+from ..core.refine import median_standard_error
 from ..models.registry import ModelCard
 from . import _layers
 from ._common import (
     CUSTOM_MODEL,
     current_frame,
+    error_text,
     follow_models,
     image_layers,
-    median_error_text,
     model_choices,
     notify_error,
     notify_info,
@@ -39,7 +40,8 @@ CONTRAST_TOOLTIP = (
     "Contrast of the atom columns: bright (HAADF), dark (ABF, bright-field), or auto: guessed "
     "from the image, which is right for STEM images. In HRTEM atoms are bright or dark "
     "depending on defocus and Cs, and the image's look does not say which: there the HRTEM "
-    "model guesses it itself (it runs both ways and keeps the likelier; twice the time), "
+    "model guesses it itself (it runs both ways and keeps the likelier: a second pass, over "
+    "the central 1024 × 1024 on large images), "
     "while the general model needs to be told."
 )
 
@@ -195,7 +197,7 @@ class DetectAtomsWidget(JobWidget):
                 "seconds": result.provenance.get("seconds"),
                 "polarity": result.provenance["params"].get("polarity"),
                 "by_model": "polarity_evidence" in result.provenance["params"],
-                "precision": median_error_text(result.atoms, "y_err", "x_err", "positions"),
+                "precision": error_text("positions", median_standard_error(result.atoms)),
                 "dropped": result.provenance["params"].get("fit_check", {}).get("dropped", 0),
             }
 

@@ -10,11 +10,12 @@ from magicgui.widgets import CheckBox, ComboBox, FloatSpinBox
 
 from .._provenance import METADATA_KEY
 from ..core.image import InvalidImageError, as_analysis_image
+from ..core.lattice import displacement_precision
 from . import _layers
 from ._common import (
     current_frame,
+    error_text,
     image_layers,
-    median_error_text,
     notify_error,
     pixel_size_of,
 )
@@ -42,16 +43,6 @@ def atoms_from_layer(layer: napari.layers.Points) -> pd.DataFrame:
     table["y"] = layer.data[:, -2]
     table["x"] = layer.data[:, -1]
     return table
-
-
-def _precision(cells: Any) -> str:
-    """Say the median standard error of the good cells' displacements, in pm when calibrated."""
-    pm = "disp_y_err_pm" in cells
-    suffix, unit = ("_pm", "pm") if pm else ("", "px")
-    text = median_error_text(
-        cells[cells["fit_ok"]], f"disp_y_err{suffix}", f"disp_x_err{suffix}", "displacements", unit
-    )
-    return f"; {text}" if text else ""
 
 
 class LatticeWidget(JobWidget):
@@ -175,10 +166,11 @@ class LatticeWidget(JobWidget):
                 _layers.replace_layer(self._viewer, new)
         info = out["lattice"].info
         a, b = out["lattice"].a, out["lattice"].b
+        precision = error_text("displacements", *displacement_precision(out["lattice"].cells))
         self._status.value = (
             f"{info['n_cells']} cells ({info['n_cells_ok']} ok, {info['n_distorted']} distorted); "
             f"|a| = {np.hypot(*a):.2f} px, |b| = {np.hypot(*b):.2f} px"
-            + _precision(out["lattice"].cells)
+            + (f"; {precision}" if precision else "")
         )
 
     def _rescale_arrows(self, *_: Any) -> None:

@@ -761,3 +761,21 @@ def _merge_points(points: NDArray, radius: float) -> NDArray:
     sums = np.zeros((label.max() + 1, 2))
     np.add.at(sums, label, points)
     return sums / np.bincount(label)[:, None]
+
+
+def displacement_precision(cells: pd.DataFrame) -> tuple[float, str]:
+    """Return the median per-axis standard error of the good cells' displacements, and its unit.
+
+    In pm when the lattice was calibrated (``disp_y_err_pm``), in px otherwise; NaN without
+    errors.
+
+    Parameters
+    ----------
+    cells : pandas.DataFrame
+        ``Lattice.cells``.
+    """
+    from .refine import median_standard_error
+
+    suffix, unit = ("_pm", "pm") if "disp_y_err_pm" in cells else ("", "px")
+    good = cells[cells["fit_ok"]] if "fit_ok" in cells else cells
+    return median_standard_error(good, f"disp_y_err{suffix}", f"disp_x_err{suffix}"), unit
