@@ -63,6 +63,11 @@ def test_batch_files_and_frames_resume(inputs, tmp_path):
     # per-frame CSVs with the frame column and positions of that frame
     f3 = pd.read_csv(out / "movie" / "frame_00003_atoms.csv")
     assert (f3["frame"] == 3).all() and len(f3) == N_ATOMS
+    # each frame's median position error, from its atoms' standard errors
+    row = ok[ok["input"].str.endswith("movie.hspy") & (ok["frame"] == 3)].iloc[0]
+    median = np.median(np.sqrt((f3["y_err"] ** 2 + f3["x_err"] ** 2) / 2))
+    assert 0 < row["position_error_px"] < 0.5
+    assert row["position_error_px"] == pytest.approx(median, abs=1e-4)
     truth_y = np.sort(np.repeat(np.arange(6) * 14.0 + 12.0, 6) + 0.9)
     np.testing.assert_allclose(np.sort(f3["y"]), truth_y, atol=0.15)
     assert (out / "single_atoms.csv").exists() and (out / "movie" / "provenance.json").exists()

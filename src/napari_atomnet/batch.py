@@ -37,6 +37,7 @@ from typing import Any
 import pandas as pd
 
 from ._provenance import make_provenance
+from .core.refine import median_standard_error
 from .io import ImageReadError, write_csv, write_text_atomic
 from .io.images import IMAGE_SUFFIXES, read_images
 
@@ -48,6 +49,7 @@ SUMMARY_COLUMNS = [
     "frame",
     "status",
     "n_atoms",
+    "position_error_px",
     "n_cells",
     "n_particles",
     "seconds",
@@ -512,6 +514,7 @@ def run_job(job: Job, task: str, params: dict[str, Any], overwrite: bool) -> lis
                     frame,
                     "ok",
                     n_atoms=len(atoms),
+                    position_error_px=_rounded(median_standard_error(atoms)),
                     n_cells=n_cells,
                     seconds=round(time.perf_counter() - t0, 4),
                     pixel_size_nm=job.pixel_size_nm,
@@ -531,6 +534,11 @@ def run_job(job: Job, task: str, params: dict[str, Any], overwrite: bool) -> lis
                 )
             )
     return rows
+
+
+def _rounded(value: float) -> float | None:
+    """Round a summary figure to 4 digits; None for NaN (an empty cell in the summary)."""
+    return round(value, 4) if math.isfinite(value) else None
 
 
 def _particles(

@@ -35,9 +35,9 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         f"files ({describe_formats()}) or folders of them. "
         "Writes one atoms CSV per file or frame (y, x in pixels, row/col, pixel-centre "
         "convention), a provenance JSON per image and summary.csv (one row per file or frame: "
-        "counts, seconds, status). Finished outputs are skipped, so an interrupted run resumes; "
-        "every CSV is written atomically. Frames are read one at a time, so memory stays flat "
-        "for long movies.",
+        "counts, median position error, seconds, status). Finished outputs are skipped, so an "
+        "interrupted run resumes; every CSV is written atomically. Frames are read one at a "
+        "time, so memory stays flat for long movies.",
     )
     batch.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders of them")
     batch.add_argument("--out", required=True, help="output folder")
