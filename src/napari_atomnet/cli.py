@@ -239,9 +239,7 @@ def _check_outputs(*paths: Path, overwrite: bool) -> None:
 
 
 def _cmd_detect(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    from .core.refine import median_standard_error
+    from .core.refine import error_text, median_standard_error
     from .io import provenance_path, write_csv
     from .pipeline import find_atoms
 
@@ -263,14 +261,13 @@ def _cmd_detect(args: argparse.Namespace) -> int:
     fitted = int(result.atoms["fit_ok"].sum()) if "fit_ok" in result.atoms else 0
     contrast = result.provenance["params"].get("polarity")
     dropped = result.provenance["params"].get("fit_check", {}).get("dropped", 0)
-    unconfirmed = f", {dropped} unconfirmed dropped" if dropped else ""
+    notes = f", {dropped} unconfirmed dropped" if dropped else ""
     if "polarity_evidence" in result.provenance["params"]:
-        unconfirmed += "; contrast told by the model"
-    err = median_standard_error(result.atoms)
-    if np.isfinite(err):
-        unconfirmed += f"; positions ± {err:.2g} px per axis"
+        notes += "; contrast told by the model"
+    precision = error_text("positions", median_standard_error(result.atoms))
+    notes += f"; {precision}" if precision else ""
     print(
-        f"{len(result.atoms)} {contrast} atoms ({fitted} Gaussian fits ok{unconfirmed}) in "
+        f"{len(result.atoms)} {contrast} atoms ({fitted} Gaussian fits ok{notes}) in "
         f"{result.provenance['seconds']:.2f} s on {result.provenance['device']} -> {out}"
     )
     return 0
@@ -309,9 +306,8 @@ def _cmd_refine(args: argparse.Namespace) -> int:
 
 
 def _cmd_cells(args: argparse.Namespace) -> int:
-    import numpy as np
-
     from .core.lattice import displacement_precision
+    from .core.refine import error_text
     from .io import provenance_path, read_csv, write_csv
     from .pipeline import find_cells
 
@@ -334,8 +330,8 @@ def _cmd_cells(args: argparse.Namespace) -> int:
     table = lattice.cells.drop(columns=["i0", "i1", "i2", "i3"])
     write_csv(table, out, provenance=provenance, overwrite=args.overwrite)
     info = lattice.info
-    err, unit = displacement_precision(lattice.cells)
-    precision = f"; displacements ± {err:.2g} {unit} per axis" if np.isfinite(err) else ""
+    precision = error_text("displacements", *displacement_precision(lattice.cells))
+    precision = f"; {precision}" if precision else ""
     print(
         f"{info['n_cells']} cells ({info['n_cells_ok']} ok, {info['n_distorted']} distorted) "
         f"from {info['n_a_sites']} A sites{precision} in {provenance['seconds']:.2f} s -> {out}"

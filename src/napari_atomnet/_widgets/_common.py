@@ -120,13 +120,6 @@ def follow_models(combo: Any) -> None:
     models_changed.connect(refresh)
 
 
-def error_text(what: str, error: float, unit: str = "px") -> str:
-    """Say a median per-axis standard error ("" when it is unknown: NaN)."""
-    if not np.isfinite(error):
-        return ""
-    return f"{what} ± {error:.2g} {unit} per axis (median standard error)"
-
-
 def pixel_size_of(layer: Any) -> float | None:
     """Pixel size (nm) of an image layer when its scale is a calibration, else None.
 

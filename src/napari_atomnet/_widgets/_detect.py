@@ -9,13 +9,12 @@ from magicgui.widgets import CheckBox, ComboBox, FileEdit, FloatSpinBox, PushBut
 
 from .._provenance import METADATA_KEY
 from ..core.image import InvalidImageError, as_analysis_image
-from ..core.refine import median_standard_error
+from ..core.refine import error_text, median_standard_error
 from ..models.registry import ModelCard
 from . import _layers
 from ._common import (
     CUSTOM_MODEL,
     current_frame,
-    error_text,
     follow_models,
     image_layers,
     model_choices,

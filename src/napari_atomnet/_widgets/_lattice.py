@@ -11,10 +11,10 @@ from magicgui.widgets import CheckBox, ComboBox, FloatSpinBox
 from .._provenance import METADATA_KEY
 from ..core.image import InvalidImageError, as_analysis_image
 from ..core.lattice import displacement_precision
+from ..core.refine import error_text
 from . import _layers
 from ._common import (
     current_frame,
-    error_text,
     image_layers,
     notify_error,
     pixel_size_of,

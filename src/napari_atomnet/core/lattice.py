@@ -601,7 +601,7 @@ def analyze_lattice(
             )
         if pixel_size_nm:
             for c in ("disp_y", "disp_x", "disp_magnitude", "disp_y_err", "disp_x_err"):
-                cells[c.replace("disp_", "disp_") + "_pm"] = cells[c] * pixel_size_nm * 1000.0
+                cells[f"{c}_pm"] = cells[c] * pixel_size_nm * 1000.0
         fit_ok &= cells["bsite_fit_ok"].to_numpy(bool)
         step(4)
     cells["fit_ok"] = fit_ok

@@ -74,7 +74,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
-__all__ = ["fit_gaussian_at", "fit_gaussians", "median_standard_error"]
+__all__ = ["error_text", "fit_gaussian_at", "fit_gaussians", "median_standard_error"]
 
 STATUSES = ("ok", "diverged", "moved_too_far", "bad_width", "low_amplitude", "max_iter", "merged")
 _OK, _DIVERGED, _MOVED, _BAD_WIDTH, _LOW_AMP, _MAX_ITER, _MERGED = range(7)
@@ -556,29 +556,24 @@ def _lm_block(data: NDArray, mask: NDArray, p0: NDArray, h: int, cfg: _Cfg) -> _
         out_chi2[idx] = chi2
         out_hess[idx] = hess
     # variances of each amplitude (the significance test) and position (standard errors):
-    # the diagonal of (J^T W J)^-1 scaled by the reduced chi2; with Poisson weights at the
-    # maximum-likelihood fit this is the Cramér–Rao bound at the fitted parameters
+    # the diagonal of (J^T W J)^-1, scaled by how far chi2 is from what the noise model expects
     rows = (np.arange(mem)[:, None] * cfg.n_peak + np.arange(3)[None, :]).ravel()  # A, y, x
     e = np.zeros((n, npar, rows.size))
     e[:, rows, np.arange(rows.size)] = 1.0
     inv, okh = _chol_solve(out_hess, e)
-    dof = np.maximum(n_valid - npar, 1)
     diag = inv[:, rows, np.arange(rows.size)].reshape(n, mem, 3)
-    var = np.where(
-        (okh & (n_valid > npar))[:, None, None], diag * (out_chi2 / dof)[:, None, None], np.inf
-    )
+    amp_scale = out_chi2 / np.maximum(n_valid - npar, 1)  # the reduced chi2
+    pos_scale = amp_scale
     if poisson:
         # Positions: chi2 over its Poisson expectation, not over dof.  The weights' floor makes
         # each faint pixel add m / floor < 1 to chi2 (a window on a dark background: chi2 / dof
         # far below 1, errors too small), while the ratio still absorbs a detector gain.
-        gs, mdl, _ = evaluate(out_p, n, np.asarray(data, dtype=np.float32))
+        _, mdl, _ = evaluate(out_p, n, np.asarray(data, dtype=np.float32))
         expect = (mask * mdl / np.maximum(mdl, np.float32(_POISSON_FLOOR))).sum(axis=1)
         expect = np.maximum(expect * (1.0 - npar / np.maximum(n_valid, npar + 1)), 1e-12)
-        var[:, :, 1:] = np.where(
-            np.isfinite(var[:, :, 1:]),
-            diag[:, :, 1:] * (out_chi2 / expect)[:, None, None],
-            np.inf,
-        )
+        pos_scale = out_chi2 / expect
+    scale = np.stack([amp_scale, pos_scale, pos_scale], axis=-1)[:, None, :]  # (n, 1, 3)
+    var = np.where((okh & (n_valid > npar))[:, None, None], diag * scale, np.inf)
     return _BlockResult(
         out_p, out_conv, out_iter, out_rss, out_chi2, var[:, :, 0], n_valid, var[:, :, 1:]
     )
@@ -1666,3 +1661,16 @@ def median_standard_error(table: pd.DataFrame, y_err: str = "y_err", x_err: str 
     err = np.sqrt((table[y_err].to_numpy(float) ** 2 + table[x_err].to_numpy(float) ** 2) / 2)
     err = err[np.isfinite(err)]
     return float(np.median(err)) if len(err) else float("nan")
+
+
+def error_text(what: str, error: float, unit: str = "px") -> str:
+    """Say a median per-axis standard error ("" when it is unknown: NaN).
+
+    Examples
+    --------
+    >>> error_text("positions", 0.0671)
+    'positions ± 0.067 px per axis (median standard error)'
+    """
+    if not np.isfinite(error):
+        return ""
+    return f"{what} ± {error:.2g} {unit} per axis (median standard error)"
