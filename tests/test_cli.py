@@ -229,3 +229,53 @@ def test_cells_on_the_perovskite_sample(tmp_path, capsys):
     capsys.readouterr()
     assert main(["cells", str(files["image"]), "--out", str(out)]) == 2
     assert "exists" in capsys.readouterr().err
+
+
+def test_cells_with_a_reference_box_and_a_given_basis(tmp_path, capsys):
+    """``--reference-box``: strain against the median of the cells inside the box (recorded in
+    the provenance); ``--basis``: the cells of the given vectors; bad values: exit 2, no file."""
+    files = sample_files("perovskite_haadf")
+    atoms = tmp_path / "atoms.csv"
+    assert main(["detect", str(files["image"]), "--out", str(atoms)]) == 0
+    common = ["cells", str(files["image"]), "--atoms", str(atoms)]
+    out = tmp_path / "ref.csv"
+    box = [40.0, 60.0, 200.0, 220.0]
+    assert main([*common, "--reference-box", *map(str, box), "--out", str(out)]) == 0
+    said = capsys.readouterr().out
+    cells = pd.read_csv(out)
+    inside = cells["centre_y"].between(box[0], box[2]) & cells["centre_x"].between(box[1], box[3])
+    chosen = cells[cells["reference_cell"]]
+    assert chosen.index.equals(cells[inside & (cells["status"] == "ok")].index)
+    assert len(chosen) >= 20
+    assert f"strain against {len(chosen)} cells in the box" in said
+    provenance = json.loads(out.with_suffix(".json").read_text())
+    medians = [chosen[c].median() for c in ("a_y", "a_x", "b_y", "b_x")]
+    # the CSV holds 4 decimals
+    np.testing.assert_allclose(np.ravel(provenance["reference"]), medians, atol=2e-4)
+    assert provenance["params"]["reference_region"] == [
+        [[40.0, 60.0], [40.0, 220.0], [200.0, 220.0], [200.0, 60.0]]
+    ]
+    assert abs(chosen["exx"].median()) < 1e-3
+
+    a = np.array([cells["a_y"].median(), cells["a_x"].median()])
+    b = np.array([cells["b_y"].median(), cells["b_x"].median()])
+    diagonal = tmp_path / "diagonal.csv"
+    basis = [*(a + b), *b]
+    assert main([*common, "--basis", *map(str, basis), "--out", str(diagonal)]) == 0
+    edges = pd.read_csv(diagonal)
+    assert np.hypot(edges["a_y"], edges["a_x"]).median() == pytest.approx(
+        np.hypot(*(a + b)), rel=0.02
+    )
+    assert json.loads(diagonal.with_suffix(".json").read_text())["params"]["basis_given"]
+
+    capsys.readouterr()
+    for bad, message in (
+        (["--reference-box", "10", "10", "5", "20"], "Y0 < Y1"),
+        (["--reference-box", "-90", "-90", "-50", "-50"], "no complete cell"),
+        (["--basis", *map(str, [*a, *(2 * a)])], "from parallel"),
+    ):
+        failed = tmp_path / "failed.csv"
+        assert main([*common, *bad, "--out", str(failed)]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1
+        assert not failed.exists() and not failed.with_suffix(".json").exists()

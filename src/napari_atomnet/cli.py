@@ -7,6 +7,7 @@ overwrites an existing output unless ``--overwrite`` is given.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from collections.abc import Sequence
@@ -174,8 +175,9 @@ def _build_parser() -> argparse.ArgumentParser:
         help="unit cells, B sites, polarization displacements and strain; write a CSV",
         description="Build unit cells from the strong (A) columns (p0, its neighbour along a, "
         "along b, and p3), locate each cell's B column, and measure its displacement from the "
-        "cell centre and the cell's strain against the median cell. Atoms are detected and "
-        "refined first unless --atoms is given. One CSV row per cell.",
+        "cell centre and the cell's strain against the median cell (or the cells inside "
+        "--reference-box). Atoms are detected and refined first unless --atoms is given. One CSV "
+        "row per cell.",
     )
     cells.add_argument("image", help=image_help())
     cells.add_argument(
@@ -195,6 +197,25 @@ def _build_parser() -> argparse.ArgumentParser:
         type=float,
         default=None,
         help="pixel size in nm (default: from the file, if recorded)",
+    )
+    cells.add_argument(
+        "--basis",
+        type=float,
+        nargs=4,
+        metavar=("AY", "AX", "BY", "BX"),
+        default=None,
+        help="lattice vectors a and b of the strong columns, (y, x) in px (default: found "
+        "from the atoms)",
+    )
+    cells.add_argument(
+        "--reference-box",
+        type=float,
+        nargs=4,
+        action="append",
+        metavar=("Y0", "X0", "Y1", "X1"),
+        default=None,
+        help="strain reference: the median of the cells whose centres lie in this box (px; "
+        "e.g. the substrate); repeat for several boxes (default: the median of all cells)",
     )
     cells.add_argument("--out", required=True, help="cells CSV path")
     cells.add_argument("--overwrite", action="store_true", help="replace existing outputs")
@@ -316,6 +337,8 @@ def _cmd_cells(args: argparse.Namespace) -> int:
     image, meta = _load_image(args.image)
     atoms = read_csv(args.atoms, required=("y", "x")) if args.atoms else None
     pixel_size = args.pixel_size or meta.pixel_size_nm
+    basis = None if args.basis is None else (args.basis[:2], args.basis[2:])
+    region = None if args.reference_box is None else [_box_polygon(b) for b in args.reference_box]
     lattice, provenance = find_cells(
         image,
         atoms,
@@ -323,6 +346,8 @@ def _cmd_cells(args: argparse.Namespace) -> int:
         polarity=args.polarity,
         bsites=not args.no_bsites,
         tolerance=args.tolerance,
+        basis=basis,
+        reference_region=region,
         pixel_size_nm=pixel_size,
         source=str(args.image),
     )
@@ -332,11 +357,21 @@ def _cmd_cells(args: argparse.Namespace) -> int:
     info = lattice.info
     precision = error_text("displacements", *displacement_precision(lattice.cells))
     precision = f"; {precision}" if precision else ""
+    reference = f"; strain against {info['reference_cells']} cells in the box" if region else ""
     print(
         f"{info['n_cells']} cells ({info['n_cells_ok']} ok, {info['n_distorted']} distorted) "
-        f"from {info['n_a_sites']} A sites{precision} in {provenance['seconds']:.2f} s -> {out}"
+        f"from {info['n_a_sites']} A sites{precision}{reference} in {provenance['seconds']:.2f} s "
+        f"-> {out}"
     )
     return 0
+
+
+def _box_polygon(box: Sequence[float]) -> list[list[float]]:
+    """Return the corners of a ``Y0 X0 Y1 X1`` box, checked, as a polygon."""
+    y0, x0, y1, x1 = box
+    if not all(math.isfinite(v) for v in box) or y1 <= y0 or x1 <= x0:
+        raise CLIError(f"--reference-box needs Y0 < Y1 and X0 < X1, got {' '.join(map(str, box))}")
+    return [[y0, x0], [y0, x1], [y1, x1], [y1, x0]]
 
 
 #: Written into every provenance JSON beside an atoms CSV.

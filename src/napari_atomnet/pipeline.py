@@ -6,7 +6,7 @@ Nothing here imports napari or Qt: the widgets call these functions from a worke
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -396,6 +396,7 @@ def find_cells(
     bsites: bool = True,
     basis: tuple[ArrayLike, ArrayLike] | None = None,
     reference: ArrayLike | None = None,
+    reference_region: Sequence[ArrayLike] | None = None,
     tolerance: float = 0.3,
     pixel_size_nm: float | None = None,
     source: str | None = None,
@@ -414,7 +415,7 @@ def find_cells(
     detector, threshold, polarity
         Passed to :func:`find_atoms` when atoms are detected here (``polarity`` also to
         :func:`refine_atoms` when given atoms are refined).
-    bsites, basis, reference, tolerance, pixel_size_nm
+    bsites, basis, reference, reference_region, tolerance, pixel_size_nm
         Passed to :func:`napari_atomnet.core.lattice.analyze_lattice`.
     source : str, optional
         Name of the image, for the provenance.
@@ -453,6 +454,7 @@ def find_cells(
         atoms,
         basis=basis,
         reference=reference,
+        reference_region=reference_region,
         tolerance=tolerance,
         bsites=bsites,
         polarity=contrast or "auto",
@@ -466,7 +468,11 @@ def find_cells(
         "bsites": bsites,
         "tolerance": tolerance,
         "basis_given": basis is not None,
-        "reference_given": reference is not None,
+        "basis": None if basis is None else np.asarray(basis, dtype=float).tolist(),
+        "reference_given": reference is not None or reference_region is not None,
+        "reference_region": None
+        if reference_region is None
+        else [np.asarray(p, dtype=float).round(3).tolist() for p in reference_region],
     }
     provenance = make_provenance("cells", params, model=model, source=source)
     provenance.update(

@@ -206,3 +206,71 @@ def test_strain_standard_errors_match_the_actual_errors(perovskite):
         z = err / m[f"{c}_err"].to_numpy()[same]
         assert 0.85 < np.std(z) < 1.2, (c, np.std(z))
     assert exact.cells["exx_err"].isna().all()  # truth positions carry no errors
+
+
+def _truth_at_cells(sim, cells, key):
+    a_sites = sim.atoms[sim.atoms["class"] == 0]
+    _, j = cKDTree(a_sites[["y", "x"]].to_numpy()).query(cells[["y", "x"]].to_numpy())
+    return a_sites[key].to_numpy()[j]
+
+
+def test_strain_against_a_drawn_region(perovskite):
+    """Strain is relative to the cells inside the region: zero there, shifted elsewhere."""
+    sim = perovskite
+    bump = next(b for b in sim.extras["strain_field"] if b["kind"] == "expansion")
+    cy, cx = bump["centre"]
+    on_bump = [[cy - 30, cx - 30], [cy - 30, cx + 30], [cy + 30, cx + 30], [cy + 30, cx - 30]]
+    lat = analyze_lattice(None, sim.atoms, bsites=False, reference_region=[on_bump])
+    cells = lat.cells
+    inside = (abs(cells["centre_y"] - cy) < 30) & (abs(cells["centre_x"] - cx) < 30)
+    assert cells["reference_cell"].tolist() == (inside & (cells["status"] == "ok")).tolist()
+    assert lat.info["reference_cells"] == int(cells["reference_cell"].sum()) >= 4
+    assert abs(cells.loc[cells["reference_cell"], "exx"].median()) < 2e-4
+    # the reference cells are expanded by the bump; far from it the lattice reads compressed
+    e_ref = float(np.median(_truth_at_cells(sim, cells[cells["reference_cell"]], "exx")))
+    assert e_ref > 0.006
+    far = np.hypot(cells["centre_y"] - cy, cells["centre_x"] - cx) > 3 * bump["length"]
+    assert far.sum() > 20
+    measured = cells.loc[far, "exx"].to_numpy()
+    expected = (1 + _truth_at_cells(sim, cells[far], "exx")) / (1 + e_ref) - 1
+    assert np.sqrt(np.mean((measured - expected) ** 2)) < 1.5e-3
+    # the same region as a boolean mask over the cells gives the same strain
+    masked = analyze_lattice(None, sim.atoms, bsites=False, reference=inside.to_numpy())
+    np.testing.assert_allclose(masked.cells["exx"], cells["exx"])
+
+
+def test_strain_reference_region_errors(perovskite):
+    sim = perovskite
+    nowhere = [[-90, -90], [-90, -50], [-50, -50], [-50, -90]]
+    with pytest.raises(ValueError, match="contains no complete cell"):
+        analyze_lattice(None, sim.atoms, bsites=False, reference_region=[nowhere])
+    with pytest.raises(ValueError, match="at least 3 vertices"):
+        analyze_lattice(None, sim.atoms, bsites=False, reference_region=[[[0, 0], [10, 10]]])
+    with pytest.raises(ValueError, match="not two"):
+        analyze_lattice(
+            None, sim.atoms, bsites=False, reference=np.eye(2), reference_region=[nowhere]
+        )
+    with pytest.raises(ValueError, match="one value per cell"):
+        analyze_lattice(None, sim.atoms, bsites=False, reference=np.ones(3, bool))
+
+
+def test_given_basis_overrides_the_found_one(perovskite):
+    sim = perovskite
+    auto = analyze_lattice(None, sim.atoms, bsites=False)
+    a, b = auto.a, auto.b
+    # the same lattice given in another order and sign: the same cells
+    same = analyze_lattice(None, sim.atoms, bsites=False, basis=(-b, a + 0.3))
+    assert len(same.cells) == len(auto.cells)
+    np.testing.assert_allclose(same.cells[["y", "x"]], auto.cells[["y", "x"]])
+    # a cell of the diagonal (a + b) and b: the cells are those of that basis
+    diagonal = analyze_lattice(None, sim.atoms, bsites=False, basis=(a + b, b))
+    edge = np.hypot(diagonal.cells["a_y"], diagonal.cells["a_x"]).median()
+    assert edge == pytest.approx(np.hypot(*(a + b)), rel=0.02)
+    for bad, match in (
+        ((a, 2 * a), "from parallel"),
+        ((a, [0.5, 0.5]), "at least 2 px"),
+        ((a, [np.nan, 1.0]), "finite"),
+        ((a,), "two"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            analyze_lattice(None, sim.atoms, bsites=False, basis=bad)

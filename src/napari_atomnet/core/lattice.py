@@ -15,7 +15,7 @@ clockwise on screen), the same convention as :mod:`napari_atomnet.synth.perovski
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -157,6 +157,26 @@ def orient_basis(v1: ArrayLike, v2: ArrayLike) -> tuple[NDArray[np.float64], NDA
     a = v1 if v1[1] > 0 or (v1[1] == 0 and v1[0] < 0) else -v1
     b = v2 if v2[0] > 0 or (v2[0] == 0 and v2[1] > 0) else -v2
     return a, b
+
+
+def _checked_basis(basis: tuple[ArrayLike, ArrayLike]) -> tuple[NDArray, NDArray]:
+    """Return a user-given basis as two arrays; raise ValueError for one no lattice can have."""
+    try:
+        v1, v2 = (np.asarray(v, dtype=float).reshape(2) for v in basis)
+    except (TypeError, ValueError):
+        raise ValueError("the lattice vectors must be two (y, x) pairs") from None
+    if not (np.isfinite(v1).all() and np.isfinite(v2).all()):
+        raise ValueError("the lattice vectors must be finite")
+    n1, n2 = np.hypot(*v1), np.hypot(*v2)
+    if min(n1, n2) < 2.0:
+        raise ValueError(f"the lattice vectors must be at least 2 px long, got {min(n1, n2):.3g}")
+    sine = abs(v1[0] * v2[1] - v1[1] * v2[0]) / (n1 * n2)
+    if sine < np.sin(np.radians(20.0)):
+        raise ValueError(
+            f"the lattice vectors are {np.degrees(np.arcsin(min(sine, 1.0))):.0f}° from parallel; "
+            "a and b must be at least 20° apart"
+        )
+    return v1, v2
 
 
 def split_sublattices(atoms: pd.DataFrame) -> NDArray[np.bool_]:
@@ -482,6 +502,7 @@ def analyze_lattice(
     *,
     basis: tuple[ArrayLike, ArrayLike] | None = None,
     reference: ArrayLike | None = None,
+    reference_region: Sequence[ArrayLike] | None = None,
     tolerance: float = 0.3,
     bsites: bool = True,
     polarity: str = "auto",
@@ -502,7 +523,11 @@ def analyze_lattice(
         Override the automatically found basis vectors (a, b) as (y, x).
     reference : array_like, optional
         Reference for strain: a (2, 2) array of (a, b) rows, or a boolean mask over the cells to
-        take the median of (e.g. cells in a region the user drew).  Default: the median cell.
+        take the median of.  Default: the median cell.
+    reference_region : sequence of array_like, optional
+        Polygons, each (K, 2) vertices (y, x) in px, K >= 3: the strain reference is the median
+        of the complete cells whose centres lie inside any of them (e.g. the substrate under a
+        film, or a region known to be unstrained).  Not together with ``reference``.
     tolerance : float
         Corner search radius, fraction of the shorter lattice vector.
     bsites : bool
@@ -525,8 +550,12 @@ def analyze_lattice(
         Gaussian fits' errors of B and its four corners; NaN without them),
         optional ``*_pm``, ``exx, eyy, exy, rotation`` and their standard errors ``*_err``
         (:func:`strain_errors`; NaN when the atoms have no position errors), and ``fit_ok``
-        (cell closes and, with B sites, its B site is found).
+        (cell closes and, with B sites, its B site is found), ``reference_cell`` (the cell is
+        one of those the strain reference is the median of).  ``info["reference_cells"]``
+        counts them.
     """
+    if reference is not None and reference_region is not None:
+        raise ValueError("give the strain reference as vectors, cells or a region, not two")
     steps = 4 if bsites else 3
 
     def step(k: int) -> None:
@@ -543,7 +572,7 @@ def analyze_lattice(
     if basis is None:
         a, b = find_basis(a_pts)
     else:
-        a, b = orient_basis(*basis)
+        a, b = orient_basis(*_checked_basis(basis))
     step(1)
     cells = build_cells(a_pts, a, b, tolerance=tolerance)
     a_index = np.nonzero(is_a)[0]
@@ -558,22 +587,31 @@ def analyze_lattice(
         for axis in ("y", "x")
     }
     step(2)
-    good = cells["status"] == OK
+    good = (cells["status"] == OK).to_numpy()
+    if reference_region is not None:
+        centres = cells[["centre_y", "centre_x"]].to_numpy(float)
+        reference = cells_in_region(centres, reference_region)
     if reference is None:
-        ref = _median_reference(cells[good] if good.any() else cells, a, b)
-    else:
-        ref_arr = np.asarray(reference)
-        if ref_arr.dtype == bool:
-            chosen = cells[ref_arr & good.to_numpy()]
-            if len(chosen) == 0:
-                raise ValueError("the strain reference region contains no complete cell")
-            ref = _median_reference(chosen, a, b)
-        else:
-            ref = np.asarray(ref_arr, dtype=float).reshape(2, 2)
+        chosen = good if good.any() else np.ones(len(cells), bool)
+    elif np.asarray(reference).dtype == bool:
+        if np.shape(reference) != good.shape:
+            raise ValueError(
+                f"a strain reference mask needs one value per cell ({len(good)}), "
+                f"got shape {np.shape(reference)}"
+            )
+        chosen = np.asarray(reference, bool) & good
+        if not chosen.any():
+            raise ValueError("the strain reference region contains no complete cell")
+    else:  # given vectors: no cell is the reference
+        chosen = np.zeros(len(cells), bool)
+        ref = np.asarray(reference, dtype=float).reshape(2, 2)
+    if chosen.any() or len(cells) == 0:
+        ref = _median_reference(cells[chosen], a, b)
     cells = cells.join(cell_strain(cells, ref))
     cells = cells.join(strain_errors(cells, ref, corner_err["y"], corner_err["x"]))
     step(3)
-    fit_ok = good.to_numpy().copy()
+    cells["reference_cell"] = chosen
+    fit_ok = good.copy()
     if bsites:
         if image is None:
             raise ValueError("the image is needed to locate B sites")
@@ -614,9 +652,52 @@ def analyze_lattice(
         "a": a.tolist(),
         "b": b.tolist(),
         "reference": ref.tolist(),
+        "reference_cells": int(chosen.sum()),
         "tolerance": tolerance,
     }
     return Lattice(cells=cells, a=a, b=b, reference=ref, sublattice_a=is_a, info=info)
+
+
+def cells_in_region(points: ArrayLike, polygons: Sequence[ArrayLike]) -> NDArray[np.bool_]:
+    """Return which points lie inside any of the polygons.
+
+    Parameters
+    ----------
+    points : array_like, shape (N, 2)
+        Positions (y, x), px.
+    polygons : sequence of array_like
+        Each (K, 2) vertices (y, x), px, K >= 3, in order around the polygon (a rectangle
+        as its four corners).
+
+    Returns
+    -------
+    ndarray of bool, shape (N,)
+
+    Raises
+    ------
+    ValueError
+        No polygon, or one with fewer than three vertices or non-finite ones.
+
+    Examples
+    --------
+    >>> square = [[0, 0], [0, 10], [10, 10], [10, 0]]
+    >>> cells_in_region([[5, 5], [5, 15]], [square]).tolist()
+    [True, False]
+    """
+    from skimage.measure import points_in_poly
+
+    pts = np.asarray(points, dtype=float).reshape(-1, 2)
+    if len(polygons) == 0:
+        raise ValueError("the region has no polygon")
+    inside = np.zeros(len(pts), bool)
+    for poly in polygons:
+        vertices = np.asarray(poly, dtype=float)
+        if vertices.ndim != 2 or vertices.shape[1] != 2 or len(vertices) < 3:
+            raise ValueError("a region polygon needs at least 3 vertices (y, x)")
+        if not np.isfinite(vertices).all():
+            raise ValueError("a region polygon has non-finite vertices")
+        inside |= points_in_poly(pts, vertices)
+    return inside
 
 
 def _median_reference(cells: pd.DataFrame, a: NDArray, b: NDArray) -> NDArray[np.float64]:
