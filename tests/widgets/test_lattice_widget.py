@@ -87,3 +87,112 @@ def test_too_few_atoms_notifies(make_napari_viewer):
     widget._run.native.click()
     assert "at least 4" in notification_manager.records[-1].message
     assert len(viewer.layers) == before
+
+
+def _last_message():
+    from napari.utils.notifications import notification_manager
+
+    return notification_manager.records[-1].message
+
+
+def test_strain_against_a_drawn_region_and_drawn_vectors(viewer_with_atoms, qtbot):
+    """The user draws the strain reference (a rectangle, an ellipse, or shapes in a layer of
+    their own in world units) and the lattice vectors (two lines); bad drawings notify and
+    change nothing."""
+    viewer = viewer_with_atoms
+    image = viewer.layers["perovskite_haadf"]
+    widget = LatticeWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+
+    def run():
+        with qtbot.waitSignal(widget.run_finished, timeout=60_000):
+            widget._run.native.click()
+        return viewer.layers["Strain (perovskite_haadf)"]
+
+    widget._draw_reference.native.click()
+    region = viewer.layers["Strain reference (perovskite_haadf)"]
+    assert widget._reference.value is region and region.mode == "add_rectangle"
+    assert viewer.layers.selection.active is region
+    np.testing.assert_allclose(region.scale, image.scale[-2:])
+    names = [layer.name for layer in viewer.layers]
+    widget._run.native.click()  # nothing drawn yet
+    assert "draw the strain reference region" in _last_message()
+    assert [layer.name for layer in viewer.layers] == names
+
+    box = (40.0, 60.0, 200.0, 220.0)
+    region.add_rectangles(np.array([box[:2], box[2:]]))
+    feats = run().features
+    inside = feats["centre_y"].between(box[0], box[2]) & feats["centre_x"].between(box[1], box[3])
+    chosen = feats["reference_cell"]
+    assert chosen.sum() >= 20 and chosen.equals(inside & (feats["status"] == "ok"))
+    assert abs(feats.loc[chosen, "exx"].median()) < 1e-3
+    assert f"strain against {chosen.sum()} cells in 'Strain reference" in widget._status.value
+    strain = viewer.layers["Strain (perovskite_haadf)"]
+    meta = strain.metadata["napari_atomnet"]
+    assert meta["reference_layer"] == region.name and meta["params"]["reference_region"]
+    np.testing.assert_array_equal(strain.border_width > 0, chosen.to_numpy())
+    # the same numbers as the pipeline given the rectangle as a polygon
+    from napari_atomnet._widgets._lattice import atoms_from_layer
+    from napari_atomnet.pipeline import find_cells
+
+    polygon = [[box[0], box[1]], [box[0], box[3]], [box[2], box[3]], [box[2], box[1]]]
+    direct, _ = find_cells(
+        image.data,
+        atoms_from_layer(widget._atoms.value),
+        polarity="bright",
+        reference_region=[polygon],
+    )
+    np.testing.assert_allclose(feats["exx"], direct.cells["exx"], atol=1e-9)
+
+    # an ellipse: the cells whose centres lie inside it
+    region.data = []
+    centre, radii = np.array([300.0, 250.0]), np.array([60.0, 90.0])
+    region.add_ellipses(np.array([centre, radii]))
+    feats = run().features
+    r2 = ((feats["centre_y"] - centre[0]) / radii[0]) ** 2
+    r2 += ((feats["centre_x"] - centre[1]) / radii[1]) ** 2
+    clear = (abs(r2 - 1) > 0.05) & (feats["status"] == "ok")  # leave out the polygon's edge
+    assert feats["reference_cell"][clear].equals((r2 < 1)[clear])
+
+    # a layer of the user's own, in world units (nm): converted to the image's pixels
+    scale = np.asarray(image.scale[-2:])
+    world = viewer.add_shapes(
+        np.array([[box[0], box[1]], [box[2], box[3]]]) * scale,
+        shape_type="rectangle",
+        name="substrate",
+    )
+    widget._reference.value = world
+    feats = run().features
+    assert feats["reference_cell"].equals(inside & (feats["status"] == "ok"))
+
+    # lines do not enclose a region
+    world.add_lines(np.array([[0.0, 0.0], [50.0, 50.0]]))
+    names = [layer.name for layer in viewer.layers]
+    widget._run.native.click()
+    assert "holds a line" in _last_message()
+    assert [layer.name for layer in viewer.layers] == names
+    widget._reference.value = None
+
+    # lattice vectors drawn as two lines: the cells of the diagonal lattice (a + b, b)
+    a = np.array([feats["a_y"].median(), feats["a_x"].median()])
+    b = np.array([feats["b_y"].median(), feats["b_x"].median()])
+    widget._draw_basis.native.click()
+    vectors = viewer.layers["Lattice vectors (perovskite_haadf)"]
+    assert widget._basis.value is vectors and vectors.mode == "add_line"
+    start = np.array([250.0, 250.0])
+    vectors.add_lines(np.array([start, start + a + b]))
+    widget._run.native.click()  # one line only
+    assert "two lines" in _last_message()
+    vectors.add_lines(np.array([start, start + b]))
+    feats = run().features
+    edge = np.hypot(feats["a_y"], feats["a_x"]).median()
+    assert edge == pytest.approx(np.hypot(*(a + b)), rel=0.02)
+    assert viewer.layers["Lattice vectors (perovskite_haadf)"] is vectors
+    # those cells' centres hold no B column: no fit succeeds and no arrows are drawn
+    assert not feats["bsite_fit_ok"].any()
+    assert "Displacements (perovskite_haadf)" not in viewer.layers
+    # parallel lines: refused before anything runs
+    vectors.data = []
+    vectors.add_lines(np.array([[start, start + a], [start, start + 2 * a]]))
+    widget._run.native.click()
+    assert "from parallel" in _last_message()

@@ -6,11 +6,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-from magicgui.widgets import CheckBox, ComboBox, FloatSpinBox
+from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, PushButton
 
 from .._provenance import METADATA_KEY
 from ..core.image import InvalidImageError, as_analysis_image
-from ..core.lattice import displacement_precision
+from ..core.lattice import check_basis, displacement_precision
 from ..core.refine import error_text
 from . import _layers
 from ._common import (
@@ -25,6 +25,12 @@ if TYPE_CHECKING:
     import napari
 
 STRAIN_COMPONENTS = ("exx", "eyy", "exy", "rotation")
+#: Choice for the strain reference when no region is drawn.
+MEDIAN_REFERENCE = "median of all cells"
+#: Choice for the lattice vectors when none are drawn.
+FOUND_BASIS = "found from the atoms"
+#: Shapes that enclose a region (napari shape types).
+REGION_SHAPES = ("rectangle", "polygon", "ellipse")
 
 
 def points_layers(viewer: napari.Viewer) -> list[tuple[str, Any]]:
@@ -32,6 +38,75 @@ def points_layers(viewer: napari.Viewer) -> list[tuple[str, Any]]:
     from napari.layers import Points
 
     return [(layer.name, layer) for layer in viewer.layers if isinstance(layer, Points)]
+
+
+def drawn_shapes_layers(viewer: napari.Viewer) -> list[tuple[str, Any]]:
+    """Return (name, layer) choices of the Shapes layers a user drew (not this plugin's boxes)."""
+    from napari.layers import Shapes
+
+    return [
+        (layer.name, layer)
+        for layer in viewer.layers
+        if isinstance(layer, Shapes) and METADATA_KEY not in layer.metadata
+    ]
+
+
+def _image_px(shapes: napari.layers.Shapes, image: napari.layers.Image, vertices: Any) -> Any:
+    """Vertices of a shape (its data coordinates) as (y, x) pixels of the image."""
+    return np.array(
+        [image.world_to_data(shapes.data_to_world(v))[-2:] for v in np.asarray(vertices)]
+    )
+
+
+def _ellipse_polygon(corners: np.ndarray, n: int = 64) -> np.ndarray:
+    # napari stores an ellipse as the four corners of its bounding box, in order
+    centre = corners.mean(axis=0)
+    u, v = (corners[1] - corners[0]) / 2, (corners[3] - corners[0]) / 2
+    t = np.linspace(0, 2 * np.pi, n, endpoint=False)[:, None]
+    return centre + np.cos(t) * u + np.sin(t) * v
+
+
+def region_polygons(shapes: napari.layers.Shapes, image: napari.layers.Image) -> list[Any]:
+    """Return the regions drawn in a Shapes layer as polygons in the image's pixels.
+
+    Raises
+    ------
+    ValueError
+        The layer has no shapes, or shapes that enclose nothing (lines, paths).
+    """
+    if len(shapes.data) == 0:
+        raise ValueError(
+            f"draw the strain reference region in '{shapes.name}' first "
+            "(rectangles, polygons or ellipses)"
+        )
+    polygons = []
+    for kind, vertices in zip(shapes.shape_type, shapes.data, strict=True):
+        if kind not in REGION_SHAPES:
+            raise ValueError(
+                f"'{shapes.name}' holds a {kind}; a region is drawn as rectangles, polygons or "
+                "ellipses"
+            )
+        px = _image_px(shapes, image, vertices)
+        polygons.append(_ellipse_polygon(px) if kind == "ellipse" else px)
+    return polygons
+
+
+def drawn_basis(shapes: napari.layers.Shapes, image: napari.layers.Image) -> tuple[Any, Any]:
+    """Return the lattice vectors a and b drawn as the first two lines of a Shapes layer (px).
+
+    Raises
+    ------
+    ValueError
+        Fewer than two lines.
+    """
+    lines = [v for kind, v in zip(shapes.shape_type, shapes.data, strict=True) if kind == "line"]
+    if len(lines) < 2:
+        raise ValueError(
+            f"draw the lattice vectors a and b as two lines in '{shapes.name}' "
+            f"(it has {len(lines)})"
+        )
+    ends = [_image_px(shapes, image, line) for line in lines[:2]]
+    return ends[0][-1] - ends[0][0], ends[1][-1] - ends[1][0]
 
 
 def atoms_from_layer(layer: napari.layers.Points) -> pd.DataFrame:
@@ -84,15 +159,39 @@ class LatticeWidget(JobWidget):
             tooltip="Displacement arrows are drawn this many times longer than they are",
         )
         self._strain = ComboBox(label="Strain map", choices=STRAIN_COMPONENTS, value="exx")
+        self._reference = ComboBox(
+            label="Strain reference",
+            choices=lambda _w: [(MEDIAN_REFERENCE, None), *drawn_shapes_layers(viewer)],
+            tooltip="Strain is measured against the median cell, or against the median of the "
+            "cells inside the shapes of a layer (e.g. the substrate)",
+        )
+        self._draw_reference = PushButton(text="Draw region")
+        self._basis = ComboBox(
+            label="Lattice vectors",
+            choices=lambda _w: [(FOUND_BASIS, None), *drawn_shapes_layers(viewer)],
+            tooltip="Found from the atoms, or the first two lines of a Shapes layer (a, b)",
+        )
+        self._draw_basis = PushButton(text="Draw a, b")
         self.extend(
-            [self._image, self._atoms, self._bsites, self._tolerance, self._scale, self._strain]
+            [
+                self._image,
+                self._atoms,
+                self._bsites,
+                self._tolerance,
+                self._scale,
+                self._strain,
+                _row(self._reference, self._draw_reference),
+                _row(self._basis, self._draw_basis),
+            ]
         )
         self._add_job_controls("Build cells")
         self._scale.changed.connect(self._rescale_arrows)
         self._strain.changed.connect(self._recolour_strain)
+        self._draw_reference.changed.connect(self._on_draw_reference)
+        self._draw_basis.changed.connect(self._on_draw_basis)
         for event in (viewer.layers.events.inserted, viewer.layers.events.removed):
-            event.connect(self._image.reset_choices)
-            event.connect(self._atoms.reset_choices)
+            for combo in (self._image, self._atoms, self._reference, self._basis):
+                event.connect(combo.reset_choices)
         self._select_atoms_for_image()
         self._image.changed.connect(self._select_atoms_for_image)
 
@@ -103,6 +202,35 @@ class LatticeWidget(JobWidget):
         name = _layers.layer_name("Atoms", image.name)
         if name in self._viewer.layers:
             self._atoms.value = self._viewer.layers[name]
+
+    # -- drawing a reference region or the lattice vectors ----------------------------------
+    def _drawing_layer(self, kind: str, mode: str, combo: ComboBox) -> None:
+        """Add (or reuse) a Shapes layer over the image, select it in ``mode`` and in ``combo``."""
+        image = self._image.value
+        if image is None:
+            notify_error("Lattice: choose an image first")
+            return
+        name = _layers.layer_name(kind, image.name)
+        if name in self._viewer.layers:
+            layer = self._viewer.layers[name]
+        else:
+            layer = self._viewer.add_shapes(
+                name=name,
+                edge_color="yellow",
+                face_color=[1.0, 1.0, 0.0, 0.15],
+                edge_width=max(1.0, 0.004 * max(image.data.shape[-2:])),
+                **_layers.geometry(image),
+            )
+        combo.reset_choices()
+        combo.value = layer
+        self._viewer.layers.selection.active = layer
+        layer.mode = mode
+
+    def _on_draw_reference(self, *_: Any) -> None:
+        self._drawing_layer("Strain reference", "add_rectangle", self._reference)
+
+    def _on_draw_basis(self, *_: Any) -> None:
+        self._drawing_layer("Lattice vectors", "add_line", self._basis)
 
     # -- running ------------------------------------------------------------------------------
     def _on_run(self, *_: Any) -> None:
@@ -120,11 +248,21 @@ class LatticeWidget(JobWidget):
                 raise ValueError(
                     f"{atoms_layer.name} has {len(atoms)} points; a lattice needs at least 4"
                 )
+            region_layer, basis_layer = self._reference.value, self._basis.value
+            region = None if region_layer is None else region_polygons(region_layer, layer)
+            basis = None if basis_layer is None else drawn_basis(basis_layer, layer)
+            if basis is not None:
+                check_basis(basis)
         except (InvalidImageError, ValueError) as err:
             notify_error(f"Lattice: {err}")
             return
         pixel_size = pixel_size_of(layer)
-        params = {"bsites": bool(self._bsites.value), "tolerance": float(self._tolerance.value)}
+        params = {
+            "bsites": bool(self._bsites.value),
+            "tolerance": float(self._tolerance.value),
+            "basis": basis,
+            "reference_region": region,
+        }
         # B sites are fitted with the atom contrast the detection used, when it is recorded
         recorded = atoms_layer.metadata.get(METADATA_KEY, {}).get("params", {}).get("polarity")
         params["polarity"] = recorded if recorded in ("bright", "dark") else "auto"
@@ -142,6 +280,10 @@ class LatticeWidget(JobWidget):
                 **params,
             )
             provenance["atoms_layer"] = atoms_layer.name
+            if region_layer is not None:
+                provenance["reference_layer"] = region_layer.name
+            if basis_layer is not None:
+                provenance["basis_layer"] = basis_layer.name
             return {
                 "lattice": lattice,
                 "layers": build_lattice_layers(
@@ -167,10 +309,16 @@ class LatticeWidget(JobWidget):
         info = out["lattice"].info
         a, b = out["lattice"].a, out["lattice"].b
         precision = error_text("displacements", *displacement_precision(out["lattice"].cells))
+        region = self._reference.value
         self._status.value = (
             f"{info['n_cells']} cells ({info['n_cells_ok']} ok, {info['n_distorted']} distorted); "
             f"|a| = {np.hypot(*a):.2f} px, |b| = {np.hypot(*b):.2f} px"
             + (f"; {precision}" if precision else "")
+            + (
+                f"; strain against {info['reference_cells']} cells in '{region.name}'"
+                if region is not None
+                else ""
+            )
         )
 
     def _rescale_arrows(self, *_: Any) -> None:
@@ -247,8 +395,14 @@ def build_lattice_layers(
         **geometry,
     )
     _colour_strain(out["Strain"], component)
-    if "bsite_y" in cells:
-        found = cells[cells["bsite_y"].notna()].reset_index(drop=True)
+    if provenance.get("params", {}).get("reference_region") is not None:
+        # the cells the strain is measured against are outlined
+        out["Strain"].border_color = "white"
+        out["Strain"].border_width = np.where(cells["reference_cell"].to_numpy(bool), 0.12, 0.0)
+    has_b = cells["bsite_y"].notna() if "bsite_y" in cells else pd.Series(False, cells.index)
+    found = cells[has_b].reset_index(drop=True)
+    good = found[found["bsite_fit_ok"].astype(bool)].reset_index(drop=True) if len(found) else found
+    if len(found):
         ok = found["bsite_fit_ok"].to_numpy(bool)
         out["B sites"] = Points(
             found[["bsite_y", "bsite_x"]].to_numpy(float),
@@ -260,7 +414,7 @@ def build_lattice_layers(
             metadata=meta,
             **geometry,
         )
-        good = found[ok].reset_index(drop=True)
+    if len(good):  # no arrows layer without a B site (napari refuses empty colour arrays)
         arrows = np.stack(
             [
                 good[["centre_y", "centre_x"]].to_numpy(float),
@@ -279,6 +433,10 @@ def build_lattice_layers(
             **geometry,
         )
     return out
+
+
+def _row(*widgets: Any) -> Container:
+    return Container(widgets=list(widgets), layout="horizontal", labels=False)
 
 
 def _colour_strain(layer: Any, component: str) -> None:

@@ -159,8 +159,23 @@ def orient_basis(v1: ArrayLike, v2: ArrayLike) -> tuple[NDArray[np.float64], NDA
     return a, b
 
 
-def _checked_basis(basis: tuple[ArrayLike, ArrayLike]) -> tuple[NDArray, NDArray]:
-    """Return a user-given basis as two arrays; raise ValueError for one no lattice can have."""
+def check_basis(basis: tuple[ArrayLike, ArrayLike]) -> tuple[NDArray, NDArray]:
+    """Return user-given lattice vectors as two arrays, checked.
+
+    Parameters
+    ----------
+    basis : tuple of array_like
+        Two (y, x) vectors, px.
+
+    Returns
+    -------
+    tuple of ndarray
+
+    Raises
+    ------
+    ValueError
+        Not two finite pairs, shorter than 2 px, or less than 20° apart (no lattice has them).
+    """
     try:
         v1, v2 = (np.asarray(v, dtype=float).reshape(2) for v in basis)
     except (TypeError, ValueError):
@@ -572,7 +587,7 @@ def analyze_lattice(
     if basis is None:
         a, b = find_basis(a_pts)
     else:
-        a, b = orient_basis(*_checked_basis(basis))
+        a, b = orient_basis(*check_basis(basis))
     step(1)
     cells = build_cells(a_pts, a, b, tolerance=tolerance)
     a_index = np.nonzero(is_a)[0]
