@@ -115,14 +115,21 @@ def lattice() -> None:
 
 
 def strain() -> None:
+    import numpy as np
+
     from napari_atomnet._widgets import LatticeWidget
 
     viewer = detected()
     widget = LatticeWidget(viewer)
     viewer.window.add_dock_widget(widget, name="Lattice")
-    widget._strain.value = "rotation"
+    widget._strain.value = "exx"
+    # the strain reference: a region the user draws (here a rectangle in the upper left)
+    widget._draw_reference.native.click()
+    region = viewer.layers["Strain reference (perovskite_haadf)"]
+    region.add_rectangles(np.array([[30.0, 30.0], [170.0, 200.0]]))
+    region.mode = "pan_zoom"
     run(widget, viewer, "Strain (perovskite_haadf)")
-    for name in ("Atoms", "Boxes", "Unit cells", "B sites"):
+    for name in ("Atoms", "Boxes", "Unit cells", "B sites", "Displacements"):
         viewer.layers[f"{name} (perovskite_haadf)"].visible = False
     viewer.layers["Strain (perovskite_haadf)"].visible = True
     viewer.reset_view()

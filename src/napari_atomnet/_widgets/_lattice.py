@@ -180,8 +180,8 @@ class LatticeWidget(JobWidget):
                 self._tolerance,
                 self._scale,
                 self._strain,
-                _row(self._reference, self._draw_reference),
-                _row(self._basis, self._draw_basis),
+                _row("Strain reference", self._reference, self._draw_reference),
+                _row("Lattice vectors", self._basis, self._draw_basis),
             ]
         )
         self._add_job_controls("Build cells")
@@ -435,8 +435,11 @@ def build_lattice_layers(
     return out
 
 
-def _row(*widgets: Any) -> Container:
-    return Container(widgets=list(widgets), layout="horizontal", labels=False)
+def _row(label: str, *widgets: Any) -> Container:
+    """One labelled form row holding several widgets side by side."""
+    row = Container(widgets=list(widgets), layout="horizontal", labels=False, label=label)
+    row.margins = (0, 0, 0, 0)
+    return row
 
 
 def _colour_strain(layer: Any, component: str) -> None:
