@@ -17,6 +17,7 @@ import math
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from . import _argtypes as argtypes
@@ -214,21 +215,30 @@ def register_adapt(subparsers: Any) -> argparse.ArgumentParser:
         help="adapt the HRTEM detector to your microscope's imaging conditions (needs the "
         "[train] extra)",
         description="Simulate graphene HRTEM images at your microscope's conditions (defocus "
-        "and Cs within a tolerance, astigmatism, dose, sampling, voltage) and train a detector "
+        "and Cs within a tolerance, or every (defocus, Cs) an image of yours is consistent "
+        "with; astigmatism, dose, sampling, voltage) and train a detector "
         "of the HRTEM model's architecture on them, from scratch (about 11 min on 2 CPU "
         "cores). Prints the F1 before and after "
         "on held-out simulations at those conditions, and writes NAME.onnx + NAME.json + "
         "NAME.pt into the user model folder, where 'atomnet detect --model NAME' and the "
         "Detect widget find it. Use the adapted model for images taken at those conditions.",
     )
-    p.add_argument("--defocus", type=float, required=True, help="defocus, Å (positive: underfocus)")
-    p.add_argument("--cs", type=float, required=True, help="spherical aberration Cs, µm")
-    sampling = p.add_mutually_exclusive_group(required=True)
-    sampling.add_argument("--pixel-size", type=float, help="sampling, Å per pixel")
-    sampling.add_argument(
+    p.add_argument(
+        "--defocus",
+        type=float,
+        default=None,
+        help="defocus, Å (positive: underfocus); leave out with --cs to match both to the "
+        "--like image",
+    )
+    p.add_argument("--cs", type=float, default=None, help="spherical aberration Cs, µm")
+    p.add_argument("--pixel-size", type=float, help="sampling, Å per pixel (default: --like's)")
+    p.add_argument(
         "--like",
         metavar="IMAGE",
-        help="take the sampling from this calibrated microscope file (dm3/dm4, emd, ser, ...)",
+        help="an image taken at these conditions (dm3/dm4, emd, ser, tif, ...): its calibration "
+        "gives the sampling, and without --defocus and --cs the conditions are matched to it "
+        "(every (defocus, Cs) whose image of the atoms found in it correlates within 0.005 of "
+        "the best; about 15 s)",
     )
     p.add_argument(
         "--astigmatism", type=float, default=10.0, help="residual astigmatism up to, Å (10)"
@@ -268,16 +278,33 @@ def run_adapt(args: argparse.Namespace) -> int:
     _require_torch()
     from .training.adapt import ImagingConditions, adapt_config, adapt_detector
 
-    conditions = ImagingConditions(
-        defocus=args.defocus,
-        cs_um=args.cs,
-        pixel_size_angstrom=_sampling(args),
-        astig_max_angstrom=args.astigmatism,
-        dose=args.dose,
-        voltage_kv=args.voltage,
-        defocus_tolerance=args.defocus_tolerance,
-        cs_tolerance_um=args.cs_tolerance,
-    )
+    given = (args.defocus is not None, args.cs is not None)
+    if given[0] != given[1]:
+        raise ValueError("give both --defocus and --cs, or neither to match them to --like")
+    if args.pixel_size is None and args.like is None:
+        raise ValueError("give the sampling: --pixel-size, or --like with a calibrated image")
+    if not given[0] and args.like is None:
+        raise ValueError("give --defocus and --cs, or --like IMAGE to match them to")
+    pixel_size = _sampling(args)
+    common = {"astig_max_angstrom": args.astigmatism, "dose": args.dose, "voltage_kv": args.voltage}
+    if given[0]:
+        conditions = ImagingConditions(
+            defocus=args.defocus,
+            cs_um=args.cs,
+            pixel_size_angstrom=pixel_size,
+            defocus_tolerance=args.defocus_tolerance,
+            cs_tolerance_um=args.cs_tolerance,
+            **common,
+        )
+    else:
+        from .cli import _load_image
+        from .pipeline import match_imaging_conditions
+
+        image, _ = _load_image(args.like)
+        fit = match_imaging_conditions(image, pixel_size, voltage_kv=args.voltage)
+        if not args.quiet:
+            print(f"conditions consistent with {Path(args.like).name}: {fit.summary()}")
+        conditions = ImagingConditions.from_fit(fit, pixel_size, **common)
     result = adapt_detector(
         conditions,
         name=args.out,

@@ -479,3 +479,49 @@ def find_cells(
         lattice.info, seconds=round(time.perf_counter() - t0, 4), pixel_size_nm=pixel_size_nm
     )
     return lattice, provenance
+
+
+def match_imaging_conditions(
+    image: ArrayLike,
+    pixel_size_angstrom: float,
+    *,
+    detector: Any = "atomnet-hrtem",
+    voltage_kv: float = 80.0,
+    progress: ProgressCallback | None = None,
+    cancelled: CancelledCallback | None = None,
+) -> Any:
+    """Find the HRTEM imaging conditions a graphene image is consistent with.
+
+    The detector's atoms (contrast on "auto": ``atomnet-hrtem`` tells it itself) are the
+    structure model that :func:`napari_atomnet.core.optics.fit_imaging_conditions` images
+    through candidate CTFs and compares with the image.
+
+    Parameters
+    ----------
+    image : array_like, shape (H, W)
+        The HRTEM image, in counts.
+    pixel_size_angstrom : float
+        Sampling, Å per pixel.
+    detector : str or ModelCard
+        Model that finds the atoms.
+    voltage_kv : float
+        Acceleration voltage, kV.
+    progress, cancelled : callable, optional
+        Progress over the grid points, and cancel poll.
+
+    Returns
+    -------
+    napari_atomnet.core.optics.ConditionsFit
+    """
+    from .core.optics import fit_imaging_conditions
+
+    img = as_analysis_image(image)
+    atoms = find_atoms(img, detector=detector, polarity="auto", cancelled=cancelled).atoms
+    return fit_imaging_conditions(
+        img,
+        atoms[["y", "x"]].to_numpy(float),
+        pixel_size_angstrom,
+        voltage_kv=voltage_kv,
+        progress=progress,
+        cancelled=cancelled,
+    )

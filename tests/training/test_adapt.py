@@ -201,3 +201,57 @@ def test_cli_defaults_are_the_library_defaults():
     )
     assert args.images == adapt.ADAPT_IMAGES
     assert args.steps is None  # adapt_config's steps
+
+
+def test_conditions_matched_to_an_image_draw_from_all_it_allows():
+    """``ImagingConditions.from_fit``: every simulation sits within one grid step of a
+    (defocus, Cs) pair the image is consistent with, and the card's text says so."""
+    from napari_atomnet.core.optics import ConditionsFit
+
+    defocus, cs = np.arange(40.0, 81.0, 5.0), np.arange(-12.0, -7.0, 1.0)
+    score = np.full((len(defocus), len(cs)), 0.1)
+    score[4, 2] = 0.5  # the best: 60 Å, -10 µm
+    score[2, 1] = 0.497  # within delta: 50 Å, -11 µm
+    fit = ConditionsFit(defocus, cs, score, delta=0.005, n_atoms=200)
+    conditions = ImagingConditions.from_fit(fit, 0.12, dose=2e4)
+    assert conditions.candidates == ((50.0, -11.0), (60.0, -10.0))
+    assert (conditions.defocus, conditions.cs_um, conditions.dose) == (60.0, -10.0, 2e4)
+    assert "2 (defocus, Cs) pairs ± 5 Å, ± 1 µm, matched to an image" in conditions.text()
+    rng = np.random.default_rng(0)
+    draws = [conditions.draw(rng) for _ in range(400)]
+    drawn = np.array([(d["defocus"], d["cs_um"]) for d in draws])
+    offsets = np.abs(drawn[:, None, :] - np.array(conditions.candidates)[None])  # (400, 2, 2)
+    assert (offsets <= (5.0, 1.0)).all(axis=2).any(axis=1).all()
+    assert {round(d["defocus"] / 10) for d in draws} == {5, 6}  # both pairs are drawn
+    with pytest.raises(ValueError, match="candidates must be finite"):
+        ImagingConditions(60.0, -10.0, 0.12, candidates=((np.nan, 1.0),)).check()
+
+
+def test_cli_adapt_matches_the_conditions_to_the_image(tmp_path, capsys):
+    """Without --defocus and --cs, ``atomnet adapt --like`` matches them to the image (the
+    bundled graphene sample, imaged at -60 Å and -10 µm) and simulates at what it allows."""
+    from napari_atomnet._samples import sample_files
+
+    image = str(sample_files("graphene_hrtem")["image"])
+    out = tmp_path / "models"
+    common = ["adapt", "--out-dir", str(out)]
+    opts = ["--images", "5", "--steps", "2", "--threads", "1"]
+    assert main([*common, "--like", image, *opts, "--out", "matched"]) == 0
+    said = capsys.readouterr().out
+    assert "conditions consistent with graphene_hrtem.tif: defocus" in said
+    conditions = json.loads((out / "matched.json").read_text())["fine_tuning"]["conditions"]
+    pairs = np.array(conditions["candidates"])
+    assert len(pairs) > 10 and conditions["pixel_size_angstrom"] == pytest.approx(0.12)
+    # the truth has a grid neighbour among them
+    assert (np.abs(pairs - (-60.0, -10.0)) <= (5.0, 1.0)).all(axis=1).any()
+    assert (pairs[:, 0] < 0).all()  # bright atoms: underfocus is not among them
+    # half the optics, or none and no image: one line, nothing written
+    for bad, message in (
+        (["--defocus", "60", "--like", image], "both --defocus and --cs"),
+        (["--pixel-size", "0.12"], "--like IMAGE"),
+        (["--cs", "-10", "--pixel-size", "0.12"], "both --defocus and --cs"),
+    ):
+        assert main([*common, *bad, *opts, "--out", "bad"]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1
+    assert sorted(p.name for p in out.iterdir()) == ["matched.json", "matched.onnx", "matched.pt"]

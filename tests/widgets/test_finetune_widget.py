@@ -207,7 +207,9 @@ def test_default_steps_are_the_library_default(make_napari_viewer):
     from napari_atomnet.training.adapt import ImagingConditions
 
     for field in fields(ImagingConditions):
-        if field.default is not MISSING:
+        if field.name == "candidates":  # set by matching to an image, none at first
+            assert widget._candidates == field.default
+        elif field.default is not MISSING:
             assert widget._conditions[field.name].value == field.default, field.name
 
 
@@ -249,3 +251,40 @@ def test_adapting_to_imaging_conditions_writes_a_model_for_them(widget, models, 
     assert not widget._data.native.isHidden() and widget._conditions["cs_um"].native.isHidden()
     assert widget._base.value.name == "atomnet-detect" and widget._steps.value == 300
     assert widget._base.label == "Start from" and widget._run.text == "Fine-tune"
+
+
+def test_matching_the_conditions_to_an_image(widget, models, qtbot):
+    """ "Match defocus and Cs to the image" fills the optics from the image (the bundled
+    graphene sample: -60 Å, -10 µm) and the adaptation simulates at every pair it allows;
+    editing the values afterwards uses them instead."""
+    import json
+
+    viewer = widget._viewer
+    viewer.open_sample("napari-atomnet", "graphene_hrtem")
+    viewer.layers.selection.active = viewer.layers["graphene_hrtem"]
+    widget._source.value = SIMULATIONS
+    assert not widget._match.native.isHidden() and widget._matched.native.isHidden()
+    with qtbot.waitSignal(widget.run_finished, timeout=120_000):
+        widget._match.native.click()
+    pairs = np.array(widget._candidates)
+    assert len(pairs) > 10 and (np.abs(pairs - (-60.0, -10.0)) <= (5, 1)).all(axis=1).any()
+    best = (widget._conditions["defocus"].value, widget._conditions["cs_um"].value)
+    assert best in {tuple(p) for p in pairs}
+    assert widget._conditions["defocus"].value < 0  # bright atoms: not underfocus
+    assert widget._conditions["pixel_size_angstrom"].value == pytest.approx(0.12)
+    assert "Matched to graphene_hrtem: defocus" in widget._matched.value
+    assert not widget._matched.native.isHidden()
+    widget._name.value = "matched"
+    widget._conditions["n_images"].value = 10
+    widget._steps.value = 2
+    with qtbot.waitSignal(widget.run_finished, timeout=180_000):
+        widget._run.native.click()
+    record = json.loads((models / "matched.json").read_text())["fine_tuning"]
+    np.testing.assert_allclose(record["conditions"]["candidates"], pairs)
+    # editing the optics forgets the match: the next run draws around the values entered
+    widget._conditions["defocus"].value = 60.0
+    assert widget._candidates == () and widget._matched.native.isHidden()
+    # no image to match: a notification, nothing runs
+    viewer.layers.clear()
+    widget._match.native.click()
+    assert "select the HRTEM image" in _notes("error")[-1] and widget._worker is None

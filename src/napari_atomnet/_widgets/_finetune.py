@@ -24,11 +24,14 @@ from magicgui.widgets import (
     Label,
     LineEdit,
     ProgressBar,
+    PushButton,
     SpinBox,
 )
 
+from ..core.image import InvalidImageError, as_analysis_image
 from ._common import (
     CUSTOM_MODEL,
+    current_frame,
     follow_models,
     model_choices,
     models_changed,
@@ -142,6 +145,16 @@ class FineTuneWidget(JobWidget):
             "simulated at your microscope's conditions (adapts the HRTEM detector to them)",
         )
         self._conditions = _conditions_widgets()
+        # (defocus, Cs) pairs an image was matched to; cleared when the user edits the optics
+        self._candidates: tuple[tuple[float, float], ...] = ()
+        self._match = PushButton(
+            text="Match defocus and Cs to the image",
+            visible=False,
+            tooltip="Find every (defocus, Cs) the selected image is consistent with (about 15 s) "
+            "and simulate at all of them",
+        )
+        self._matched = Label(value="", visible=False)
+        self._matched.native.setWordWrap(True)
         self._data = FileEdit(
             label="Labels folder",
             mode="d",
@@ -207,6 +220,8 @@ class FineTuneWidget(JobWidget):
                 self._missing,
                 self._source,
                 self._data,
+                self._match,
+                self._matched,
                 *self._conditions.values(),
                 self._base,
                 self._custom,
@@ -228,6 +243,9 @@ class FineTuneWidget(JobWidget):
         self._base.changed.connect(self._on_base_changed)
         self._show_advanced.changed.connect(self._on_show_advanced)
         self._source.changed.connect(self._on_source_changed)
+        self._match.changed.connect(self._on_match)
+        for key in ("defocus", "cs_um", "defocus_tolerance", "cs_tolerance_um"):
+            self._conditions[key].changed.connect(self._forget_match)
         self._on_source_changed()
         self._on_base_changed()
         self._set_running(False)
@@ -274,6 +292,8 @@ class FineTuneWidget(JobWidget):
         self._show_advanced.visible = not simulated  # an adaptation uses adapt_config
         for widget in self._conditions.values():
             widget.visible = simulated
+        self._match.visible = simulated
+        self._matched.visible = simulated and bool(self._candidates)
         if simulated:
             self._sampling_from_image()
         steps, base = SOURCE_DEFAULTS[self._source.value]
@@ -287,22 +307,80 @@ class FineTuneWidget(JobWidget):
         self._on_base_changed()  # whether the base's weights are needed depends on the source
         self._on_show_advanced()
 
-    def _sampling_from_image(self) -> None:
-        """Take the pixel size from the selected (or only) image layer when it is calibrated."""
+    def _selected_image(self) -> Any:
+        """Return the selected image layer, or the only one; None when that is not clear."""
         from napari.layers import Image
 
         layer = self._viewer.layers.selection.active
         if not isinstance(layer, Image):
             images = [lay for lay in self._viewer.layers if isinstance(lay, Image)]
             layer = images[0] if len(images) == 1 else None
+        return layer
+
+    def _sampling_from_image(self) -> None:
+        """Take the pixel size from the selected (or only) image layer when it is calibrated."""
+        layer = self._selected_image()
         nm = pixel_size_of(layer) if layer is not None else None
         box = self._conditions["pixel_size_angstrom"]
         if nm is not None and box.min <= 10 * nm <= box.max:
             box.value = 10 * nm
             box.tooltip = f"Sampling of your images, Å per pixel (from {layer.name}'s calibration)"
 
+    def _on_match(self, *_: Any) -> None:
+        """Match defocus and Cs to the selected image (off the GUI thread)."""
+        from ..pipeline import match_imaging_conditions
+
+        layer = self._selected_image()
+        if layer is None:
+            notify_error("Fine-tune: select the HRTEM image to match in the layer list")
+            return
+        try:
+            frame, _ = current_frame(self._viewer, layer)
+            image = as_analysis_image(frame, rgb=layer.rgb)
+        except (InvalidImageError, ValueError) as err:
+            notify_error(f"Fine-tune: {err}")
+            return
+        self._sampling_from_image()
+        pixel_size = float(self._conditions["pixel_size_angstrom"].value)
+        voltage = float(self._conditions["voltage_kv"].value)
+
+        def compute(progress: Any = None, cancelled: Any = None) -> Any:
+            return match_imaging_conditions(
+                image, pixel_size, voltage_kv=voltage, progress=progress, cancelled=cancelled
+            )
+
+        def show(fit: Any) -> None:
+            defocus, cs, _ = fit.best
+            step_defocus, step_cs = fit.steps
+            values = {
+                "defocus": defocus,
+                "cs_um": cs,
+                "defocus_tolerance": step_defocus,  # as ImagingConditions.from_fit
+                "cs_tolerance_um": step_cs,
+            }
+            for key, value in values.items():
+                with self._conditions[key].changed.blocked():
+                    self._conditions[key].value = value
+            self._candidates = tuple((float(d), float(c)) for d, c in fit.consistent)
+            self._matched.value = f"Matched to {layer.name}: {fit.summary()}."
+            self._matched.visible = True
+            self._status.value = (
+                f"{len(self._candidates)} (defocus, Cs) pairs fit {layer.name}; the "
+                "simulations are drawn from all of them (editing the values above uses those "
+                "instead)."
+            )
+
+        self._start_job(compute, show, status=f"Matching defocus and Cs to {layer.name}…")
+
+    def _forget_match(self, *_: Any) -> None:
+        if self._candidates:
+            self._candidates = ()
+            self._matched.value = ""
+            self._matched.visible = False
+
     def _set_running(self, running: bool) -> None:
         super()._set_running(running)
+        self._match.enabled = not running
         if not self._has_torch:
             self._run.enabled = False
             self._run.tooltip = f"Needs PyTorch: {INSTALL_HINT}"
@@ -318,8 +396,9 @@ class FineTuneWidget(JobWidget):
         if self._source.value == SIMULATIONS:
             from ..training.adapt import ImagingConditions
 
-            values = {key: float(w.value) for key, w in self._conditions.items()}
+            values: dict[str, Any] = {key: float(w.value) for key, w in self._conditions.items()}
             n_images = int(values.pop("n_images"))
+            values["candidates"] = self._candidates
             ImagingConditions(**values).check()
             return {
                 "conditions": values,

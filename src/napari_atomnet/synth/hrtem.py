@@ -27,7 +27,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from numpy.typing import NDArray
+from numpy.typing import ArrayLike, NDArray
 from scipy import fft as sfft
 from scipy import sparse
 from scipy.ndimage import gaussian_filter, map_coordinates
@@ -42,6 +42,8 @@ __all__ = [
     "electron_wavelength",
     "graphene_hrtem",
     "graphene_structure",
+    "image_intensity",
+    "projected_phase",
     "simulation_ctf",
 ]
 
@@ -158,6 +160,48 @@ def simulation_ctf(params: dict[str, Any], shape: tuple[int, int]) -> NDArray[np
         params["voltage_kv"],
         c5_mm=params["c5_mm"],
     )
+
+
+def projected_phase(
+    shape: tuple[int, int],
+    atoms: ArrayLike,
+    pixel_size_angstrom: float,
+    atom_sigma_angstrom: float = 0.35,
+    *,
+    phase_per_atom: float = CARBON_PHASE_80KV,
+) -> NDArray[np.float64]:
+    """Phase shift of a thin sheet of atoms: one Gaussian of integrated phase per atom.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        (H, W) of the grid.
+    atoms : array_like, shape (N, 2)
+        Atom positions (y, x), px.
+    pixel_size_angstrom : float
+        Sampling, Å per pixel.
+    atom_sigma_angstrom : float
+        RMS width of an atom's projected potential (thermal blur included), Å.
+    phase_per_atom : float
+        Integrated phase of one atom, rad Å².
+
+    Returns
+    -------
+    ndarray of float64, shape ``shape``
+        The phase, rad.
+    """
+    yx = np.asarray(atoms, dtype=np.float64).reshape(-1, 2)
+    peak = phase_per_atom / (2 * np.pi * atom_sigma_angstrom**2)
+    sigma_px = atom_sigma_angstrom / pixel_size_angstrom
+    return _splat_isotropic(shape, yx[:, 0], yx[:, 1], peak, sigma_px, radius=4.0)
+
+
+def image_intensity(
+    exit_spectrum: NDArray[np.complex128], transfer: NDArray[np.complex128]
+) -> NDArray[np.float64]:
+    """Image intensity ``|ψ|²`` of an exit wave (given as its FFT) through a transfer function."""
+    wave = sfft.ifft2(exit_spectrum * transfer)
+    return wave.real**2 + wave.imag**2
 
 
 def _delocalization(
@@ -597,14 +641,11 @@ def graphene_hrtem(
     hole_region = (oy - 0.5, ox - 0.5, oy + h - 0.5, ox + w - 0.5)
     atoms_full, holes = _structure(full, bond_px, r_struct, int(p["n_holes"]), hole_region)
 
-    sig_px = p["atom_sigma_angstrom"] / px
-    peak_phase = phase_per_atom / (2 * np.pi * p["atom_sigma_angstrom"] ** 2)
-    phase = _splat_isotropic(
-        full, atoms_full[:, 0], atoms_full[:, 1], peak_phase, sig_px, radius=4.0
+    phase = projected_phase(
+        full, atoms_full, px, p["atom_sigma_angstrom"], phase_per_atom=phase_per_atom
     )
     transfer = simulation_ctf({**p, "pixel_size_angstrom": px, "voltage_kv": voltage_kv}, full)
-    wave = sfft.ifft2(sfft.fft2(np.exp(1j * phase)) * transfer)
-    intensity = wave.real**2 + wave.imag**2
+    intensity = image_intensity(sfft.fft2(np.exp(1j * phase)), transfer)
 
     # Poisson counts, then the detector MTF (on a margin wide enough for the MTF kernel)
     m = min(16, oy, ox)
@@ -636,7 +677,7 @@ def graphene_hrtem(
         np.zeros(len(atoms), dtype=np.int64),
         ("C",),
         amplitude=np.asarray(local, dtype=np.float64),
-        sigma=np.full(len(atoms), sig_px),
+        sigma=np.full(len(atoms), p["atom_sigma_angstrom"] / px),
     )
     params = {
         "shape": shape,

@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -38,6 +38,9 @@ from .finetune import (
     fine_tune_on,
     prepare_fine_tuning,
 )
+
+if TYPE_CHECKING:
+    from ..core.optics import ConditionsFit
 
 __all__ = [
     "ImagingConditions",
@@ -77,6 +80,13 @@ class ImagingConditions:
         Acceleration voltage, kV.
     defocus_tolerance, cs_tolerance_um : float
         Defocus and Cs are drawn uniformly within ± these of the given values.
+    candidates : tuple of (float, float)
+        (defocus, Cs) pairs the image is consistent with
+        (:func:`~napari_atomnet.core.optics.fit_imaging_conditions`); when given, each image
+        draws one of them and the tolerances around it (one grid step: the score changes
+        sharply across the ridge of good matches, and the truth, which lies between grid points,
+        has a neighbour among them), and ``defocus``, ``cs_um`` hold the best match.  Empty: draw
+        around ``defocus``, ``cs_um``.
     """
 
     defocus: float
@@ -87,10 +97,43 @@ class ImagingConditions:
     voltage_kv: float = 80.0
     defocus_tolerance: float = 20.0
     cs_tolerance_um: float = 5.0
+    candidates: tuple[tuple[float, float], ...] = ()
+
+    @classmethod
+    def from_fit(
+        cls, fit: ConditionsFit, pixel_size_angstrom: float, **kwargs: Any
+    ) -> ImagingConditions:
+        """Return conditions that draw from everything an image is consistent with.
+
+        Parameters
+        ----------
+        fit : ConditionsFit
+            From :func:`~napari_atomnet.core.optics.fit_imaging_conditions`.
+        pixel_size_angstrom : float
+            Sampling, Å per pixel.
+        **kwargs
+            Other fields (``astig_max_angstrom``, ``dose``, ``voltage_kv``).
+        """
+        defocus, cs, _ = fit.best
+        step_defocus, step_cs = fit.steps
+        return cls(
+            defocus=defocus,
+            cs_um=cs,
+            pixel_size_angstrom=pixel_size_angstrom,
+            defocus_tolerance=step_defocus,
+            cs_tolerance_um=step_cs,
+            candidates=tuple((float(d), float(c)) for d, c in fit.consistent),
+            **kwargs,
+        )
 
     def check(self) -> None:
         """Raise ValueError, naming the value, for conditions the simulator cannot image."""
         values = asdict(self)
+        candidates = np.asarray(values.pop("candidates"), dtype=float)
+        if candidates.size and (candidates.ndim != 2 or candidates.shape[1] != 2):
+            raise ValueError("candidates must be (defocus, Cs) pairs")
+        if not np.isfinite(candidates).all():
+            raise ValueError("candidates must be finite")
         for key, value in values.items():
             if not math.isfinite(float(value)):
                 raise ValueError(f"{key} must be a finite number, got {value}")
@@ -107,11 +150,32 @@ class ImagingConditions:
             if values[key] < 0:
                 raise ValueError(f"{key} must be >= 0, got {values[key]}")
 
+    def text(self) -> str:
+        """Return the conditions in words, for the model card."""
+        if self.candidates:
+            pts = np.asarray(self.candidates)
+            optics = (
+                f"defocus {pts[:, 0].min():g} to {pts[:, 0].max():g} Å and Cs {pts[:, 1].min():g} "
+                f"to {pts[:, 1].max():g} µm ({len(pts)} (defocus, Cs) pairs ± "
+                f"{self.defocus_tolerance:g} Å, ± {self.cs_tolerance_um:g} µm, matched to an image)"
+            )
+        else:
+            optics = (
+                f"defocus {self.defocus:g} ± {self.defocus_tolerance:g} Å, Cs {self.cs_um:g} ± "
+                f"{self.cs_tolerance_um:g} µm"
+            )
+        return f"{optics}, {self.pixel_size_angstrom:g} Å/px, {self.voltage_kv:g} kV"
+
     def draw(self, rng: np.random.Generator) -> dict[str, float]:
-        """Draw one image's simulator parameters within the tolerances."""
+        """Draw one image's simulator parameters within the tolerances (of a candidate)."""
+        defocus, cs = (
+            self.candidates[int(rng.integers(len(self.candidates)))]
+            if self.candidates
+            else (self.defocus, self.cs_um)
+        )
         return {
-            "defocus": float(rng.uniform(-1, 1) * self.defocus_tolerance + self.defocus),
-            "cs_um": float(rng.uniform(-1, 1) * self.cs_tolerance_um + self.cs_um),
+            "defocus": float(rng.uniform(-1, 1) * self.defocus_tolerance + defocus),
+            "cs_um": float(rng.uniform(-1, 1) * self.cs_tolerance_um + cs),
             "astig_angstrom": float(rng.uniform(0.0, self.astig_max_angstrom)),
             "dose": float(self.dose * np.exp(rng.uniform(-np.log(2.0), np.log(2.0)))),
             "pixel_size_angstrom": float(self.pixel_size_angstrom),
@@ -310,10 +374,8 @@ def adapt_detector(
         overwrite=overwrite,
         started=t_start,
         record={"conditions": asdict(conditions), "simulated_at_conditions": n_images},
-        description=f"{card.name}{how} HRTEM imaging conditions: defocus "
-        f"{conditions.defocus:g} ± {conditions.defocus_tolerance:g} Å, Cs {conditions.cs_um:g} ± "
-        f"{conditions.cs_tolerance_um:g} µm, {conditions.pixel_size_angstrom:g} Å/px, "
-        f"{conditions.voltage_kv:g} kV (napari-atomnet adapt). For images taken there.",
+        description=f"{card.name}{how} HRTEM imaging conditions: {conditions.text()} "
+        "(napari-atomnet adapt). For images taken there.",
         # conditions that image every atom one way: "auto" contrast means that way
         card_updates={"polarity": polarities[0]} if len(polarities) == 1 else None,
     )
