@@ -234,6 +234,29 @@ def adapt() -> None:
     train_and_save(widget, viewer, work, 1.5, "adapt_widget")
 
 
+def adapt_match() -> None:
+    """Match defocus and Cs to the bundled graphene sample (no conditions stated)."""
+    import os
+    import tempfile
+
+    from napari_atomnet._widgets._finetune import SIMULATIONS, FineTuneWidget
+
+    work = Path(tempfile.mkdtemp(prefix="atomnet-adapt-shot-"))
+    os.environ["NAPARI_ATOMNET_MODELS"] = str(work / "models")  # not the real user folder
+    viewer = viewer_with("graphene_hrtem")
+    for layer in list(viewer.layers)[1:]:
+        layer.visible = False
+    viewer.layers.selection.active = viewer.layers["graphene_hrtem"]
+    widget = FineTuneWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Fine-tune detector")
+    widget._source.value = SIMULATIONS
+    widget._name.value = "my-titan"
+    widget._match.native.click()
+    wait(lambda: widget._worker is None and widget._candidates)
+    zoom(viewer, 1.5, (0.5, 0.5))
+    save(viewer, "adapt_match_widget")
+
+
 def sequence() -> None:
     """Atoms in every frame of a drifting movie whose columns come and go (Sequence dock)."""
     import numpy as np
@@ -270,6 +293,7 @@ SHOTS = {
     "detect": detect,
     "detect_hrtem": detect_hrtem,
     "lattice": lattice,
+    "adapt_match": adapt_match,
     "strain": strain,
     "curate": curate,
     "segment": segment,

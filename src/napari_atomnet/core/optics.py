@@ -85,8 +85,8 @@ class ConditionsFit:
 
     @property
     def steps(self) -> tuple[float, float]:
-        """Grid steps (defocus Å, Cs µm)."""
-        return float(self.defocus[1] - self.defocus[0]), float(self.cs_um[1] - self.cs_um[0])
+        """Grid steps (defocus Å, Cs µm); 0 along an axis of one value."""
+        return tuple(float(a[1] - a[0]) if len(a) > 1 else 0.0 for a in (self.defocus, self.cs_um))
 
     def summary(self) -> str:
         """One line: the range of the consistent conditions and the best point."""
@@ -167,6 +167,8 @@ def fit_imaging_conditions(
         raise ValueError(f"voltage must lie in 20-1000 kV, got {voltage_kv}")
     if defocus_step <= 0 or cs_step <= 0:
         raise ValueError("the grid steps must be > 0")
+    if not delta >= 0:
+        raise ValueError(f"delta must be >= 0, got {delta}")
     yx = np.asarray(atoms, dtype=np.float64).reshape(-1, 2)
 
     # the central crop, padded so the CTF's spread of the modelled atoms stays inside the grid
