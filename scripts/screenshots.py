@@ -252,7 +252,7 @@ def adapt_match() -> None:
     widget._source.value = SIMULATIONS
     widget._name.value = "my-titan"
     widget._match.native.click()
-    wait(lambda: widget._worker is None and widget._candidates)
+    wait(lambda: widget._worker is None and widget._matched_fields)
     zoom(viewer, 1.5, (0.5, 0.5))
     save(viewer, "adapt_match_widget")
 

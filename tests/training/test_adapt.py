@@ -215,14 +215,26 @@ def test_conditions_matched_to_an_image_draw_from_all_it_allows():
     fit = ConditionsFit(defocus, cs, score, delta=0.005, n_atoms=200)
     conditions = ImagingConditions.from_fit(fit, 0.12, dose=2e4)
     assert conditions.candidates == ((50.0, -11.0), (60.0, -10.0))
+    # the better match is drawn more: weights exp((score - best) / (delta / 2))
+    assert conditions.candidate_weights == (round(np.exp(-0.003 / 0.0025), 4), 1.0)
     assert (conditions.defocus, conditions.cs_um, conditions.dose) == (60.0, -10.0, 2e4)
-    assert "2 (defocus, Cs) pairs ± 5 Å, ± 1 µm, matched to an image" in conditions.text()
+    assert "2 (defocus, Cs) pairs ± 5 Å, ± 1 µm, matched to an image, the better" in (
+        conditions.text()
+    )
     rng = np.random.default_rng(0)
     draws = [conditions.draw(rng) for _ in range(400)]
     drawn = np.array([(d["defocus"], d["cs_um"]) for d in draws])
     offsets = np.abs(drawn[:, None, :] - np.array(conditions.candidates)[None])  # (400, 2, 2)
     assert (offsets <= (5.0, 1.0)).all(axis=2).any(axis=1).all()
-    assert {round(d["defocus"] / 10) for d in draws} == {5, 6}  # both pairs are drawn
+    near_best = (np.abs(drawn - (60.0, -10.0)) <= (5.0, 1.0)).all(axis=1)
+    near_other = (np.abs(drawn - (50.0, -11.0)) <= (5.0, 1.0)).all(axis=1)
+    # both are drawn, in the ratio of their weights (1 : 0.30); the boxes touch at 55 Å
+    share = near_other.sum() / (near_other.sum() + near_best.sum())
+    assert 0.15 < share < 0.32
+    with pytest.raises(ValueError, match="one weight per candidate"):
+        ImagingConditions(
+            60.0, -10.0, 0.12, candidates=((60.0, -10.0),), candidate_weights=(1.0, 1.0)
+        ).check()
     with pytest.raises(ValueError, match="candidates must be finite"):
         ImagingConditions(60.0, -10.0, 0.12, candidates=((np.nan, 1.0),)).check()
 

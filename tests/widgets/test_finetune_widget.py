@@ -207,8 +207,8 @@ def test_default_steps_are_the_library_default(make_napari_viewer):
     from napari_atomnet.training.adapt import ImagingConditions
 
     for field in fields(ImagingConditions):
-        if field.name == "candidates":  # set by matching to an image, none at first
-            assert widget._candidates == field.default
+        if field.name in ("candidates", "candidate_weights"):  # set by matching to an image
+            assert field.name not in widget._matched_fields and field.default == ()
         elif field.default is not MISSING:
             assert widget._conditions[field.name].value == field.default, field.name
 
@@ -266,7 +266,8 @@ def test_matching_the_conditions_to_an_image(widget, models, qtbot):
     assert not widget._match.native.isHidden() and widget._matched.native.isHidden()
     with qtbot.waitSignal(widget.run_finished, timeout=120_000):
         widget._match.native.click()
-    pairs = np.array(widget._candidates)
+    pairs = np.array(widget._matched_fields["candidates"])
+    assert len(widget._matched_fields["candidate_weights"]) == len(pairs)
     assert len(pairs) > 10 and (np.abs(pairs - (-60.0, -10.0)) <= (5, 1)).all(axis=1).any()
     best = (widget._conditions["defocus"].value, widget._conditions["cs_um"].value)
     assert best in {tuple(p) for p in pairs}
@@ -281,9 +282,10 @@ def test_matching_the_conditions_to_an_image(widget, models, qtbot):
         widget._run.native.click()
     record = json.loads((models / "matched.json").read_text())["fine_tuning"]
     np.testing.assert_allclose(record["conditions"]["candidates"], pairs)
+    assert max(record["conditions"]["candidate_weights"]) == 1.0  # the best match
     # editing the optics forgets the match: the next run draws around the values entered
     widget._conditions["defocus"].value = 60.0
-    assert widget._candidates == () and widget._matched.native.isHidden()
+    assert widget._matched_fields == {} and widget._matched.native.isHidden()
     # no image to match: a notification, nothing runs
     viewer.layers.clear()
     widget._match.native.click()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -145,8 +146,9 @@ class FineTuneWidget(JobWidget):
             "simulated at your microscope's conditions (adapts the HRTEM detector to them)",
         )
         self._conditions = _conditions_widgets()
-        # (defocus, Cs) pairs an image was matched to; cleared when the user edits the optics
-        self._candidates: tuple[tuple[float, float], ...] = ()
+        # the (defocus, Cs) pairs an image was matched to, with their weights
+        # (ImagingConditions' fields); cleared when the user edits the optics
+        self._matched_fields: dict[str, tuple] = {}
         self._match = PushButton(
             text="Match defocus and Cs to the image",
             visible=False,
@@ -293,7 +295,7 @@ class FineTuneWidget(JobWidget):
         for widget in self._conditions.values():
             widget.visible = simulated
         self._match.visible = simulated
-        self._matched.visible = simulated and bool(self._candidates)
+        self._matched.visible = simulated and bool(self._matched_fields)
         if simulated:
             self._sampling_from_image()
         steps, base = SOURCE_DEFAULTS[self._source.value]
@@ -350,22 +352,20 @@ class FineTuneWidget(JobWidget):
             )
 
         def show(fit: Any) -> None:
-            defocus, cs, _ = fit.best
-            step_defocus, step_cs = fit.steps
-            values = {
-                "defocus": defocus,
-                "cs_um": cs,
-                "defocus_tolerance": step_defocus,  # as ImagingConditions.from_fit
-                "cs_tolerance_um": step_cs,
+            from ..training.adapt import ImagingConditions
+
+            matched = asdict(ImagingConditions.from_fit(fit, pixel_size))
+            for key, widget in self._conditions.items():
+                if key in ("defocus", "cs_um", "defocus_tolerance", "cs_tolerance_um"):
+                    with widget.changed.blocked():
+                        widget.value = matched[key]
+            self._matched_fields = {
+                key: matched[key] for key in ("candidates", "candidate_weights")
             }
-            for key, value in values.items():
-                with self._conditions[key].changed.blocked():
-                    self._conditions[key].value = value
-            self._candidates = tuple((float(d), float(c)) for d, c in fit.consistent)
             self._matched.value = f"Matched to {layer.name}: {fit.summary()}."
             self._matched.visible = True
             self._status.value = (
-                f"{len(self._candidates)} (defocus, Cs) pairs fit {layer.name}; the "
+                f"{len(fit.consistent)} (defocus, Cs) pairs fit {layer.name}; the "
                 "simulations are drawn from all of them (editing the values above uses those "
                 "instead)."
             )
@@ -373,8 +373,8 @@ class FineTuneWidget(JobWidget):
         self._start_job(compute, show, status=f"Matching defocus and Cs to {layer.name}…")
 
     def _forget_match(self, *_: Any) -> None:
-        if self._candidates:
-            self._candidates = ()
+        if self._matched_fields:
+            self._matched_fields = {}
             self._matched.value = ""
             self._matched.visible = False
 
@@ -398,7 +398,7 @@ class FineTuneWidget(JobWidget):
 
             values: dict[str, Any] = {key: float(w.value) for key, w in self._conditions.items()}
             n_images = int(values.pop("n_images"))
-            values["candidates"] = self._candidates
+            values.update(self._matched_fields)
             ImagingConditions(**values).check()
             return {
                 "conditions": values,

@@ -84,6 +84,12 @@ class ConditionsFit:
         return np.stack([self.defocus[i], self.cs_um[j]], axis=1)
 
     @property
+    def consistent_scores(self) -> NDArray[np.float64]:
+        """(K,) scores of :attr:`consistent`, in its order."""
+        keep = np.nan_to_num(self.score, nan=-np.inf) >= self.best[2] - self.delta
+        return self.score[keep]
+
+    @property
     def steps(self) -> tuple[float, float]:
         """Grid steps (defocus Å, Cs µm); 0 along an axis of one value."""
         return tuple(float(a[1] - a[0]) if len(a) > 1 else 0.0 for a in (self.defocus, self.cs_um))

@@ -87,6 +87,10 @@ class ImagingConditions:
         sharply across the ridge of good matches, and the truth, which lies between grid points,
         has a neighbour among them), and ``defocus``, ``cs_um`` hold the best match.  Empty: draw
         around ``defocus``, ``cs_um``.
+    candidate_weights : tuple of float
+        Relative chance of drawing each candidate (empty: all alike).  :meth:`from_fit` weighs
+        them by how well they match, ``exp((score - best) / (delta / 2))``: the better matches
+        are drawn more, every consistent one still often (at least e⁻² as often as the best).
     """
 
     defocus: float
@@ -98,6 +102,7 @@ class ImagingConditions:
     defocus_tolerance: float = 20.0
     cs_tolerance_um: float = 5.0
     candidates: tuple[tuple[float, float], ...] = ()
+    candidate_weights: tuple[float, ...] = ()
 
     @classmethod
     def from_fit(
@@ -114,8 +119,9 @@ class ImagingConditions:
         **kwargs
             Other fields (``astig_max_angstrom``, ``dose``, ``voltage_kv``).
         """
-        defocus, cs, _ = fit.best
+        defocus, cs, best = fit.best
         step_defocus, step_cs = fit.steps
+        weights = np.exp((fit.consistent_scores - best) / max(fit.delta / 2, 1e-12))
         return cls(
             defocus=defocus,
             cs_um=cs,
@@ -123,6 +129,7 @@ class ImagingConditions:
             defocus_tolerance=step_defocus,
             cs_tolerance_um=step_cs,
             candidates=tuple((float(d), float(c)) for d, c in fit.consistent),
+            candidate_weights=tuple(round(float(w), 4) for w in weights),
             **kwargs,
         )
 
@@ -134,6 +141,11 @@ class ImagingConditions:
             raise ValueError("candidates must be (defocus, Cs) pairs")
         if not np.isfinite(candidates).all():
             raise ValueError("candidates must be finite")
+        weights = np.asarray(values.pop("candidate_weights"), dtype=float)
+        if weights.size and (weights.shape != (len(candidates),)):
+            raise ValueError("candidate_weights needs one weight per candidate")
+        if weights.size and not (np.isfinite(weights).all() and (weights > 0).all()):
+            raise ValueError("candidate_weights must be finite and > 0")
         for key, value in values.items():
             if not math.isfinite(float(value)):
                 raise ValueError(f"{key} must be a finite number, got {value}")
@@ -157,7 +169,8 @@ class ImagingConditions:
             optics = (
                 f"defocus {pts[:, 0].min():g} to {pts[:, 0].max():g} Å and Cs {pts[:, 1].min():g} "
                 f"to {pts[:, 1].max():g} µm ({len(pts)} (defocus, Cs) pairs ± "
-                f"{self.defocus_tolerance:g} Å, ± {self.cs_tolerance_um:g} µm, matched to an image)"
+                f"{self.defocus_tolerance:g} Å, ± {self.cs_tolerance_um:g} µm, matched to an image"
+                f"{', the better matches drawn more' if self.candidate_weights else ''})"
             )
         else:
             optics = (
@@ -168,11 +181,15 @@ class ImagingConditions:
 
     def draw(self, rng: np.random.Generator) -> dict[str, float]:
         """Draw one image's simulator parameters within the tolerances (of a candidate)."""
-        defocus, cs = (
-            self.candidates[int(rng.integers(len(self.candidates)))]
-            if self.candidates
-            else (self.defocus, self.cs_um)
-        )
+        defocus, cs = self.defocus, self.cs_um
+        if self.candidates:
+            n = len(self.candidates)
+            if self.candidate_weights:
+                p = np.asarray(self.candidate_weights, dtype=float)
+                k = int(rng.choice(n, p=p / p.sum()))
+            else:
+                k = int(rng.integers(n))
+            defocus, cs = self.candidates[k]
         return {
             "defocus": float(rng.uniform(-1, 1) * self.defocus_tolerance + defocus),
             "cs_um": float(rng.uniform(-1, 1) * self.cs_tolerance_um + cs),
