@@ -4,7 +4,8 @@
 to the image (:func:`~napari_atomnet.pipeline.match_imaging_conditions`: the atoms
 ``atomnet-hrtem`` finds, imaged through the CTF of every (defocus, Cs) on a 5 Å × 1 µm grid,
 correlated with the image; every grid point within 0.005 of the best is consistent), and the
-detector is trained from scratch on simulations drawn one grid step around all of them (the
+detector is trained from scratch on simulations drawn one grid step around all of them, each
+in proportion to exp((score - best) / 0.0025) (the
 adaptation's defaults otherwise: 500 images, 3,000 steps, dose 10⁴ e/Å² within ×2).  Run for
 the two 10⁴ e/Å² HRTEM cases of the detection benchmark (``bench_detect.cases``: the same
 images, seeds and scoring) and scored as ``bench_adapt`` scores: on its case, on the 10³ e/Å²
