@@ -145,7 +145,8 @@ def run(quick: bool = False) -> dict:
     text = (
         f"`atomnet adapt --like IMAGE` for `{base.name}` (sha256 `{base.sha256[:12]}…`), no "
         f"conditions stated ({'quick: ' if quick else ''}{config.steps:,} steps, {n_images} "
-        "simulated images, 2-core CPU).\n\n"
+        "simulated images, 2-core CPU): the images are simulated one grid step around every "
+        "(defocus, Cs) within 0.005 of the best match, the better matches more often.\n\n"
         f"Matching alone, over {spread['images']} held-out images at random aligned conditions: "
         f"the truth has a consistent grid neighbour in **{spread['truth covered']} of "
         f"{spread['images']}**; the image allows a median {spread['consistent points, median']:g} "
