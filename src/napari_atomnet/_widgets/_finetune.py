@@ -57,6 +57,8 @@ STAGES = (
 #: What to train on: the user's corrected labels, or simulations at their HRTEM conditions.
 LABELS = "Corrected labels (export folder)"
 SIMULATIONS = "Simulations at my HRTEM conditions"
+#: The optics a match to an image sets (editing one of them drops the match).
+MATCHED_OPTICS = ("defocus", "cs_um", "defocus_tolerance", "cs_tolerance_um")
 #: Steps and base model each source starts with (FineTuneConfig / adapt_config defaults; a
 #: test keeps them equal).
 SOURCE_DEFAULTS = {LABELS: (300, "atomnet-detect"), SIMULATIONS: (3000, "atomnet-hrtem")}
@@ -246,7 +248,7 @@ class FineTuneWidget(JobWidget):
         self._show_advanced.changed.connect(self._on_show_advanced)
         self._source.changed.connect(self._on_source_changed)
         self._match.changed.connect(self._on_match)
-        for key in ("defocus", "cs_um", "defocus_tolerance", "cs_tolerance_um"):
+        for key in MATCHED_OPTICS:
             self._conditions[key].changed.connect(self._forget_match)
         self._on_source_changed()
         self._on_base_changed()
@@ -355,10 +357,9 @@ class FineTuneWidget(JobWidget):
             from ..training.adapt import ImagingConditions
 
             matched = asdict(ImagingConditions.from_fit(fit, pixel_size))
-            for key, widget in self._conditions.items():
-                if key in ("defocus", "cs_um", "defocus_tolerance", "cs_tolerance_um"):
-                    with widget.changed.blocked():
-                        widget.value = matched[key]
+            for key in MATCHED_OPTICS:
+                with self._conditions[key].changed.blocked():
+                    self._conditions[key].value = matched[key]
             self._matched_fields = {
                 key: matched[key] for key in ("candidates", "candidate_weights")
             }
