@@ -245,8 +245,10 @@ def register_adapt(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("--dose", type=float, default=1e4, help="dose, e/Å² (1e4; drawn within x2)")
     p.add_argument("--voltage", type=float, default=80.0, help="acceleration voltage, kV (80)")
-    p.add_argument("--defocus-tolerance", type=float, default=20.0, help="± Å (20)")
-    p.add_argument("--cs-tolerance", type=float, default=5.0, help="± µm (5)")
+    p.add_argument(
+        "--defocus-tolerance", type=float, default=None, help="± Å around --defocus (20)"
+    )
+    p.add_argument("--cs-tolerance", type=float, default=None, help="± µm around --cs (5)")
     _add_model_options(
         p,
         base="atomnet-hrtem",
@@ -285,6 +287,19 @@ def run_adapt(args: argparse.Namespace) -> int:
         raise ValueError("give the sampling: --pixel-size, or --like with a calibrated image")
     if not given[0] and args.like is None:
         raise ValueError("give --defocus and --cs, or --like IMAGE to match them to")
+    tolerances = {
+        key: value
+        for key, value in (
+            ("defocus_tolerance", args.defocus_tolerance),
+            ("cs_tolerance_um", args.cs_tolerance),
+        )
+        if value is not None
+    }
+    if tolerances and not given[0]:
+        raise ValueError(
+            "--defocus-tolerance and --cs-tolerance go with --defocus and --cs; conditions "
+            "matched to an image are drawn one grid step around each match"
+        )
     pixel_size = _sampling(args)
     common = {"astig_max_angstrom": args.astigmatism, "dose": args.dose, "voltage_kv": args.voltage}
     if given[0]:
@@ -292,8 +307,7 @@ def run_adapt(args: argparse.Namespace) -> int:
             defocus=args.defocus,
             cs_um=args.cs,
             pixel_size_angstrom=pixel_size,
-            defocus_tolerance=args.defocus_tolerance,
-            cs_tolerance_um=args.cs_tolerance,
+            **tolerances,
             **common,
         )
     else:

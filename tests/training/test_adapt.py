@@ -125,6 +125,7 @@ def test_cli_adapt_writes_a_model_detect_can_use(tmp_path, capsys):
     assert "held-out F1" in capsys.readouterr().out
     info = json.loads((tmp_path / "dark60.json").read_text())
     assert info["fine_tuning"]["conditions"]["cs_um"] == -10.0
+    assert info["fine_tuning"]["conditions"]["defocus_tolerance"] == 20.0  # the default
 
 
 def test_an_adapted_model_knows_its_atoms_contrast(tmp_path):
@@ -201,6 +202,8 @@ def test_cli_defaults_are_the_library_defaults():
     )
     assert args.images == adapt.ADAPT_IMAGES
     assert args.steps is None  # adapt_config's steps
+    # the tolerances: ImagingConditions' defaults unless given
+    assert args.defocus_tolerance is None and args.cs_tolerance is None
 
 
 def test_conditions_matched_to_an_image_draw_from_all_it_allows():
@@ -262,6 +265,7 @@ def test_cli_adapt_matches_the_conditions_to_the_image(tmp_path, capsys):
         (["--defocus", "60", "--like", image], "both --defocus and --cs"),
         (["--pixel-size", "0.12"], "--like IMAGE"),
         (["--cs", "-10", "--pixel-size", "0.12"], "both --defocus and --cs"),
+        (["--like", image, "--defocus-tolerance", "10"], "go with --defocus and --cs"),
     ):
         assert main([*common, *bad, *opts, "--out", "bad"]) == 2
         err = capsys.readouterr().err
