@@ -19,10 +19,14 @@ from __future__ import annotations
 import tempfile
 import time
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from _common import HELD_OUT_SEED, markdown_table, nn_spacing
 from bench_detect import cases, polarity_of
 from napari_atomnet.core.metrics import detection_scores
+
+if TYPE_CHECKING:
+    from napari_atomnet.training.finetune import FineTuneConfig
 
 #: (benchmark case adapted to, what the user states: defocus Å, Cs µm).  The truth of both
 #: cases: defocus ∓60 Å, Cs -10 µm, astigmatism 5 Å, 0.12 Å/px.
@@ -49,23 +53,47 @@ def _score(model, sim) -> float:
     )["f1"]
 
 
-def run(quick: bool = False) -> dict:
-    from napari_atomnet.models.registry import load_model
-    from napari_atomnet.training.adapt import (
-        ADAPT_IMAGES,
-        ImagingConditions,
-        adapt_config,
-        adapt_detector,
-    )
-
-    base = load_model("atomnet-hrtem", task="detection")
-    sims = {
+def hrtem_sims() -> dict:
+    """Return the detection benchmark's HRTEM images by case name (the same seeds)."""
+    return {
         name: make(HELD_OUT_SEED + i)
         for i, (name, group, make) in enumerate(cases(False))
         if group == "hrtem"
     }
-    n_images = 8 if quick else ADAPT_IMAGES
-    default = adapt_config(steps=20, batch=4) if quick else adapt_config()
+
+
+def settings(quick: bool) -> tuple[int, FineTuneConfig]:
+    """Return the simulated images and the configuration of an adaptation run."""
+    from napari_atomnet.training.adapt import ADAPT_IMAGES, adapt_config
+
+    if quick:
+        return 8, adapt_config(steps=20, batch=4)
+    return ADAPT_IMAGES, adapt_config()
+
+
+def score_cases(base, adapted, sims: dict, case: str, other: str, key: str, row, figures) -> None:
+    """Score the built-in and the adapted model on a case, its 10³ e/Å² twin and another case.
+
+    The cells go into ``row`` and the figures into ``figures`` under ``key``.
+    """
+    scored = {
+        "its case": case,
+        "at 10³ e/Å²": case.replace("1e4", "1e3"),
+        "the other case": other,
+    }
+    for label, name in scored.items():
+        before, after = _score(base, sims[name]), _score(adapted, sims[name])
+        row[f"{label}: built-in → adapted"] = f"{before:.4f} → {after:.4f}"
+        figures[f"{key} | {label}"] = {"built-in": before, "adapted": after}
+
+
+def run(quick: bool = False) -> dict:
+    from napari_atomnet.models.registry import load_model
+    from napari_atomnet.training.adapt import ImagingConditions, adapt_detector
+
+    base = load_model("atomnet-hrtem", task="detection")
+    sims = hrtem_sims()
+    n_images, default = settings(quick)
     default_start = next(iter(STARTS))
     runs = [
         (case, start)
@@ -90,13 +118,7 @@ def run(quick: bool = False) -> dict:
             )
             minutes = (time.perf_counter() - t0) / 60
             adapted = load_model(result.onnx_path, task="detection")
-            low = case.replace("1e4", "1e3")
             other = next(n for n in STATED if n != case)
-            scored = {
-                "its case": case,
-                "at 10³ e/Å²": low,
-                "the other case": other,
-            }
             stated = f"({defocus:+g} Å, {cs:g} µm)"
             row = {
                 "adapted to (stated defocus, Cs)": f"{case[15:].strip()} {stated}",
@@ -107,10 +129,7 @@ def run(quick: bool = False) -> dict:
                 "images)",
             }
             key = f"{case} | {start}"
-            for label, name in scored.items():
-                before, after = _score(base, sims[name]), _score(adapted, sims[name])
-                row[f"{label}: built-in → adapted"] = f"{before:.4f} → {after:.4f}"
-                figures[f"{key} | {label}"] = {"built-in": before, "adapted": after}
+            score_cases(base, adapted, sims, case, other, key, row, figures)
             figures[f"{key} | minutes"] = minutes
             figures[f"{key} | held-out"] = [result.f1_before, result.f1_after]
             rows.append(row)

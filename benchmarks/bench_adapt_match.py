@@ -25,9 +25,8 @@ import time
 
 import numpy as np
 
-from _common import HELD_OUT_SEED, markdown_table
-from bench_adapt import _score
-from bench_detect import cases
+from _common import markdown_table
+from bench_adapt import hrtem_sims, score_cases, settings
 
 CASES = ("HRTEM graphene, dark atoms, 1e4 e/Å²", "HRTEM graphene, bright atoms, 1e4 e/Å²")
 #: The truth of both cases (bench_detect): defocus ±60 Å, Cs -10 µm, 0.12 Å/px.
@@ -84,22 +83,12 @@ def _spread(n: int) -> tuple[list[dict], dict]:
 def run(quick: bool = False) -> dict:
     from napari_atomnet.models.registry import load_model
     from napari_atomnet.pipeline import match_imaging_conditions
-    from napari_atomnet.training.adapt import (
-        ADAPT_IMAGES,
-        ImagingConditions,
-        adapt_config,
-        adapt_detector,
-    )
+    from napari_atomnet.training.adapt import ImagingConditions, adapt_detector
 
     _, spread = _spread(2 if quick else 12)
     base = load_model("atomnet-hrtem", task="detection")
-    sims = {
-        name: make(HELD_OUT_SEED + i)
-        for i, (name, group, make) in enumerate(cases(False))
-        if group == "hrtem"
-    }
-    n_images = 8 if quick else ADAPT_IMAGES
-    config = adapt_config(steps=20, batch=4) if quick else adapt_config()
+    sims = hrtem_sims()
+    n_images, config = settings(quick)
     rows, figures = [], {"matching over random conditions": spread}
     with tempfile.TemporaryDirectory() as tmp:
         for case in CASES:
@@ -130,15 +119,8 @@ def run(quick: bool = False) -> dict:
                 "held-out sims F1 before → after": f"{result.f1_before:.4f} → "
                 f"{result.f1_after:.4f}",
             }
-            scored = {
-                "its case": case,
-                "at 10³ e/Å²": case.replace("1e4", "1e3"),
-                "the other case": next(n for n in CASES if n != case),
-            }
-            for label, name in scored.items():
-                before, after = _score(base, sims[name]), _score(adapted, sims[name])
-                row[f"{label}: built-in → adapted"] = f"{before:.4f} → {after:.4f}"
-                figures[f"{case} | {label}"] = {"built-in": before, "adapted": after}
+            other = next(n for n in CASES if n != case)
+            score_cases(base, adapted, sims, case, other, case, row, figures)
             figures[f"{case} | minutes"] = minutes
             figures[f"{case} | consistent points"] = len(pts)
             rows.append(row)

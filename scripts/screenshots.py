@@ -212,30 +212,11 @@ def finetune() -> None:
     train_and_save(widget, viewer, work, 1.8, "finetune_widget")
 
 
-def adapt() -> None:
-    """Adapt the HRTEM detector to the bundled graphene sample's imaging conditions."""
-    import os
-    import tempfile
+def adapt_dock():
+    """Open the graphene sample with the Fine-tune dock set to train on simulations.
 
-    from napari_atomnet._widgets._finetune import SIMULATIONS, FineTuneWidget
-
-    work = Path(tempfile.mkdtemp(prefix="atomnet-adapt-shot-"))
-    os.environ["NAPARI_ATOMNET_MODELS"] = str(work / "models")  # not the real user folder
-    viewer = viewer_with("graphene_hrtem")
-    for layer in list(viewer.layers)[1:]:
-        layer.visible = False
-    widget = FineTuneWidget(viewer)
-    viewer.window.add_dock_widget(widget, name="Fine-tune detector")
-    widget._source.value = SIMULATIONS
-    # the sample's optics (defocus -60 Å, Cs -10 µm, 0.12 Å/px), stated 10 Å / 2 µm off
-    for key, value in {"defocus": -50.0, "cs_um": -8.0, "pixel_size_angstrom": 0.12}.items():
-        widget._conditions[key].value = value
-    widget._name.value = "my-titan-60"  # the default run: from scratch, 3,000 steps
-    train_and_save(widget, viewer, work, 1.5, "adapt_widget")
-
-
-def adapt_match() -> None:
-    """Match defocus and Cs to the bundled graphene sample (no conditions stated)."""
+    Returns the work folder (the user model folder points into it), the viewer and the dock.
+    """
     import os
     import tempfile
 
@@ -250,6 +231,22 @@ def adapt_match() -> None:
     widget = FineTuneWidget(viewer)
     viewer.window.add_dock_widget(widget, name="Fine-tune detector")
     widget._source.value = SIMULATIONS
+    return work, viewer, widget
+
+
+def adapt() -> None:
+    """Adapt the HRTEM detector to the bundled graphene sample's imaging conditions."""
+    work, viewer, widget = adapt_dock()
+    # the sample's optics (defocus -60 Å, Cs -10 µm, 0.12 Å/px), stated 10 Å / 2 µm off
+    for key, value in {"defocus": -50.0, "cs_um": -8.0, "pixel_size_angstrom": 0.12}.items():
+        widget._conditions[key].value = value
+    widget._name.value = "my-titan-60"  # the default run: from scratch, 3,000 steps
+    train_and_save(widget, viewer, work, 1.5, "adapt_widget")
+
+
+def adapt_match() -> None:
+    """Match defocus and Cs to the bundled graphene sample (no conditions stated)."""
+    _, viewer, widget = adapt_dock()
     widget._name.value = "my-titan"
     widget._match.native.click()
     wait(lambda: widget._worker is None and widget._matched_fields)

@@ -112,13 +112,18 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _sampling(args: argparse.Namespace) -> float:
-    """Return the sampling (Å/px): ``--pixel-size``, or the calibration of the ``--like`` file."""
+def _sampling(args: argparse.Namespace, like: Any = None) -> float:
+    """Return the sampling (Å/px): ``--pixel-size``, or the calibration of the ``--like`` file.
+
+    ``like`` is that file when it is already read (its ``pixel_size_nm``).
+    """
     if args.pixel_size is not None:
         return float(args.pixel_size)
-    from .io import read_image
+    if like is None:
+        from .io import read_image
 
-    nm = read_image(args.like, lazy=True, materialize=False).pixel_size_nm
+        like = read_image(args.like, lazy=True, materialize=False)
+    nm = like.pixel_size_nm
     if not nm:
         raise ValueError(f"{args.like} records no pixel size; give --pixel-size in Å")
     return 10.0 * float(nm)
@@ -300,13 +305,12 @@ def run_adapt(args: argparse.Namespace) -> int:
             "--defocus-tolerance and --cs-tolerance go with --defocus and --cs; conditions "
             "matched to an image are drawn one grid step around each match"
         )
-    pixel_size = _sampling(args)
     common = {"astig_max_angstrom": args.astigmatism, "dose": args.dose, "voltage_kv": args.voltage}
     if given[0]:
         conditions = ImagingConditions(
             defocus=args.defocus,
             cs_um=args.cs,
-            pixel_size_angstrom=pixel_size,
+            pixel_size_angstrom=_sampling(args),
             **tolerances,
             **common,
         )
@@ -314,7 +318,8 @@ def run_adapt(args: argparse.Namespace) -> int:
         from .cli import _load_image
         from .pipeline import match_imaging_conditions
 
-        image, _ = _load_image(args.like)
+        image, like = _load_image(args.like)
+        pixel_size = _sampling(args, like)
         fit = match_imaging_conditions(image, pixel_size, voltage_kv=args.voltage)
         if not args.quiet:
             print(f"conditions consistent with {Path(args.like).name}: {fit.summary()}")

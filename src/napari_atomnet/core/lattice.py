@@ -606,21 +606,22 @@ def analyze_lattice(
     if reference_region is not None:
         centres = cells[["centre_y", "centre_x"]].to_numpy(float)
         reference = cells_in_region(centres, reference_region)
-    if reference is None:
-        chosen = good if good.any() else np.ones(len(cells), bool)
-    elif np.asarray(reference).dtype == bool:
-        if np.shape(reference) != good.shape:
-            raise ValueError(
-                f"a strain reference mask needs one value per cell ({len(good)}), "
-                f"got shape {np.shape(reference)}"
-            )
-        chosen = np.asarray(reference, bool) & good
-        if not chosen.any():
-            raise ValueError("the strain reference region contains no complete cell")
-    else:  # given vectors: no cell is the reference
+    if reference is not None and np.asarray(reference).dtype != bool:
+        # given vectors: no cell is the reference
         chosen = np.zeros(len(cells), bool)
         ref = np.asarray(reference, dtype=float).reshape(2, 2)
-    if chosen.any() or len(cells) == 0:
+    else:
+        if reference is None:
+            chosen = good if good.any() else np.ones(len(cells), bool)
+        else:
+            if np.shape(reference) != good.shape:
+                raise ValueError(
+                    f"a strain reference mask needs one value per cell ({len(good)}), "
+                    f"got shape {np.shape(reference)}"
+                )
+            chosen = np.asarray(reference, bool) & good
+            if not chosen.any():
+                raise ValueError("the strain reference region contains no complete cell")
         ref = _median_reference(cells[chosen], a, b)
     cells = cells.join(cell_strain(cells, ref))
     cells = cells.join(strain_errors(cells, ref, corner_err["y"], corner_err["x"]))
