@@ -170,6 +170,31 @@ def test_adaptation_trains_the_architecture_from_scratch(tmp_path):
         adapt_config(freeze_norm=True).check()
 
 
+def test_adapted_network_has_its_own_widths(tmp_path):
+    """From scratch the adaptation builds ADAPT_CHANNELS, and its card says so."""
+    from napari_atomnet.training.adapt import ADAPT_CHANNELS
+    from napari_atomnet.training.nets import AtomDetector, count_parameters
+
+    narrow = (8, 16, 24, 32)
+    config = adapt_config(steps=1, batch=2, channels=narrow)
+    adapt_detector(DARK, name="narrow", out_dir=tmp_path, n_images=4, config=config)
+    weights = torch.load(tmp_path / "narrow.pt", weights_only=True)
+    assert weights["enc.0.0.0.weight"].shape[0] == narrow[0]
+    arch = load_model(tmp_path / "narrow.onnx").info["architecture"]
+    assert arch["channels"] == list(narrow)
+    expected = AtomDetector(classes=2, channels=narrow)
+    assert arch["parameters"] == count_parameters(expected)
+    assert load_model(tmp_path / "narrow.onnx").info["fine_tuning"]["config"]["channels"] == list(
+        narrow
+    )
+    assert adapt_config().channels == ADAPT_CHANNELS
+    assert adapt_config(from_scratch=False, freeze_norm=True).channels is None
+    with pytest.raises(ValueError, match="only when training from scratch"):
+        adapt_config(from_scratch=False, freeze_norm=True, channels=narrow).check()
+    with pytest.raises(ValueError, match="two or more widths"):
+        adapt_config(channels=(16,)).check()
+
+
 def test_training_from_scratch_needs_the_architecture_not_the_weights(tmp_path):
     """A base model without its .pt serves as architecture; one of a foreign make does not."""
     import shutil

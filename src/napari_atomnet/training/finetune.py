@@ -38,7 +38,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -146,6 +146,9 @@ class FineTuneConfig:
         conditions with plenty of simulated images: on the benchmark's dark-atom HRTEM
         image 3,000 steps on 500 images reached F1 0.9995 from scratch, 0.9911 from
         ``atomnet-hrtem``'s weights (bench ``adapt``).  Needs ``freeze_norm`` False.
+    channels : tuple of int, optional
+        With ``from_scratch``: the widths of the new network's levels (None: the base model's).
+        The card's ``architecture`` records them.
     """
 
     steps: int = 300
@@ -164,6 +167,7 @@ class FineTuneConfig:
     rotations: int = 5
     distill_weight: float = 2.0
     from_scratch: bool = False
+    channels: tuple[int, ...] | None = None
 
     def check(self) -> None:
         """Raise ValueError for a value out of range."""
@@ -183,6 +187,11 @@ class FineTuneConfig:
             raise ValueError(f"val_fraction must lie in [0, 1), got {self.val_fraction}")
         if self.from_scratch and self.freeze_norm:
             raise ValueError("from_scratch needs freeze_norm False (new weights, new statistics)")
+        if self.channels is not None:
+            if not self.from_scratch:
+                raise ValueError("channels can be chosen only when training from scratch")
+            if len(self.channels) < 2 or min(self.channels) < 4:
+                raise ValueError(f"channels must be two or more widths >= 4, got {self.channels}")
         if self.rehearsal not in ("distill", "truth"):
             raise ValueError(f"rehearsal must be 'distill' or 'truth', got {self.rehearsal!r}")
 
@@ -560,7 +569,7 @@ def fine_tune_on(
         if cfg.from_scratch:
             with torch.random.fork_rng(devices=[]):  # seeded, without touching the caller's
                 torch.manual_seed(cfg.seed)
-                model = _new_model(card, AtomDetector)
+                model = _new_model(card, AtomDetector, cfg.channels)
         else:
             model = _load_weights(card, weights, AtomDetector, torch)
         t_train = time.perf_counter()
@@ -580,6 +589,14 @@ def fine_tune_on(
             or f"{card.name} fine-tuned on corrected labels (napari-atomnet fine-tuning).",
         )
         info.update(card_updates or {})
+        if cfg.channels is not None:  # a network of its own widths, not the base model's
+            from .nets import count_parameters
+
+            info["architecture"] = {
+                **(info.get("architecture") or {}),
+                "channels": list(model.channels),
+                "parameters": count_parameters(model),
+            }
         export_detector(model, tmp / f"{name}.onnx", info)
         f1_after = _heldout_f1(
             str(tmp / f"{name}.onnx"),
@@ -825,12 +842,12 @@ def _split(
 # --------------------------------------------------------------------------------------------
 # training
 # --------------------------------------------------------------------------------------------
-def _new_model(card: Any, net_class: type) -> Any:
-    """Return a network of ``card``'s architecture with freshly initialised weights."""
+def _new_model(card: Any, net_class: type, channels: Sequence[int] | None = None) -> Any:
+    """Return a network of ``card``'s architecture (or of these widths), freshly initialised."""
     arch = card.info.get("architecture") or {}
     return net_class(
         classes=len(card.info.get("classes", data.CLASSES)),
-        channels=tuple(arch.get("channels", (16, 32, 48, 64))),
+        channels=tuple(channels or arch.get("channels", (16, 32, 48, 64))),
     )
 
 
