@@ -180,13 +180,12 @@ def test_adapted_network_has_its_own_widths(tmp_path):
     adapt_detector(DARK, name="narrow", out_dir=tmp_path, n_images=4, config=config)
     weights = torch.load(tmp_path / "narrow.pt", weights_only=True)
     assert weights["enc.0.0.0.weight"].shape[0] == narrow[0]
-    arch = load_model(tmp_path / "narrow.onnx").info["architecture"]
+    card = load_model(tmp_path / "narrow.onnx")
+    arch = card.info["architecture"]
     assert arch["channels"] == list(narrow)
     expected = AtomDetector(classes=2, channels=narrow)
     assert arch["parameters"] == count_parameters(expected)
-    assert load_model(tmp_path / "narrow.onnx").info["fine_tuning"]["config"]["channels"] == list(
-        narrow
-    )
+    assert card.info["fine_tuning"]["config"]["channels"] == list(narrow)
     assert adapt_config().channels == ADAPT_CHANNELS
     assert adapt_config(from_scratch=False, freeze_norm=True).channels is None
     with pytest.raises(ValueError, match="only when training from scratch"):

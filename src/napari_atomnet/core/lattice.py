@@ -511,6 +511,24 @@ def fit_bsites(
     )
 
 
+def _reference_cells(mask: ArrayLike | None, good: NDArray[np.bool_]) -> NDArray[np.bool_]:
+    """Return the cells whose median lattice is the strain reference: the good ones in ``mask``.
+
+    Without a mask every good cell (every cell when none is good).
+    """
+    if mask is None:
+        return good if good.any() else np.ones(len(good), bool)
+    if np.shape(mask) != good.shape:
+        raise ValueError(
+            f"a strain reference mask needs one value per cell ({len(good)}), "
+            f"got shape {np.shape(mask)}"
+        )
+    chosen = np.asarray(mask, bool) & good
+    if not chosen.any():
+        raise ValueError("the strain reference region contains no complete cell")
+    return chosen
+
+
 def analyze_lattice(
     image: ArrayLike | None,
     atoms: pd.DataFrame,
@@ -611,17 +629,7 @@ def analyze_lattice(
         chosen = np.zeros(len(cells), bool)
         ref = np.asarray(reference, dtype=float).reshape(2, 2)
     else:
-        if reference is None:
-            chosen = good if good.any() else np.ones(len(cells), bool)
-        else:
-            if np.shape(reference) != good.shape:
-                raise ValueError(
-                    f"a strain reference mask needs one value per cell ({len(good)}), "
-                    f"got shape {np.shape(reference)}"
-                )
-            chosen = np.asarray(reference, bool) & good
-            if not chosen.any():
-                raise ValueError("the strain reference region contains no complete cell")
+        chosen = _reference_cells(reference, good)
         ref = _median_reference(cells[chosen], a, b)
     cells = cells.join(cell_strain(cells, ref))
     cells = cells.join(strain_errors(cells, ref, corner_err["y"], corner_err["x"]))

@@ -76,18 +76,19 @@ class ConditionsFit:
         i, j = np.unravel_index(np.nanargmax(self.score), self.score.shape)
         return float(self.defocus[i]), float(self.cs_um[j]), float(self.score[i, j])
 
+    def _consistent_mask(self) -> NDArray[np.bool_]:
+        return np.nan_to_num(self.score, nan=-np.inf) >= self.best[2] - self.delta
+
     @property
     def consistent(self) -> NDArray[np.float64]:
         """(K, 2) grid points (defocus Å, Cs µm) within ``delta`` of the best score."""
-        keep = np.nan_to_num(self.score, nan=-np.inf) >= self.best[2] - self.delta
-        i, j = np.nonzero(keep)
+        i, j = np.nonzero(self._consistent_mask())
         return np.stack([self.defocus[i], self.cs_um[j]], axis=1)
 
     @property
     def consistent_scores(self) -> NDArray[np.float64]:
         """(K,) scores of :attr:`consistent`, in its order."""
-        keep = np.nan_to_num(self.score, nan=-np.inf) >= self.best[2] - self.delta
-        return self.score[keep]
+        return self.score[self._consistent_mask()]
 
     @property
     def steps(self) -> tuple[float, float]:

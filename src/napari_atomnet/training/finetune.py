@@ -589,14 +589,14 @@ def fine_tune_on(
             or f"{card.name} fine-tuned on corrected labels (napari-atomnet fine-tuning).",
         )
         info.update(card_updates or {})
-        if cfg.channels is not None:  # a network of its own widths, not the base model's
-            from .nets import count_parameters
+        from .nets import count_parameters
 
-            info["architecture"] = {
-                **(info.get("architecture") or {}),
-                "channels": list(model.channels),
-                "parameters": count_parameters(model),
-            }
+        # the network trained (the base's widths, or its own with cfg.channels)
+        info["architecture"] = {
+            **(info.get("architecture") or {}),
+            "channels": list(model.channels),
+            "parameters": count_parameters(model),
+        }
         export_detector(model, tmp / f"{name}.onnx", info)
         f1_after = _heldout_f1(
             str(tmp / f"{name}.onnx"),
