@@ -1,17 +1,17 @@
 """Issue 3: the HRTEM detector adapted to the microscope's imaging conditions.
 
-``atomnet adapt`` (:func:`~napari_atomnet.training.adapt.adapt_detector`) simulates graphene at
-the conditions a user states and trains a detector of ``atomnet-hrtem``'s architecture on them,
-from scratch.  Here it is run as a user would, for the two 10⁴ e/Å² HRTEM cases of the
-detection benchmark (``bench_detect.cases``: the same images, seeds and scoring), with the
-conditions stated *wrongly* by what a microscopist might misread: defocus off by 10 Å and Cs by
-2 µm (the adaptation's tolerances, ±20 Å and ±5 µm, still hold the truth).  Each adapted model
-is scored on its own case, on the 10³ e/Å² image at the same optics (outside the dose range it
-was adapted to: ×2 around 10⁴), and on the other case (conditions it was not adapted to),
-against the built-in model, each through ``find_atoms`` with its card's defaults and the atom
-contrast told.  For the dark case the same run is repeated starting from ``atomnet-hrtem``'s
-weights instead (same images, steps and learning rate, its batch-norm statistics kept, as in
-fine-tuning): what starting from scratch changes.
+``atomnet adapt`` (:func:`~napari_atomnet.training.adapt.adapt_detector`) simulates graphene at the
+conditions a user states and trains a compact detector (``ADAPT_CHANNELS``, with
+``atomnet-hrtem``'s classes and settings) on them, from scratch. Here it is run as a user would,
+for the two 10⁴ e/Å² HRTEM cases of the detection benchmark (``bench_detect.cases``: the same
+images, seeds and scoring), with the conditions stated *wrongly* by what a microscopist might
+misread: defocus off by 10 Å and Cs by 2 µm (the adaptation's tolerances, ±20 Å and ±5 µm, still
+hold the truth). Each adapted model is scored on its own case, on the 10³ e/Å² image at the same
+optics (outside the dose range it was adapted to: ×2 around 10⁴), and on the other case (conditions
+it was not adapted to), against the built-in model, each through ``find_atoms`` with its card's
+defaults and the atom contrast told. For the dark case the same run is repeated starting from
+``atomnet-hrtem``'s weights instead (its own widths; same images, steps and learning rate, its
+batch-norm statistics kept, as in fine-tuning): what starting from scratch changes.
 """
 
 from __future__ import annotations
@@ -143,7 +143,7 @@ def run(quick: bool = False) -> dict:
         "off the truth. F1 on the detection benchmark's images (``find_atoms``, contrast told, "
         "edge band left out); the held-out column is the adaptation's own report on its "
         "held-out simulations. The second dark row starts from the built-in's weights instead "
-        "of from scratch (everything else equal, its batch-norm statistics kept):"
+        "of from scratch (its widths; everything else equal, its batch-norm statistics kept):"
     )
     return {
         "title": "HRTEM: adapting the detector to the microscope (issue 3)",

@@ -180,8 +180,9 @@ def cases(quick: bool) -> list[tuple[str, str, object]]:
 HRTEM_DETECTOR = "atomnet-hrtem"
 
 HRTEM_TEXT = """\
-**HRTEM model.** The built-in `{name}` (sha256 `{sha}…`) is the general detector, trained
-further on graphene HRTEM simulations only (seed 003's recipe); users pick it for phase-contrast
+**HRTEM model.** The built-in `{name}` (sha256 `{sha}…`) is a wider network than the general
+detector ({widths}), trained from scratch on graphene HRTEM simulations only (seed 003's
+recipe); users pick it for phase-contrast
 images (Detect widget: model; CLI: `--model {name}`). The same HRTEM cases, the same pipeline
 (``find_atoms`` with the HRTEM card's defaults: its thresholds; {refine}; {check}). With
 "auto" contrast the HRTEM model decides it itself (its card's ``contrast_guess``): it runs on
@@ -259,6 +260,17 @@ def hrtem_spread(models: dict, quick: bool) -> list[dict]:
             }
         )
     return rows
+
+
+def _widths(model, general) -> str:
+    """Say a model's layer widths and size beside the general detector's."""
+
+    def arch(c) -> str:
+        a = c.info.get("architecture", {})
+        widths = "-".join(map(str, a.get("channels", [])))
+        return f"widths {widths}, {a.get('parameters', 0):,} parameters"
+
+    return f"{arch(model)}; the general one: {arch(general)}"
 
 
 def _general(rows: list[dict], name: str) -> dict:
@@ -497,6 +509,7 @@ def run(quick: bool = False) -> dict:
         HRTEM_TEXT.format(
             name=hrtem_card.name,
             sha=hrtem_card.sha256[:12],
+            widths=_widths(hrtem_card, card),
             refine="Gaussian refinement"
             if hrtem_card.refine_default
             else "no refinement (its card turns it off: its validation images' fits were not "

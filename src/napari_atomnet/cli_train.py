@@ -221,9 +221,9 @@ def register_adapt(subparsers: Any) -> argparse.ArgumentParser:
         "[train] extra)",
         description="Simulate graphene HRTEM images at your microscope's conditions (defocus "
         "and Cs within a tolerance, or every (defocus, Cs) an image of yours is consistent "
-        "with; astigmatism, dose, sampling, voltage) and train a detector "
-        "of the HRTEM model's architecture on them, from scratch (about 11 min on 2 CPU "
-        "cores). Prints the F1 before and after "
+        "with; astigmatism, dose, sampling, voltage) and train a compact detector "
+        "(widths 16-32-48-64, with the HRTEM model's classes and settings) on them, from "
+        "scratch (about 11 min on 2 CPU cores). Prints the F1 before and after "
         "on held-out simulations at those conditions, and writes NAME.onnx + NAME.json + "
         "NAME.pt into the user model folder, where 'atomnet detect --model NAME' and the "
         "Detect widget find it. Use the adapted model for images taken at those conditions.",
@@ -257,8 +257,8 @@ def register_adapt(subparsers: Any) -> argparse.ArgumentParser:
     _add_model_options(
         p,
         base="atomnet-hrtem",
-        role="model whose architecture is trained from scratch: registry name or .onnx path "
-        "(its card is enough)",
+        role="model whose classes, normalisation and thresholds the new one takes (and whose "
+        "F1 is the 'before'): registry name or .onnx path (its card is enough)",
     )
     p.add_argument(
         "--images", type=argtypes.positive_int, default=500, help="simulated images (500)"

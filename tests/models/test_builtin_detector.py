@@ -100,15 +100,19 @@ def test_builtin_finds_little_in_pure_noise(seed):
 HRTEM = "atomnet-hrtem"
 
 
-def test_builtin_hrtem_card_matches_its_file_and_says_where_it_started():
+def test_builtin_hrtem_card_matches_its_file_and_says_how_it_was_made():
     path = builtin_dir() / f"{HRTEM}.onnx"
     card = load_model(HRTEM, task="detection")
     assert card.builtin and card.sha256 == file_sha256(path)
     assert path.stat().st_size < 5 * 1024 * 1024
-    recipe = card.info["training"]["recipe"]
+    training = card.info["training"]
+    recipe = training["recipe"]
     assert recipe["mix"] == {"graphene": 1.0} and set(recipe["simulators"]) == {"graphene"}
-    # trained on from the shipped general detector, whose weights are named by their hash
-    assert file_sha256(builtin_dir() / f"{DEFAULT_DETECTOR}.pt")[:16] in recipe["init"]
+    # the README's recipe: a wider network than the general one, from scratch, seed 0
+    assert "init" not in recipe and not training["config"]["init"]
+    assert training["seed"] == 0 and training["config"]["channels"] == [24, 48, 72, 96]
+    assert card.info["architecture"]["channels"] == [24, 48, 72, 96]
+    assert training["wall_time_seconds"] < 3600  # the recipe runs in under an hour on 2 cores
     assert set(card.info["validation"]["cases"]) == {"graphene_bright_1e4", "graphene_dark_1e4"}
     assert (builtin_dir() / f"{HRTEM}.pt").is_file()  # so it can be fine-tuned too
 

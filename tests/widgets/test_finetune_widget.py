@@ -222,7 +222,7 @@ def test_adapting_to_imaging_conditions_writes_a_model_for_them(widget, models, 
     assert widget._data.native.isHidden() and widget._polarity.native.isHidden()
     assert not widget._conditions["defocus"].native.isHidden()
     assert widget._base.value.name == "atomnet-hrtem" and widget._steps.value == 3000
-    assert widget._base.label == "Architecture of"  # trained from scratch, not fine-tuned
+    assert widget._base.label == "Settings of"  # trained from scratch, not fine-tuned
     assert widget._run.text == "Train"
     widget._name.value = "  "
     widget._run.native.click()

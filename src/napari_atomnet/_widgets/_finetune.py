@@ -69,10 +69,10 @@ BASE_ROLES = {
         "The detector to fine-tune; its torch weights (.pt) must lie beside its .onnx",
     ),
     SIMULATIONS: (
-        "Architecture of",
-        "A new detector of this one's architecture is trained from scratch on the simulations "
-        "(this one's F1 on them is the 'before'); it needs no .pt, only a card naming "
-        "napari-atomnet's architecture",
+        "Settings of",
+        "A new compact detector (widths 16-32-48-64) is trained from scratch on the simulations "
+        "with this one's classes, input normalisation and thresholds (this one's F1 on them is "
+        "the 'before'); it needs no .pt, only a card naming napari-atomnet's architecture",
     ),
 }
 RUN_TEXTS = {LABELS: "Fine-tune", SIMULATIONS: "Train"}

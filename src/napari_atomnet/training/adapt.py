@@ -7,7 +7,8 @@ range of aligned conditions, and pays for that breadth at any one of them.  Most
 their conditions (the aberration corrector reports defocus and Cs); :func:`adapt_detector`
 simulates graphene images at those conditions (:func:`simulate_conditions`, the project's own
 :func:`~napari_atomnet.synth.graphene_hrtem` with each value drawn within a tolerance) and
-trains a detector of the built-in's architecture on them, from scratch by default
+trains a compact detector (:data:`ADAPT_CHANNELS`, with the built-in's classes and settings)
+on them, from scratch by default
 (:func:`~napari_atomnet.training.finetune.fine_tune_on`: the same training, held-out F1 before
 and after, and atomic write as fine-tuning on corrected labels).
 
