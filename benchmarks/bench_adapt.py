@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import tempfile
 import time
-from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from _common import HELD_OUT_SEED, markdown_table, nn_spacing
@@ -62,13 +61,17 @@ def hrtem_sims() -> dict:
     }
 
 
-def settings(quick: bool) -> tuple[int, FineTuneConfig]:
-    """Return the simulated images and the configuration of an adaptation run."""
+def settings(quick: bool, **start) -> tuple[int, FineTuneConfig]:
+    """Return the simulated images and the configuration of an adaptation run.
+
+    ``start`` (e.g. ``from_scratch=False``) goes through ``adapt_config``, which keeps the base
+    model's widths when continuing from its weights.
+    """
     from napari_atomnet.training.adapt import ADAPT_IMAGES, adapt_config
 
     if quick:
-        return 8, adapt_config(steps=20, batch=4)
-    return ADAPT_IMAGES, adapt_config()
+        return 8, adapt_config(steps=20, batch=4, **start)
+    return ADAPT_IMAGES, adapt_config(**start)
 
 
 def score_cases(base, adapted, sims: dict, case: str, other: str, key: str, row, figures) -> None:
@@ -106,7 +109,7 @@ def run(quick: bool = False) -> dict:
         for case, start in runs:
             defocus, cs = STATED[case]
             conditions = ImagingConditions(defocus=defocus, cs_um=cs, pixel_size_angstrom=0.12)
-            config = replace(default, **STARTS[start])
+            config = settings(quick, **STARTS[start])[1]
             t0 = time.perf_counter()
             result = adapt_detector(
                 conditions,
