@@ -148,21 +148,24 @@ def test_an_adapted_model_knows_its_atoms_contrast(tmp_path):
     assert "polarity" not in load_model("atomnet-hrtem").info
 
 
-def test_adaptation_trains_the_architecture_from_scratch(tmp_path):
-    """By default the base model gives the architecture, not the weights; both ways work."""
+def test_adaptation_trains_from_scratch_or_from_the_base_weights(tmp_path):
+    """By default the base model gives its settings, not its weights or widths (a fresh
+    network of ADAPT_CHANNELS); continuing from its weights keeps them, and its widths."""
+    from napari_atomnet.training.adapt import ADAPT_CHANNELS
+
     base = torch.load(load_model("atomnet-hrtem").weights, weights_only=True)
     first = "enc.0.0.0.weight"
     config = adapt_config(steps=1, batch=2, lr=1e-9)  # one vanishing step: weights ~ the start
     assert config.from_scratch and not config.freeze_norm
     adapt_detector(DARK, name="fresh", out_dir=tmp_path, n_images=4, config=config)
     fresh = torch.load(tmp_path / "fresh.pt", weights_only=True)
-    assert fresh[first].shape == base[first].shape
-    assert not torch.allclose(fresh[first], base[first], atol=1e-3)
+    assert fresh[first].shape[0] == ADAPT_CHANNELS[0] != base[first].shape[0]
     assert "trained from scratch" in load_model(tmp_path / "fresh.onnx").info["description"]
 
     moved = adapt_config(steps=1, batch=2, lr=1e-9, from_scratch=False, freeze_norm=True)
     adapt_detector(DARK, name="moved", out_dir=tmp_path, n_images=4, config=moved)
     kept = torch.load(tmp_path / "moved.pt", weights_only=True)
+    assert kept[first].shape == base[first].shape
     assert torch.allclose(kept[first], base[first], atol=1e-5)
     assert "adapted to" in load_model(tmp_path / "moved.onnx").info["description"]
 
