@@ -114,6 +114,33 @@ def test_movie_contrast_and_spacing_resolved_once(abf_lattice, monkeypatch):
     )
 
 
+def test_hrtem_movie_contrast_told_by_the_model_from_the_central_crop(monkeypatch):
+    """A frame larger than the crop is decided on its central crop, as detection decides."""
+    from napari_atomnet import sequences
+    from napari_atomnet.core.detect import SPACING_CROP
+    from napari_atomnet.models import detector
+    from napari_atomnet.models.registry import load_model
+
+    card = load_model("atomnet-hrtem", task="detection")
+    frame = synth.graphene_hrtem(
+        (SPACING_CROP + 96, SPACING_CROP + 64), defocus=60, cs_um=-10, dose=1e4, seed=11
+    ).image  # dark atoms
+    shapes = []
+    real = detector.detect_atoms
+
+    def recording(image, *args, **kwargs):
+        shapes.append(np.shape(image))
+        return real(image, *args, **kwargs)
+
+    monkeypatch.setattr(detector, "detect_atoms", recording)
+    polarity, _ = sequences.movie_constants(frame, polarity="auto", detector=card)
+    assert polarity == "dark"
+    # both ways on the central crop, and the whole frame not once (find_atoms_stack runs it)
+    assert shapes and all(s == (SPACING_CROP, SPACING_CROP) for s in shapes)
+    guess = real(frame, card, polarity="auto").params["polarity"]  # as detection decides
+    assert guess == polarity
+
+
 def test_batch_records_the_resolved_contrast(abf_lattice, tmp_path, monkeypatch):
     import os
 

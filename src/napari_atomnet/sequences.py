@@ -103,7 +103,7 @@ def movie_constants(
     spacing : float
         Pixels; NaN when the frame shows no periodicity.
     """
-    from .core.detect import SPACING_CROP, estimate_spacing, resolve_polarity
+    from .core.detect import SPACING_CROP, central_crop, estimate_spacing, resolve_polarity
     from .core.image import as_analysis_image
 
     img = as_analysis_image(frame)
@@ -112,7 +112,11 @@ def movie_constants(
     if polarity == "auto" and getattr(detector, "guesses_contrast", False):
         from .models.detector import detect_atoms
 
-        guess = detect_atoms(img, detector, polarity="auto", spacing=spacing)
+        # the central crop is where detect_atoms itself decides on a large frame: deciding
+        # there, and not on the whole frame, spares the frame a detection run that
+        # find_atoms_stack would repeat told the contrast
+        crop = central_crop(img, SPACING_CROP)
+        guess = detect_atoms(crop, detector, polarity="auto", spacing=spacing)
         return str(guess.params["polarity"]), float(spacing)
     return resolve_polarity(img, polarity, spacing=spacing), float(spacing)
 
