@@ -30,6 +30,7 @@ from _common import HELD_OUT_SEED, markdown_table, nn_spacing
 from napari_atomnet import synth
 from napari_atomnet.core.detect import detect_peaks_classical, resolve_polarity
 from napari_atomnet.core.metrics import detection_scores
+from napari_atomnet.models.detector import CONTRAST_CROP
 
 S = (512, 512)
 
@@ -570,7 +571,8 @@ def run(quick: bool = False) -> dict:
         f"contrast guessed (``polarity='auto'``): {ms_per_mp_auto:.0f} ms per megapixel. "
         f"`{hrtem_card.name}` on a 2048² graphene image: "
         f"{hrtem_ms[polarity_of(graphene)]:.0f} ms per megapixel told the contrast, "
-        f"{hrtem_ms['auto']:.0f} with ``polarity='auto'`` (both ways on the central 1024², "
+        f"{hrtem_ms['auto']:.0f} with ``polarity='auto'`` (both ways on the central "
+        f"{CONTRAST_CROP}², "
         "then the whole image once).",
     ]
     return {

@@ -119,6 +119,7 @@ def test_hrtem_movie_contrast_told_by_the_model_from_the_central_crop(monkeypatc
     from napari_atomnet import sequences
     from napari_atomnet.core.detect import SPACING_CROP
     from napari_atomnet.models import detector
+    from napari_atomnet.models.detector import CONTRAST_CROP
     from napari_atomnet.models.registry import load_model
 
     card = load_model("atomnet-hrtem", task="detection")
@@ -136,7 +137,7 @@ def test_hrtem_movie_contrast_told_by_the_model_from_the_central_crop(monkeypatc
     polarity, _ = sequences.movie_constants(frame, polarity="auto", detector=card)
     assert polarity == "dark"
     # both ways on the central crop, and the whole frame not once (find_atoms_stack runs it)
-    assert shapes and all(s == (SPACING_CROP, SPACING_CROP) for s in shapes)
+    assert shapes and all(s == (CONTRAST_CROP, CONTRAST_CROP) for s in shapes)
     guess = real(frame, card, polarity="auto").params["polarity"]  # as detection decides
     assert guess == polarity
 

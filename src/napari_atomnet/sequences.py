@@ -110,12 +110,12 @@ def movie_constants(
     if spacing is None:
         spacing = estimate_spacing(img, max_crop=SPACING_CROP)
     if polarity == "auto" and getattr(detector, "guesses_contrast", False):
-        from .models.detector import detect_atoms
+        from .models.detector import CONTRAST_CROP, detect_atoms
 
         # the central crop is where detect_atoms itself decides on a large frame: deciding
         # there, and not on the whole frame, spares the frame a detection run that
         # find_atoms_stack would repeat told the contrast
-        crop = central_crop(img, SPACING_CROP)
+        crop = central_crop(img, CONTRAST_CROP)
         guess = detect_atoms(crop, detector, polarity="auto", spacing=spacing)
         return str(guess.params["polarity"]), float(spacing)
     return resolve_polarity(img, polarity, spacing=spacing), float(spacing)

@@ -40,7 +40,7 @@ CONTRAST_TOOLTIP = (
     "from the image, which is right for STEM images. In HRTEM atoms are bright or dark "
     "depending on defocus and Cs, and the image's look does not say which: there the HRTEM "
     "model guesses it itself (it runs both ways and keeps the likelier: a second pass, over "
-    "the central 1024 × 1024 on large images), "
+    "the central 512 × 512 on large images), "
     "while the general model needs to be told."
 )
 

@@ -1231,7 +1231,7 @@ def main(argv: list[str] | None = None) -> int:
     speed: dict[str, Any] = {}
     if not args.no_speed and not args.quick:
         speed["onnxruntime_ms_per_mp_1024"] = round(inference_ms_per_mp(onnx_path), 1)
-        by_tile = {tile: detect_ms_per_mp(onnx_path, tile) for tile in (512, 1024)}
+        by_tile = {tile: detect_ms_per_mp(onnx_path, tile) for tile in (512, 1024, 2048)}
         for tile, ms in by_tile.items():
             speed[f"detect_atoms_ms_per_mp_2048_tile{tile}"] = round(ms, 1)
         card["tile"] = min(by_tile, key=by_tile.get)  # the faster core size
