@@ -159,7 +159,12 @@ def test_adaptation_trains_from_scratch_or_from_the_base_weights(tmp_path):
     assert config.from_scratch and not config.freeze_norm
     adapt_detector(DARK, name="fresh", out_dir=tmp_path, n_images=4, config=config)
     fresh = torch.load(tmp_path / "fresh.pt", weights_only=True)
-    assert fresh[first].shape[0] == ADAPT_CHANNELS[0] != base[first].shape[0]
+
+    def widths(state: dict) -> list[int]:
+        return [state[f"enc.{i}.0.0.weight"].shape[0] for i in range(len(ADAPT_CHANNELS))]
+
+    # every level's width, not just the first: the built-in's first level may match
+    assert widths(fresh) == list(ADAPT_CHANNELS) != widths(base)
     assert "trained from scratch" in load_model(tmp_path / "fresh.onnx").info["description"]
 
     moved = adapt_config(steps=1, batch=2, lr=1e-9, from_scratch=False, freeze_norm=True)
