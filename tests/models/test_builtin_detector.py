@@ -109,12 +109,15 @@ def test_builtin_hrtem_card_matches_its_file_and_says_how_it_was_made():
     recipe = training["recipe"]
     assert recipe["mix"] == {"graphene": 1.0} and set(recipe["simulators"]) == {"graphene"}
     # the README's recipe: wider deep levels than the general one, from scratch, seed 0, and
-    # more images with holes (more hole edges, where HRTEM detection misses most)
+    # more images with holes (more hole edges, where HRTEM detection misses most), a larger
+    # pool and more steps in bfloat16 (which the hour allows on a CPU with AVX512-BF16)
     assert "init" not in recipe and not training["config"]["init"]
     assert training["seed"] == 0 and training["config"]["channels"] == [16, 48, 72, 96]
     assert card.info["architecture"]["channels"] == [16, 48, 72, 96]
     assert training["config"]["graphene"] == {"holes": [0.2, 0.4, 0.4], "aligned": 1.0}
-    assert training["steps"] == 10000 and training["stopped_at_step"] is None
+    assert training["config"]["pool"] == 3000 and training["config"]["precision"] == "bf16"
+    assert "bfloat16" in recipe["optimizer"]
+    assert training["steps"] == 17500 and training["stopped_at_step"] is None
     assert training["wall_time_seconds"] < 3600  # the recipe runs in under an hour on 2 cores
     assert set(card.info["validation"]["cases"]) == {"graphene_bright_1e4", "graphene_dark_1e4"}
     assert (builtin_dir() / f"{HRTEM}.pt").is_file()  # so it can be fine-tuned too

@@ -411,3 +411,42 @@ def test_fits_used_tells_stem_from_phase_contrast():
     raw = _validation_runs(predict, cases, VAL_SEED, 2, (192, 192))
     shares = fits_used(_checked_runs(raw, 2, (0.4, 0.3)), 2)
     assert shares == {"perovskite_dose200": 1.0, "graphene_dark_1e4": 0.0}
+
+
+def test_bf16_training_tracks_float32_and_exports_float32(tmp_path):
+    """bfloat16 autocast (the HRTEM recipe's) learns like float32; the export is float32."""
+    from napari_atomnet.training.train_detector import (
+        TrainConfig,
+        train,
+        train_step,
+        use_precision,
+    )
+
+    pool = data.make_pool(4, 5, shape=(96, 96), pad=16)
+    batch = data.sample_batch(pool, np.random.default_rng(0), 4, 64)
+    losses = {}
+    for precision in ("fp32", "bf16"):
+        torch.manual_seed(0)
+        model = use_precision(AtomDetector(channels=(8, 12, 16, 16)), precision).train()
+        opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+        losses[precision] = np.array(
+            [train_step(model, opt, batch, lr=3e-3, precision=precision)[0] for _ in range(15)]
+        )
+        assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert losses["bf16"][-1] < 0.5 * losses["bf16"][0]  # it learns
+    np.testing.assert_allclose(losses["bf16"], losses["fp32"], rtol=0.05)
+
+    with pytest.raises(ValueError, match="precision"):
+        use_precision(model, "fp16")
+    cfg = TrainConfig(
+        steps=2, pool=3, batch=2, crop=64, sim_shape=96, pad=16, val_every=0, workers=1
+    )
+    cfg.channels, cfg.precision = (8, 12, 16, 16), "bf16"
+    model, _ = train(cfg)
+    assert all(p.is_contiguous() for p in model.parameters())  # default layout again
+    path = tmp_path / "bf16.onnx"
+    export_detector(model, path, CARD)
+    x = np.random.default_rng(1).normal(size=(1, 1, 64, 80)).astype(np.float32)
+    with torch.no_grad():
+        heat, _ = model.inference(torch.from_numpy(x))
+    assert np.abs(_onnx_outputs(path, x)[0] - heat.numpy()).max() < 1e-4

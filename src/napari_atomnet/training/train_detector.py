@@ -37,9 +37,19 @@ import numpy as np
 
 from . import data
 
-__all__ = ["TrainConfig", "evaluate_model", "lr_schedule", "main", "train", "train_step"]
+__all__ = [
+    "PRECISIONS",
+    "TrainConfig",
+    "evaluate_model",
+    "lr_schedule",
+    "main",
+    "train",
+    "train_step",
+]
 
 NAME = "atomnet-detect"
+#: Training precisions (TrainConfig.precision).
+PRECISIONS = ("fp32", "bf16")
 VERSION = "1.0"
 #: Seeds of the held-out images: validation (threshold choice) and test (reported metrics).
 VAL_SEED = 1_000_000
@@ -89,6 +99,9 @@ class TrainConfig:
         self.time_limit_min: float = 0.0  # safety stop of the training loop (0: none)
         self.mix: dict[str, float] = dict(data.DEFAULT_MIX)  # share of each simulator
         self.init: str = ""  # start from these weights (a .pt state dict) instead of at random
+        # "bf16": forward pass under bfloat16 autocast, channels-last (weights and optimiser stay
+        # float32); about 1.9x faster steps on CPUs with AVX512-BF16, the export is float32
+        self.precision: str = "fp32"
         # how graphene images draw their holes and microscopes (data.DEFAULT_GRAPHENE_DRAWS)
         self.graphene: dict[str, Any] = {
             k: list(v) if isinstance(v, tuple) else v
@@ -632,6 +645,7 @@ def train_step(
     loss: str | Sequence[tuple[str, slice, float]] = "focal",
     size_weight: float = 0.2,
     clip: float = 5.0,
+    precision: str = "fp32",
 ) -> tuple[float, float]:
     """One optimisation step on a batch (shared by training and fine-tuning).
 
@@ -653,6 +667,9 @@ def train_step(
         Weight of the box-size loss.
     clip : float
         Gradient-norm clip.
+    precision : {"fp32", "bf16"}
+        "bf16" runs the forward pass under bfloat16 autocast on channels-last input (the model
+        should be channels-last too, see :func:`use_precision`); losses stay float32.
 
     Returns
     -------
@@ -663,7 +680,12 @@ def train_step(
     x = torch.from_numpy(batch["image"])
     heat = torch.from_numpy(batch["heat"])
     weight = torch.from_numpy(batch["weight"])
-    logits, log_size = model(x)
+    if precision == "bf16":
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits, log_size = model(x.contiguous(memory_format=torch.channels_last))
+        logits, log_size = logits.float(), log_size.float()
+    else:
+        logits, log_size = model(x)
     parts = [(loss, slice(None), 1.0)] if isinstance(loss, str) else loss
     l_hm = sum(w * heatmap_loss(logits[i], heat[i], weight[i], kind) for kind, i, w in parts)
     l_sz = size_loss(
@@ -677,6 +699,30 @@ def train_step(
     torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
     opt.step()
     return float(l_hm.item()), float(l_sz.item())
+
+
+def use_precision(model: Any, precision: str) -> Any:
+    """Put a model in the memory format its training precision wants (in place).
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The network.
+    precision : {"fp32", "bf16"}
+        "bf16" trains channels-last (oneDNN's fast bfloat16 convolutions); "fp32" keeps the
+        default layout, so float32 runs reproduce the shipped models exactly.
+
+    Returns
+    -------
+    torch.nn.Module
+        The same model.
+    """
+    import torch
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
+    fmt = torch.channels_last if precision == "bf16" else torch.contiguous_format
+    return model.to(memory_format=fmt)
 
 
 def train(cfg: TrainConfig, pool: list[data.Example] | None = None) -> tuple[Any, dict]:
@@ -736,6 +782,7 @@ def train(cfg: TrainConfig, pool: list[data.Example] | None = None) -> tuple[Any
         model.load_state_dict(torch.load(cfg.init, map_location="cpu"))
         _log(f"starting from {cfg.init}")
     _log(f"AtomDetector {cfg.channels}: {count_parameters(model)} parameters")
+    use_precision(model, cfg.precision)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
     def lr_at(step: int) -> float:
@@ -753,7 +800,13 @@ def train(cfg: TrainConfig, pool: list[data.Example] | None = None) -> tuple[Any
             break
         batch = data.sample_batch(pool, rng, cfg.batch, cfg.crop, len(data.CLASSES))
         l_hm, l_sz = train_step(
-            model, opt, batch, lr=lr_at(step), loss=cfg.loss, size_weight=cfg.size_weight
+            model,
+            opt,
+            batch,
+            lr=lr_at(step),
+            loss=cfg.loss,
+            size_weight=cfg.size_weight,
+            precision=cfg.precision,
         )
         run["hm"] += l_hm
         run["sz"] += l_sz
@@ -772,6 +825,7 @@ def train(cfg: TrainConfig, pool: list[data.Example] | None = None) -> tuple[Any
             model.train()
             history["val"].append((step + 1, res))
     history["train_s"] = time.perf_counter() - t1
+    use_precision(model, "fp32")  # the default layout again for evaluation and export
     model.eval()
     return model, history
 
@@ -911,7 +965,13 @@ def _recipe(cfg: TrainConfig) -> dict[str, Any]:
             else ""
         ),
         "optimizer": f"AdamW lr {cfg.lr} (warm-up {cfg.warmup}, cosine), weight decay "
-        f"{cfg.weight_decay}, batch {cfg.batch}, grad-norm clip 5",
+        f"{cfg.weight_decay}, batch {cfg.batch}, grad-norm clip 5"
+        + (
+            "; forward passes under bfloat16 autocast, channels-last (weights, optimiser and "
+            "export float32)"
+            if cfg.precision == "bf16"
+            else ""
+        ),
     }
 
 
@@ -993,6 +1053,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--test-images", type=int, default=None)
     parser.add_argument("--no-speed", action="store_true", help="skip the timing measurements")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default 2)")
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default=None,
+        help="bf16: forward passes under bfloat16 autocast, channels-last (about 1.9x faster "
+        "steps on CPUs with AVX512-BF16; weights, optimiser and export stay float32; "
+        f"default {TrainConfig().precision})",
+    )
     parser.add_argument(
         "--time-limit",
         type=float,
@@ -1085,7 +1153,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.time_limit:
         cfg.time_limit_min = args.time_limit
     options = ("steps", "pool", "loss", "lr", "batch", "val_every", "test_images")
-    for key in (*options, "border_fill", "hole_weight", "vacuum_weight"):
+    for key in (*options, "border_fill", "hole_weight", "vacuum_weight", "precision"):
         value = getattr(args, key)
         if value is not None:
             setattr(cfg, key, value)
