@@ -10,6 +10,7 @@ from magicgui.widgets import CheckBox, ComboBox, FileEdit, FloatSpinBox, PushBut
 from .._provenance import METADATA_KEY
 from ..core.image import InvalidImageError, as_analysis_image
 from ..core.refine import error_text, median_standard_error
+from ..models.detector import CONTRAST_CROP
 from ..models.registry import ModelCard
 from . import _layers
 from ._common import (
@@ -40,7 +41,7 @@ CONTRAST_TOOLTIP = (
     "from the image, which is right for STEM images. In HRTEM atoms are bright or dark "
     "depending on defocus and Cs, and the image's look does not say which: there the HRTEM "
     "model guesses it itself (it runs both ways and keeps the likelier: a second pass, over "
-    "the central 512 × 512 on large images), "
+    f"the central {CONTRAST_CROP} × {CONTRAST_CROP} on large images), "
     "while the general model needs to be told."
 )
 

@@ -45,6 +45,7 @@ __all__ = [
     "main",
     "train",
     "train_step",
+    "use_precision",
 ]
 
 NAME = "atomnet-detect"
@@ -680,6 +681,7 @@ def train_step(
     x = torch.from_numpy(batch["image"])
     heat = torch.from_numpy(batch["heat"])
     weight = torch.from_numpy(batch["weight"])
+    _check_precision(precision)
     if precision == "bf16":
         with torch.autocast("cpu", dtype=torch.bfloat16):
             logits, log_size = model(x.contiguous(memory_format=torch.channels_last))
@@ -701,6 +703,11 @@ def train_step(
     return float(l_hm.item()), float(l_sz.item())
 
 
+def _check_precision(precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
+
+
 def use_precision(model: Any, precision: str) -> Any:
     """Put a model in the memory format its training precision wants (in place).
 
@@ -719,8 +726,7 @@ def use_precision(model: Any, precision: str) -> Any:
     """
     import torch
 
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
+    _check_precision(precision)
     fmt = torch.channels_last if precision == "bf16" else torch.contiguous_format
     return model.to(memory_format=fmt)
 
