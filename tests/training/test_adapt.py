@@ -236,6 +236,12 @@ def test_cli_defaults_are_the_library_defaults():
     assert args.steps is None  # adapt_config's steps
     # the tolerances: ImagingConditions' defaults unless given
     assert args.defocus_tolerance is None and args.cs_tolerance is None
+    # the help names the widths the adaptation trains (spelled out: the CLI imports no torch)
+    import argparse
+
+    sub = next(a for a in _build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    widths = "-".join(str(c) for c in adapt.ADAPT_CHANNELS)
+    assert f"widths {widths}" in " ".join(sub.choices["adapt"].description.split())
 
 
 def test_conditions_matched_to_an_image_draw_from_all_it_allows():

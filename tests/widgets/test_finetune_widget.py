@@ -193,13 +193,15 @@ def test_module_imports_neither_torch_nor_the_training_code():
 
 def test_default_steps_are_the_library_default(make_napari_viewer):
     pytest.importorskip("torch")
-    from napari_atomnet._widgets._finetune import FineTuneWidget
-    from napari_atomnet.training.adapt import ADAPT_IMAGES, adapt_config
+    from napari_atomnet._widgets._finetune import BASE_ROLES, FineTuneWidget
+    from napari_atomnet.training.adapt import ADAPT_CHANNELS, ADAPT_IMAGES, adapt_config
     from napari_atomnet.training.finetune import FineTuneConfig
 
     widget = FineTuneWidget(make_napari_viewer())
     assert widget._steps.value == FineTuneConfig().steps == SOURCE_DEFAULTS[LABELS][0]
     assert SOURCE_DEFAULTS[SIMULATIONS][0] == adapt_config().steps
+    # the tooltip spells out the widths the adaptation trains (the dock imports no training)
+    assert "widths " + "-".join(map(str, ADAPT_CHANNELS)) in BASE_ROLES[SIMULATIONS][1]
     assert widget._conditions["n_images"].value == ADAPT_IMAGES
     # the adaptation's fields start at the library's defaults (the pixel size has none there)
     from dataclasses import MISSING, fields
