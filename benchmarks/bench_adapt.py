@@ -20,7 +20,7 @@ import tempfile
 import time
 from typing import TYPE_CHECKING
 
-from _common import HELD_OUT_SEED, markdown_table, nn_spacing
+from _common import HELD_OUT_SEED, markdown_table, nn_spacing, precision_words
 from bench_detect import cases, polarity_of
 from napari_atomnet.core.metrics import detection_scores
 
@@ -138,7 +138,7 @@ def run(quick: bool = False) -> dict:
             rows.append(row)
     recipe = (
         f"{default.steps:,} steps at learning rate {default.lr:g}, batch {default.batch}, "
-        f"{n_images} simulated images"
+        f"{n_images} simulated images, {precision_words(default.precision)}"
     )
     text = (
         f"`atomnet adapt` for `{base.name}` (sha256 `{base.sha256[:12]}…`) with its defaults "

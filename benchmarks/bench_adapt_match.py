@@ -25,7 +25,7 @@ import time
 
 import numpy as np
 
-from _common import markdown_table
+from _common import markdown_table, precision_words
 from bench_adapt import hrtem_sims, score_cases, settings
 
 CASES = ("HRTEM graphene, dark atoms, 1e4 e/Å²", "HRTEM graphene, bright atoms, 1e4 e/Å²")
@@ -127,7 +127,8 @@ def run(quick: bool = False) -> dict:
     text = (
         f"`atomnet adapt --like IMAGE` for `{base.name}` (sha256 `{base.sha256[:12]}…`), no "
         f"conditions stated ({'quick: ' if quick else ''}{config.steps:,} steps, {n_images} "
-        "simulated images, 2-core CPU): the images are simulated one grid step around every "
+        f"simulated images, 2-core CPU, {precision_words(config.precision)}): the images are "
+        "simulated one grid step around every "
         "(defocus, Cs) within 0.005 of the best match, the better matches more often.\n\n"
         f"Matching alone, over {spread['images']} held-out images at random aligned conditions: "
         f"the truth has a consistent grid neighbour in **{spread['truth covered']} of "

@@ -19,6 +19,11 @@ from napari_atomnet.training.adapt import (  # noqa: E402
     adapt_detector,
     simulate_conditions,
 )
+from napari_atomnet.training.finetune import FineTuneConfig  # noqa: E402
+from napari_atomnet.training.train_detector import (  # noqa: E402
+    PRECISION_CHOICES,
+    resolve_precision,
+)
 
 # the detect benchmark's dark-atom HRTEM case: defocus +60 Å, Cs -10 µm, 0.12 Å/px
 DARK = ImagingConditions(defocus=60.0, cs_um=-10.0, pixel_size_angstrom=0.12)
@@ -89,6 +94,13 @@ def test_adapted_model_is_written_with_its_conditions(tmp_path):
     # what the default run reaches)
     assert 0.0 < result.f1_before <= 1.0 and 0.0 <= result.f1_after <= 1.0
     assert card.refine_default is False  # inherited from the HRTEM model
+    # adaptations train in bfloat16 where the CPU has it natively, and the card says which ran
+    assert record["config"]["precision"] == "auto"
+    used = resolve_precision("auto")
+    assert record["precision"].startswith(
+        {"bf16": "forward passes under bfloat16", "fp32": "float32"}[used]
+    )
+    assert record["precision"].endswith("(auto: this CPU's choice)")
 
 
 def test_cli_adapt_refuses_bad_input_and_writes_nothing(tmp_path, capsys):
@@ -242,6 +254,15 @@ def test_cli_defaults_are_the_library_defaults():
     sub = next(a for a in _build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     widths = "-".join(str(c) for c in adapt.ADAPT_CHANNELS)
     assert f"widths {widths}" in " ".join(sub.choices["adapt"].description.split())
+    # the precision: the library's choices, the configuration's default unless given
+    from napari_atomnet import cli_train
+
+    assert cli_train.PRECISION_CHOICES == PRECISION_CHOICES
+    assert args.precision is None and adapt_config().precision == "auto"
+    args = _build_parser().parse_args(["train", "--data", "d", "--out", "m", "--precision", "bf16"])
+    assert args.precision == "bf16" and FineTuneConfig().precision == "fp32"
+    with pytest.raises(SystemExit):
+        _build_parser().parse_args(["train", "--data", "d", "--out", "m", "--precision", "fp16"])
 
 
 def test_conditions_matched_to_an_image_draw_from_all_it_allows():

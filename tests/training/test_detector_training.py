@@ -413,6 +413,19 @@ def test_fits_used_tells_stem_from_phase_contrast():
     assert shares == {"perovskite_dose200": 1.0, "graphene_dark_1e4": 0.0}
 
 
+def test_auto_precision_follows_the_cpu():
+    from napari_atomnet.training.finetune import FineTuneConfig
+    from napari_atomnet.training.train_detector import resolve_precision
+
+    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    assert resolve_precision("auto") == ("bf16" if native else "fp32")
+    assert [resolve_precision(p) for p in ("fp32", "bf16")] == ["fp32", "bf16"]
+    with pytest.raises(ValueError, match="precision must be one of"):
+        resolve_precision("fp16")
+    with pytest.raises(ValueError, match="precision must be one of"):
+        FineTuneConfig(precision="half").check()
+
+
 def test_bf16_training_tracks_float32_and_exports_float32(tmp_path):
     """bfloat16 autocast (the HRTEM recipe's) learns like float32; the export is float32."""
     from napari_atomnet.training.train_detector import (

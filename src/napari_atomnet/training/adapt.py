@@ -238,6 +238,7 @@ def adapt_config(**overrides: Any) -> FineTuneConfig:
         "from_scratch": True,
         "freeze_norm": False,
         "channels": ADAPT_CHANNELS,
+        "precision": "auto",
     }
     config = {**defaults, **overrides}
     if not config["from_scratch"] and "channels" not in overrides:

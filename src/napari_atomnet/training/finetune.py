@@ -48,6 +48,7 @@ import pandas as pd
 from numpy.typing import NDArray
 
 from . import data
+from .train_detector import BF16_TEXT, PRECISION_CHOICES, resolve_precision
 
 if "torch" not in sys.modules:
     # Idle OpenMP threads sleep instead of spinning: on a shared 2-core machine spinning threads
@@ -149,6 +150,11 @@ class FineTuneConfig:
     channels : tuple of int, optional
         With ``from_scratch``: the widths of the new network's levels (None: the base model's).
         The card's ``architecture`` records them.
+    precision : {"fp32", "bf16", "auto"}
+        Training precision (see :func:`~.train_detector.train_step`): "bf16" runs the forward
+        passes under bfloat16 autocast (weights, optimiser and export stay float32), "auto"
+        picks it on CPUs with native bfloat16 (:func:`~.train_detector.resolve_precision`).
+        The card records the precision used.
     """
 
     steps: int = 300
@@ -168,6 +174,7 @@ class FineTuneConfig:
     distill_weight: float = 2.0
     from_scratch: bool = False
     channels: tuple[int, ...] | None = None
+    precision: str = "fp32"
 
     def check(self) -> None:
         """Raise ValueError for a value out of range."""
@@ -192,6 +199,10 @@ class FineTuneConfig:
                 raise ValueError("channels can be chosen only when training from scratch")
             if len(self.channels) < 2 or min(self.channels) < 4:
                 raise ValueError(f"channels must be two or more widths >= 4, got {self.channels}")
+        if self.precision not in PRECISION_CHOICES:
+            raise ValueError(
+                f"precision must be one of {PRECISION_CHOICES}, got {self.precision!r}"
+            )
         if self.rehearsal not in ("distill", "truth"):
             raise ValueError(f"rehearsal must be 'distill' or 'truth', got {self.rehearsal!r}")
 
@@ -872,7 +883,7 @@ def _train(
     torch: Any,
 ) -> list[tuple[int, float]]:
     """Run the steps; return the loss history."""
-    from .train_detector import lr_schedule, train_step
+    from .train_detector import lr_schedule, train_step, use_precision
 
     n_user = (
         cfg.batch if not sim_pool else min(cfg.batch, max(1, round(cfg.user_fraction * cfg.batch)))
@@ -890,6 +901,8 @@ def _train(
             ("focal", slice(0, n_user), 1.0),
             (DISTILL_LOSS, slice(n_user, None), cfg.distill_weight),
         ]
+    precision = resolve_precision(cfg.precision)
+    use_precision(model, precision)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     rng = np.random.default_rng(batch_ss)
     model.train()
@@ -917,6 +930,7 @@ def _train(
             lr=lr_schedule(step, cfg.steps, cfg.lr, cfg.warmup),
             loss=loss,
             size_weight=0.2,
+            precision=precision,
         )
         running += l_hm + 0.2 * l_sz
         count += 1
@@ -924,6 +938,7 @@ def _train(
             history.append((step + 1, running / count))
             report("train", step + 1, cfg.steps, running / count)
             running, count = 0.0, 0
+    use_precision(model, "fp32")  # the default layout again for evaluation and export
     return history
 
 
@@ -1072,6 +1087,7 @@ def _fine_tuning_record(
         "train_seconds": round(train_s, 1),
         "wall_seconds": round(wall_s, 1),
         "machine": f"torch CPU, {cfg.threads} threads",
+        "precision": _precision_text(cfg.precision),
     }
 
 
@@ -1090,3 +1106,9 @@ def _move_into_place(tmp: Path, out: Path, name: str, overwrite: bool) -> None:
     _check_free(out, name, overwrite)  # again: another run may have taken the name meanwhile
     for suffix in _SUFFIXES:
         os.replace(tmp / f"{name}{suffix}", out / f"{name}{suffix}")
+
+
+def _precision_text(precision: str) -> str:
+    """Say in the card which precision trained the model (and why, for "auto")."""
+    text = BF16_TEXT if resolve_precision(precision) == "bf16" else "float32"
+    return text + (" (auto: this CPU's choice)" if precision == "auto" else "")

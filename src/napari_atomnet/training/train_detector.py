@@ -38,11 +38,14 @@ import numpy as np
 from . import data
 
 __all__ = [
+    "BF16_TEXT",
     "PRECISIONS",
+    "PRECISION_CHOICES",
     "TrainConfig",
     "evaluate_model",
     "lr_schedule",
     "main",
+    "resolve_precision",
     "train",
     "train_step",
     "use_precision",
@@ -51,6 +54,12 @@ __all__ = [
 NAME = "atomnet-detect"
 #: Training precisions (TrainConfig.precision).
 PRECISIONS = ("fp32", "bf16")
+#: What a fine-tuning or adaptation may ask for: "auto" resolves to one of PRECISIONS.
+PRECISION_CHOICES = ("auto", *PRECISIONS)
+#: How a model card describes bfloat16 training.
+BF16_TEXT = (
+    "forward passes under bfloat16 autocast, channels-last (weights, optimiser and export float32)"
+)
 VERSION = "1.0"
 #: Seeds of the held-out images: validation (threshold choice) and test (reported metrics).
 VAL_SEED = 1_000_000
@@ -708,6 +717,31 @@ def _check_precision(precision: str) -> None:
         raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
 
 
+def resolve_precision(precision: str) -> str:
+    """Return the training precision to use for ``precision`` ("auto" decided by the CPU).
+
+    Parameters
+    ----------
+    precision : {"auto", "fp32", "bf16"}
+        "auto" is "bf16" on CPUs with native bfloat16 arithmetic (AVX512-BF16 or AMX), where
+        steps run about 1.7-1.9x faster, and "fp32" elsewhere (emulated bfloat16 is slower).
+
+    Returns
+    -------
+    str
+        "fp32" or "bf16".
+    """
+    if precision not in PRECISION_CHOICES:
+        raise ValueError(f"precision must be one of {PRECISION_CHOICES}, not {precision!r}")
+    if precision != "auto":
+        return precision
+    import torch
+
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # private, may go away
+    native = any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
+    return "bf16" if native else "fp32"
+
+
 def use_precision(model: Any, precision: str) -> Any:
     """Put a model in the memory format its training precision wants (in place).
 
@@ -972,12 +1006,7 @@ def _recipe(cfg: TrainConfig) -> dict[str, Any]:
         ),
         "optimizer": f"AdamW lr {cfg.lr} (warm-up {cfg.warmup}, cosine), weight decay "
         f"{cfg.weight_decay}, batch {cfg.batch}, grad-norm clip 5"
-        + (
-            "; forward passes under bfloat16 autocast, channels-last (weights, optimiser and "
-            "export float32)"
-            if cfg.precision == "bf16"
-            else ""
-        ),
+        + (f"; {BF16_TEXT}" if cfg.precision == "bf16" else ""),
     }
 
 
