@@ -46,12 +46,3 @@ def markdown_table(rows: list[dict[str, Any]], columns: list[str] | None = None)
                 cells.append(str(v).replace("|", "\\|"))  # a "|" would end the cell
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-def precision_words(precision: str) -> str:
-    """Say how a fine-tuning configuration's precision ran on this machine ("auto" resolved)."""
-    from napari_atomnet.training.train_detector import resolve_precision
-
-    used = resolve_precision(precision)
-    words = "bfloat16 autocast" if used == "bf16" else "float32"
-    return f"{words} (precision {precision!r})" if precision == "auto" else words

@@ -20,9 +20,10 @@ import tempfile
 import time
 from typing import TYPE_CHECKING
 
-from _common import HELD_OUT_SEED, markdown_table, nn_spacing, precision_words
+from _common import HELD_OUT_SEED, markdown_table, nn_spacing
 from bench_detect import cases, polarity_of
 from napari_atomnet.core.metrics import detection_scores
+from napari_atomnet.training.finetune import describe_precision
 
 if TYPE_CHECKING:
     from napari_atomnet.training.finetune import FineTuneConfig
@@ -138,7 +139,7 @@ def run(quick: bool = False) -> dict:
             rows.append(row)
     recipe = (
         f"{default.steps:,} steps at learning rate {default.lr:g}, batch {default.batch}, "
-        f"{n_images} simulated images, {precision_words(default.precision)}"
+        f"{n_images} simulated images, {describe_precision(default.precision)}"
     )
     text = (
         f"`atomnet adapt` for `{base.name}` (sha256 `{base.sha256[:12]}…`) with its defaults "

@@ -25,8 +25,9 @@ import time
 
 import numpy as np
 
-from _common import markdown_table, precision_words
+from _common import markdown_table
 from bench_adapt import hrtem_sims, score_cases, settings
+from napari_atomnet.training.finetune import describe_precision
 
 CASES = ("HRTEM graphene, dark atoms, 1e4 e/Å²", "HRTEM graphene, bright atoms, 1e4 e/Å²")
 #: The truth of both cases (bench_detect): defocus ±60 Å, Cs -10 µm, 0.12 Å/px.
@@ -127,7 +128,7 @@ def run(quick: bool = False) -> dict:
     text = (
         f"`atomnet adapt --like IMAGE` for `{base.name}` (sha256 `{base.sha256[:12]}…`), no "
         f"conditions stated ({'quick: ' if quick else ''}{config.steps:,} steps, {n_images} "
-        f"simulated images, 2-core CPU, {precision_words(config.precision)}): the images are "
+        f"simulated images, 2-core CPU, {describe_precision(config.precision)}): the images are "
         "simulated one grid step around every "
         "(defocus, Cs) within 0.005 of the best match, the better matches more often.\n\n"
         f"Matching alone, over {spread['images']} held-out images at random aligned conditions: "

@@ -48,7 +48,7 @@ import pandas as pd
 from numpy.typing import NDArray
 
 from . import data
-from .train_detector import BF16_TEXT, PRECISION_CHOICES, resolve_precision
+from .train_detector import BF16_TEXT, PRECISION_CHOICES, _check_precision, resolve_precision
 
 if "torch" not in sys.modules:
     # Idle OpenMP threads sleep instead of spinning: on a shared 2-core machine spinning threads
@@ -61,6 +61,7 @@ __all__ = [
     "FineTuneResult",
     "LabelledImage",
     "check_model_name",
+    "describe_precision",
     "fine_tune_detector",
     "fine_tune_on",
     "prepare_fine_tuning",
@@ -200,10 +201,7 @@ class FineTuneConfig:
                 raise ValueError("channels can be chosen only when training from scratch")
             if len(self.channels) < 2 or min(self.channels) < 4:
                 raise ValueError(f"channels must be two or more widths >= 4, got {self.channels}")
-        if self.precision not in PRECISION_CHOICES:
-            raise ValueError(
-                f"precision must be one of {PRECISION_CHOICES}, got {self.precision!r}"
-            )
+        _check_precision(self.precision, PRECISION_CHOICES)
         if self.rehearsal not in ("distill", "truth"):
             raise ValueError(f"rehearsal must be 'distill' or 'truth', got {self.rehearsal!r}")
 
@@ -1088,7 +1086,7 @@ def _fine_tuning_record(
         "train_seconds": round(train_s, 1),
         "wall_seconds": round(wall_s, 1),
         "machine": f"torch CPU, {cfg.threads} threads",
-        "precision": _precision_text(cfg.precision),
+        "precision": describe_precision(cfg.precision),
     }
 
 
@@ -1109,7 +1107,18 @@ def _move_into_place(tmp: Path, out: Path, name: str, overwrite: bool) -> None:
         os.replace(tmp / f"{name}{suffix}", out / f"{name}{suffix}")
 
 
-def _precision_text(precision: str) -> str:
-    """Say in the card which precision trained the model (and why, for "auto")."""
+def describe_precision(precision: str) -> str:
+    """Say which precision a configuration's ``precision`` trains in on this machine.
+
+    Parameters
+    ----------
+    precision : {"fp32", "bf16", "auto"}
+        As :attr:`FineTuneConfig.precision`.
+
+    Returns
+    -------
+    str
+        Words for a model card or a report ("auto" says that the CPU chose).
+    """
     text = BF16_TEXT if resolve_precision(precision) == "bf16" else "float32"
     return text + (" (auto: this CPU's choice)" if precision == "auto" else "")

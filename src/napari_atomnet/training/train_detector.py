@@ -712,9 +712,9 @@ def train_step(
     return float(l_hm.item()), float(l_sz.item())
 
 
-def _check_precision(precision: str) -> None:
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
+def _check_precision(precision: str, choices: Sequence[str] = PRECISIONS) -> None:
+    if precision not in choices:
+        raise ValueError(f"precision must be one of {tuple(choices)}, not {precision!r}")
 
 
 def resolve_precision(precision: str) -> str:
@@ -731,8 +731,7 @@ def resolve_precision(precision: str) -> str:
     str
         "fp32" or "bf16".
     """
-    if precision not in PRECISION_CHOICES:
-        raise ValueError(f"precision must be one of {PRECISION_CHOICES}, not {precision!r}")
+    _check_precision(precision, PRECISION_CHOICES)
     if precision != "auto":
         return precision
     import torch
