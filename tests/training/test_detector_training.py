@@ -463,3 +463,101 @@ def test_bf16_training_tracks_float32_and_exports_float32(tmp_path):
     with torch.no_grad():
         heat, _ = model.inference(torch.from_numpy(x))
     assert np.abs(_onnx_outputs(path, x)[0] - heat.numpy()).max() < 1e-4
+
+
+def test_device_pool_draws_the_batches_of_sample_batch():
+    """GPU training crops on the device: the same batches, from the same random numbers."""
+    from napari_atomnet.training.train_detector import train_step
+
+    pool = data.make_pool(6, 1, mix={"graphene": 1, "lattice": 1}, shape=(96, 96), pad=16)
+    pool = [ex.prerender(hole_weight=5.0) for ex in pool]
+    on_device = data.DevicePool(pool, "cpu")
+    assert len(on_device) == 6
+    for seed in range(3):
+        expected = data.sample_batch(pool, np.random.default_rng(seed), 16, 64)
+        got = on_device.sample(np.random.default_rng(seed), 16, 64)
+        assert set(got) == set(expected)
+        for key, array in expected.items():
+            assert got[key].dtype == torch.float32
+            np.testing.assert_array_equal(got[key].numpy(), array, err_msg=key)
+    # a training step on the tensors is the step on the arrays
+    losses = []
+    for batch in (expected, got):
+        torch.manual_seed(0)
+        model = AtomDetector(channels=(4, 4, 4, 4)).train()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        losses.append([train_step(model, opt, batch, lr=1e-3) for _ in range(2)])
+    assert losses[0] == losses[1]
+
+    with pytest.raises(ValueError, match="exceeds"):
+        on_device.sample(np.random.default_rng(0), 2, 200)
+    with pytest.raises(ValueError, match="one shape"):
+        data.DevicePool([*pool, data.make_pool(1, 2, shape=(64, 64), pad=16)[0]], "cpu")
+    with pytest.raises(ValueError, match="pre-rendered"):
+        data.DevicePool(data.make_pool(1, 2, shape=(64, 64), pad=16, prerender=False), "cpu")
+    with pytest.raises(ValueError, match="empty"):
+        data.DevicePool([], "cpu")
+
+
+def test_training_device_is_checked_before_anything_runs(tmp_path, capsys):
+    from napari_atomnet.training.train_detector import TrainConfig, main, train, training_device
+
+    assert training_device("cpu") == torch.device("cpu")
+    with pytest.raises(ValueError, match="unknown device"):
+        training_device("gpu")
+    if torch.cuda.is_available():
+        assert training_device("cuda").type == "cuda"
+    else:  # no GPU: a clear refusal before the pool is simulated
+        with pytest.raises(ValueError, match="CUDA devices"):
+            train(TrainConfig(device="cuda", pool=3, sim_shape=96, pad=16, workers=1))
+        with pytest.raises(SystemExit) as exc:
+            main(["--out", str(tmp_path), "--quick", "--device", "cuda"])
+        assert exc.value.code == 2 and "--device" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["--out", str(tmp_path), "--quick", "--device", "tpu"])
+    assert exc.value.code == 2 and "unknown device" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
+def test_time_budget_sets_the_step_count_after_the_warm_up():
+    from napari_atomnet.training.train_detector import BUDGET_PROBE, TrainConfig, train
+
+    cfg = TrainConfig(steps=1, pool=2, batch=2, crop=32, sim_shape=48, pad=8, val_every=0)
+    cfg.channels, cfg.workers, cfg.time_budget_min = (4, 4, 4, 4), 1, 0.1
+    _, history = train(cfg)
+    # the budget overrode steps=1: the probe's steps ran, then as many as fit in 6 s
+    assert cfg.steps > BUDGET_PROBE[1]
+    assert history["loss"][-1][0] == cfg.steps  # the loop ran exactly the count it set
+    assert history["train_s"] < 6.0 + 10.0  # within the budget, give or take a slow machine
+    with pytest.raises(ValueError, match="warm-up"):
+        train(TrainConfig(time_budget_min=1.0, warmup=10, pool=2, sim_shape=48, pad=8))
+
+
+@pytest.mark.slow
+def test_train_only_then_evaluate_and_export_elsewhere(tmp_path, capsys):
+    """A GPU machine trains (--train-only); this machine evaluates and exports (--weights)."""
+    from napari_atomnet.training.train_detector import main
+
+    weights = tmp_path / "w.pt"
+    with pytest.raises(SystemExit):
+        main(["--out", str(tmp_path), "--quick", "--train-only"])  # where do the weights go?
+    assert "--save-torch" in capsys.readouterr().err
+    args = ["--out", str(tmp_path), "--quick", "--seed", "4", "--name", "gpu-run"]
+    assert main([*args, "--train-only", "--save-torch", str(weights)]) == 0
+    record = tmp_path / "gpu-run.training.json"
+    assert weights.is_file() and record.is_file()
+    assert not (tmp_path / "gpu-run.onnx").exists()
+    training = json.loads(record.read_text())["training"]
+    assert training["seed"] == 4 and training["config"]["device"] == "cpu"
+    assert "CPU" in training["machine"]
+    assert main([*args, "--weights", str(weights), "--record", str(record)]) == 0
+    card = load_model(tmp_path / "gpu-run.onnx", task="detection")
+    assert card.info["training"]["seed"] == 4
+    assert "evaluation_redone_seconds" in card.info["training"]
+    state = torch.load(weights, map_location="cpu")
+    model = AtomDetector(channels=tuple(training["config"]["channels"]))
+    model.load_state_dict(state)
+    x = np.random.default_rng(2).normal(size=(1, 1, 64, 64)).astype(np.float32)
+    with torch.no_grad():
+        heat, _ = model.eval().inference(torch.from_numpy(x))
+    np.testing.assert_allclose(_onnx_outputs(card.path, x)[0], heat.numpy(), atol=1e-4)

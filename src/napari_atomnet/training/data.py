@@ -44,6 +44,7 @@ __all__ = [
     "DEFAULT_MIX",
     "DEFAULT_NORMALIZATION",
     "HOLE_WEIGHT",
+    "DevicePool",
     "Example",
     "hole_positions",
     "label_atoms",
@@ -879,6 +880,123 @@ def sample_batch(
         out["size_mask"][b, 0, :ch, :cw] = stack[2 + n_classes]
         out["weight"][b, 0, :ch, :cw] = stack[3 + n_classes]
     return out
+
+
+class DevicePool:
+    """A training pool held as tensors on one device, cropped there (training on a GPU).
+
+    :func:`sample_batch` crops on the CPU in numpy, at about 5 ms per 16 crops: nothing next to
+    a CPU training step, a bottleneck next to a GPU's.  This class stacks the pool's images and
+    pre-rendered targets (all of one shape) into tensors on ``device`` and draws the same
+    batches, from the same random numbers in the same order, with one gather per batch.
+
+    Parameters
+    ----------
+    pool : sequence of Example
+        Training images of one shape, their targets pre-rendered (:meth:`Example.prerender`).
+    device : str or torch.device
+        Where the tensors live ("cuda", or "cpu" for tests).
+    n_classes : int
+        Heatmap channels.
+
+    Raises
+    ------
+    ValueError
+        An empty pool, images of several shapes, or an image without pre-rendered targets.
+    """
+
+    def __init__(self, pool: Sequence[Example], device: Any, n_classes: int = len(CLASSES)):
+        import torch
+
+        if not pool:
+            raise ValueError("the training pool is empty")
+        shapes = {ex.image.shape for ex in pool}
+        if len(shapes) != 1:
+            raise ValueError(f"a device pool needs images of one shape, got {sorted(shapes)}")
+        if any(ex.targets is None for ex in pool):
+            raise ValueError("a device pool needs pre-rendered targets (Example.prerender)")
+        self.n_classes = int(n_classes)
+        self.shape: tuple[int, int] = next(iter(shapes))
+        self.device = torch.device(device)
+
+        def stacked(get: Any) -> Any:
+            # one image at a time onto the device: no second host copy of the whole pool
+            first = torch.from_numpy(np.ascontiguousarray(get(pool[0])))
+            out = torch.empty((len(pool), *first.shape), dtype=first.dtype, device=self.device)
+            for i, ex in enumerate(pool):
+                out[i] = torch.from_numpy(np.ascontiguousarray(get(ex)))
+            return out
+
+        # the stored dtypes (float16 targets, uint8 weights) keep the device memory at 11 B/px
+        self.image = stacked(lambda ex: ex.image)
+        self.heat = stacked(lambda ex: ex.targets["heat"][:n_classes])
+        self.log_size = stacked(lambda ex: ex.targets["log_size"])
+        self.weight = stacked(lambda ex: ex.targets["weight"])
+
+    def __len__(self) -> int:
+        return int(self.image.shape[0])
+
+    def sample(self, rng: np.random.Generator, batch: int, crop: int) -> dict[str, Any]:
+        """Draw a batch as :func:`sample_batch` draws it from the same ``rng`` state.
+
+        Parameters
+        ----------
+        rng : numpy.random.Generator
+            Source of the choices (the same calls, in the same order, as
+            :func:`sample_batch`).
+        batch, crop : int
+            Crops per batch and crop side (px, at most the images' side).
+
+        Returns
+        -------
+        dict
+            ``image``, ``heat``, ``log_size``, ``size_mask``, ``weight``: float32 tensors on
+            the device, shaped as :func:`sample_batch`'s arrays.
+        """
+        import torch
+
+        h, w = self.shape
+        if crop > min(h, w):
+            raise ValueError(f"crop {crop} exceeds the pool's images ({h}x{w})")
+        draws = []
+        for _ in range(batch):
+            index = int(rng.integers(len(self)))
+            oy = int(rng.integers(0, h - crop + 1))
+            ox = int(rng.integers(0, w - crop + 1))
+            k = int(rng.integers(4))
+            draws.append((index, oy, ox, k, bool(rng.random() < 0.5)))
+        table = torch.tensor([d[:3] for d in draws], dtype=torch.long).to(self.device)
+        span = torch.arange(crop, device=self.device)
+        n = table[:, 0, None, None]
+        rows = (table[:, 1, None] + span)[:, :, None]
+        cols = (table[:, 2, None] + span)[:, None, :]
+        classes = torch.arange(self.n_classes, device=self.device)[:, None, None]
+        heat = self.heat[n[:, None], classes, rows[:, None], cols[:, None]]
+        parts = [
+            self.image[n, rows, cols][:, None].float(),
+            heat.float(),
+            self.log_size[n, rows, cols][:, None].float(),
+            (heat.amax(dim=1, keepdim=True) > 0.5).float(),
+            self.weight[n, rows, cols][:, None].float(),
+        ]
+        stack = torch.cat(parts, dim=1)
+        # the same rotation and flip per crop as sample_batch, one group of crops at a time
+        for k in range(4):
+            for flip in (False, True):
+                chosen = [b for b, d in enumerate(draws) if d[3] == k and d[4] == flip]
+                if not chosen:
+                    continue
+                sel = torch.tensor(chosen, device=self.device)
+                moved = torch.rot90(stack[sel], k, dims=(2, 3))
+                stack[sel] = moved.flip(3) if flip else moved
+        c = self.n_classes
+        return {
+            "image": stack[:, :1],
+            "heat": stack[:, 1 : 1 + c],
+            "log_size": stack[:, 1 + c : 2 + c],
+            "size_mask": stack[:, 2 + c : 3 + c],
+            "weight": stack[:, 3 + c : 4 + c],
+        }
 
 
 # --------------------------------------------------------------------------------------------

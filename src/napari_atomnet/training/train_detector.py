@@ -35,10 +35,12 @@ from typing import Any
 
 import numpy as np
 
+from ..io._atomic import write_text_atomic
 from . import data
 
 __all__ = [
     "BF16_TEXT",
+    "DEVICES",
     "PRECISIONS",
     "PRECISION_CHOICES",
     "TrainConfig",
@@ -48,12 +50,18 @@ __all__ = [
     "resolve_precision",
     "train",
     "train_step",
+    "training_device",
     "use_precision",
 ]
 
 NAME = "atomnet-detect"
 #: Training precisions (TrainConfig.precision).
 PRECISIONS = ("fp32", "bf16")
+#: Steps between which a run with a time budget times its steps (from warm steps, before the
+#: learning-rate warm-up of the recipes ends).
+BUDGET_PROBE = (100, 300)
+#: Where a detector can train (TrainConfig.device).
+DEVICES = ("cpu", "cuda")
 #: What a fine-tuning or adaptation may ask for: "auto" resolves to one of PRECISIONS.
 PRECISION_CHOICES = ("auto", *PRECISIONS)
 #: How a model card describes bfloat16 training.
@@ -107,11 +115,18 @@ class TrainConfig:
         self.margin: int = 96
         self.tile: int = 1024
         self.time_limit_min: float = 0.0  # safety stop of the training loop (0: none)
+        # > 0: the step count is set, once BUDGET_PROBE's steps are timed, so that the loop
+        # ends within this many minutes (a GPU run; the card records the count, and --steps
+        # with it repeats the run exactly, the warm-up not depending on the count)
+        self.time_budget_min: float = 0.0
         self.mix: dict[str, float] = dict(data.DEFAULT_MIX)  # share of each simulator
         self.init: str = ""  # start from these weights (a .pt state dict) instead of at random
         # "bf16": forward pass under bfloat16 autocast, channels-last (weights and optimiser stay
         # float32); about 1.9x faster steps on CPUs with AVX512-BF16, the export is float32
         self.precision: str = "fp32"
+        # where the network trains: "cpu" (the recipes) or "cuda" (a GPU: the pool is held and
+        # cropped there, data.DevicePool); simulation and evaluation stay on the CPU
+        self.device: str = "cpu"
         # how graphene images draw their holes and microscopes (data.DEFAULT_GRAPHENE_DRAWS)
         self.graphene: dict[str, Any] = {
             k: list(v) if isinstance(v, tuple) else v
@@ -271,9 +286,11 @@ def torch_peaks(
     ph, pw = norm.shape
     norm = np.pad(norm, ((0, (-ph) % m), (0, (-pw) % m)), mode="reflect")
     model.eval()
+    device = next(model.parameters()).device
     with torch.no_grad():
-        heat, size = model.inference(torch.from_numpy(norm)[None, None])
-    peaks = decode_heatmap(heat[0].numpy(), threshold=THRESHOLDS[0], size=size[0].numpy())
+        heat, size = model.inference(torch.from_numpy(norm)[None, None].to(device))
+    heat, size = heat[0].float().cpu().numpy(), size[0].float().cpu().numpy()
+    peaks = decode_heatmap(heat, threshold=THRESHOLDS[0], size=size)
     peaks["y"] -= border
     peaks["x"] -= border
     inside = peaks["y"].between(-0.5, h - 0.5, inclusive="left") & peaks["x"].between(
@@ -649,7 +666,7 @@ def lr_schedule(step: int, steps: int, lr: float, warmup: int) -> float:
 def train_step(
     model: Any,
     opt: Any,
-    batch: dict[str, np.ndarray],
+    batch: dict[str, Any],
     *,
     lr: float,
     loss: str | Sequence[tuple[str, slice, float]] = "focal",
@@ -666,7 +683,9 @@ def train_step(
     opt : torch.optim.Optimizer
         Its optimiser; every parameter group gets the learning rate ``lr``.
     batch : dict
-        From :func:`~napari_atomnet.training.data.sample_batch`.
+        From :func:`~napari_atomnet.training.data.sample_batch` (numpy arrays) or
+        :meth:`~napari_atomnet.training.data.DevicePool.sample` (tensors); it goes to the
+        model's device.
     lr : float
         Learning rate of this step.
     loss : str or sequence of (str, slice, float)
@@ -687,21 +706,22 @@ def train_step(
     """
     import torch
 
-    x = torch.from_numpy(batch["image"])
-    heat = torch.from_numpy(batch["heat"])
-    weight = torch.from_numpy(batch["weight"])
+    device = next(model.parameters()).device
+
+    def tensor(key: str) -> Any:
+        return torch.as_tensor(batch[key]).to(device, non_blocking=True)
+
+    x, heat, weight = tensor("image"), tensor("heat"), tensor("weight")
     _check_precision(precision)
     if precision == "bf16":
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast(device.type, dtype=torch.bfloat16):
             logits, log_size = model(x.contiguous(memory_format=torch.channels_last))
         logits, log_size = logits.float(), log_size.float()
     else:
         logits, log_size = model(x)
     parts = [(loss, slice(None), 1.0)] if isinstance(loss, str) else loss
     l_hm = sum(w * heatmap_loss(logits[i], heat[i], weight[i], kind) for kind, i, w in parts)
-    l_sz = size_loss(
-        log_size, torch.from_numpy(batch["log_size"]), torch.from_numpy(batch["size_mask"])
-    )
+    l_sz = size_loss(log_size, tensor("log_size"), tensor("size_mask"))
     total = l_hm + size_weight * l_sz
     for group in opt.param_groups:
         group["lr"] = lr
@@ -787,6 +807,9 @@ def train(cfg: TrainConfig, pool: list[data.Example] | None = None) -> tuple[Any
 
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
+    device = training_device(cfg.device)  # before the pool: a missing GPU fails at once
+    if cfg.time_budget_min and cfg.warmup < BUDGET_PROBE[1]:
+        raise ValueError(f"a time budget needs a warm-up of at least {BUDGET_PROBE[1]} steps")
     ss = np.random.SeedSequence(cfg.seed)
     pool_ss, batch_ss = ss.spawn(2)
     history: dict[str, Any] = {"loss": [], "val": []}
@@ -821,8 +844,21 @@ def train(cfg: TrainConfig, pool: list[data.Example] | None = None) -> tuple[Any
         model.load_state_dict(torch.load(cfg.init, map_location="cpu"))
         _log(f"starting from {cfg.init}")
     _log(f"AtomDetector {cfg.channels}: {count_parameters(model)} parameters")
-    use_precision(model, cfg.precision)
+    use_precision(model.to(device), cfg.precision)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if device.type == "cpu":
+
+        def next_batch() -> dict[str, Any]:
+            return data.sample_batch(pool, rng, cfg.batch, cfg.crop, len(data.CLASSES))
+
+    else:
+        # crops cut on the GPU: the same batches as sample_batch, without the host in the loop
+        torch.backends.cudnn.benchmark = True
+        on_device = data.DevicePool(pool, device, len(data.CLASSES))
+        _log(f"pool on {device_name(device)}: {on_device.image.shape}")
+
+        def next_batch() -> dict[str, Any]:
+            return on_device.sample(rng, cfg.batch, cfg.crop)
 
     def lr_at(step: int) -> float:
         return lr_schedule(step, cfg.steps, cfg.lr, cfg.warmup)
@@ -832,16 +868,28 @@ def train(cfg: TrainConfig, pool: list[data.Example] | None = None) -> tuple[Any
     run = {"hm": 0.0, "sz": 0.0, "n": 0}
     model.train()
     history["stopped_at"] = None
-    for step in range(cfg.steps):
+    budget_open = bool(cfg.time_budget_min)  # the step count is not known yet
+    for step in itertools.count():
+        if step == BUDGET_PROBE[0]:
+            t_probe = time.perf_counter()
+        if budget_open and step == BUDGET_PROBE[1]:
+            cfg.steps = budgeted_steps(
+                step,
+                (time.perf_counter() - t_probe) / (BUDGET_PROBE[1] - BUDGET_PROBE[0]),
+                60.0 * cfg.time_budget_min - (time.perf_counter() - t1),
+            )
+            budget_open = False
+            _log(f"time budget of {cfg.time_budget_min} min: {cfg.steps} steps in all")
+        if step >= cfg.steps and not budget_open:
+            break
         if cfg.time_limit_min and time.perf_counter() - t0 > 60.0 * cfg.time_limit_min:
             history["stopped_at"] = step
             _log(f"time limit of {cfg.time_limit_min} min reached: stopping at step {step}")
             break
-        batch = data.sample_batch(pool, rng, cfg.batch, cfg.crop, len(data.CLASSES))
         l_hm, l_sz = train_step(
             model,
             opt,
-            batch,
+            next_batch(),
             lr=lr_at(step),
             loss=cfg.loss,
             size_weight=cfg.size_weight,
@@ -864,9 +912,79 @@ def train(cfg: TrainConfig, pool: list[data.Example] | None = None) -> tuple[Any
             model.train()
             history["val"].append((step + 1, res))
     history["train_s"] = time.perf_counter() - t1
-    use_precision(model, "fp32")  # the default layout again for evaluation and export
+    history["device"] = device_name(device)
+    # on the CPU in the default layout again, for evaluation and export
+    use_precision(model.to("cpu"), "fp32")
     model.eval()
     return model, history
+
+
+def budgeted_steps(step: int, seconds_per_step: float, seconds_left: float) -> int:
+    """Count the steps of a run with a time budget, ``step`` of them done.
+
+    Parameters
+    ----------
+    step : int
+        Steps done (at least the learning-rate warm-up's, which does not depend on the count).
+    seconds_per_step : float
+        Measured time of one step.
+    seconds_left : float
+        What is left of the budget; 5 % of it is kept for the validations on the way.
+
+    Returns
+    -------
+    int
+        The run's total step count (at least ``step``).
+
+    Examples
+    --------
+    >>> budgeted_steps(300, 0.01, 100.0)
+    9800
+    """
+    if seconds_per_step <= 0:
+        raise ValueError(f"seconds_per_step must be positive, got {seconds_per_step}")
+    return step + max(int(0.95 * seconds_left / seconds_per_step), 0)
+
+
+def training_device(device: str) -> Any:
+    """Return the torch device a run asks for, checking that this machine has it.
+
+    Parameters
+    ----------
+    device : str
+        "cpu", "cuda" or "cuda:N".
+
+    Returns
+    -------
+    torch.device
+
+    Raises
+    ------
+    ValueError
+        Any other name, or a CUDA device that torch does not see here.
+    """
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except RuntimeError as err:
+        raise ValueError(f"unknown device {device!r}: use cpu or cuda") from err
+    if dev.type not in DEVICES:
+        raise ValueError(f"unknown device {device!r}: use cpu or cuda")
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (dev.index or 0) >= count:
+            raise ValueError(f"device {device!r} asked for, but torch sees {count} CUDA devices")
+    return dev
+
+
+def device_name(device: Any) -> str:
+    """Describe a training device for logs and the model card ("2-core CPU", the GPU's name)."""
+    import torch
+
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})"
+    return f"{os.cpu_count()}-core CPU, torch.set_num_threads({torch.get_num_threads()})"
 
 
 def validation_cases(mix: dict[str, float]) -> list[str]:
@@ -955,6 +1073,25 @@ _SIMULATORS = {
     "sampling 0.08-0.18 A/px (scale jitter); columns ignored when the clean image "
     f"correlates < {data.MIN_HRTEM_CONTRAST} with the atom map",
 }
+
+
+def _training_record(cfg: TrainConfig, history: dict, wall: float) -> dict[str, Any]:
+    """Return the model card's ``training`` section of a run that just trained."""
+    return {
+        "recipe": _recipe(cfg),
+        "config": cfg.as_dict(),
+        "seed": cfg.seed,
+        "steps": cfg.steps,
+        "stopped_at_step": history.get("stopped_at"),
+        "pool_seconds": round(history["pool_s"], 1),
+        "train_seconds": round(history["train_s"], 1),
+        "wall_time_seconds": round(wall, 1),
+        "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
+        "machine": history["device"],
+        "final_loss": history["loss"][-1][1:] if history["loss"] else None,
+        "loss_history": history["loss"],
+        "validation_history": history["val"],
+    }
 
 
 def _recipe(cfg: TrainConfig) -> dict[str, Any]:
@@ -1088,6 +1225,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-speed", action="store_true", help="skip the timing measurements")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default 2)")
     parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help=f"processes simulating the pool (default {TrainConfig().workers})",
+    )
+    parser.add_argument(
+        "--device",
+        default=None,
+        help="where the network trains: cpu (default; the recipes) or cuda (a GPU holds and "
+        "crops the pool; simulation, evaluation and export stay on the CPU)",
+    )
+    parser.add_argument(
+        "--time-budget",
+        type=float,
+        default=None,
+        help="train for as many steps as fit in this many minutes, timed over steps "
+        f"{BUDGET_PROBE[0]}-{BUDGET_PROBE[1]} (overrides --steps; the card records the count, "
+        "and --steps with it repeats the run)",
+    )
+    parser.add_argument(
+        "--train-only",
+        action="store_true",
+        help="stop after training: write the weights (--save-torch) and the training record "
+        "(<out>/<name>.training.json); --weights/--record then do the evaluation and export "
+        "(e.g. on another machine)",
+    )
+    parser.add_argument(
         "--precision",
         choices=PRECISIONS,
         default=None,
@@ -1162,6 +1326,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if (args.weights is None) != (args.record is None):
         parser.error("--weights and --record go together")
+    if args.train_only and (args.save_torch is None or args.weights is not None):
+        parser.error("--train-only needs --save-torch (and no --weights)")
     # Idle OpenMP threads sleep instead of spinning: on a shared 2-core machine spinning threads
     # made training steps 3-5x slower.  Must be set before torch starts its thread pool.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -1186,8 +1352,15 @@ def main(argv: list[str] | None = None) -> int:
         cfg.threads = args.threads
     if args.time_limit:
         cfg.time_limit_min = args.time_limit
+    if args.time_budget is not None:
+        if args.time_budget <= 0:
+            parser.error("--time-budget must be positive (minutes)")
+        if cfg.warmup < BUDGET_PROBE[1]:
+            parser.error(f"--time-budget needs a warm-up of at least {BUDGET_PROBE[1]} steps")
+        cfg.time_budget_min = args.time_budget
     options = ("steps", "pool", "loss", "lr", "batch", "val_every", "test_images")
-    for key in (*options, "border_fill", "hole_weight", "vacuum_weight", "precision"):
+    extra = ("border_fill", "hole_weight", "vacuum_weight", "precision", "workers", "device")
+    for key in (*options, *extra):
         value = getattr(args, key)
         if value is not None:
             setattr(cfg, key, value)
@@ -1207,6 +1380,10 @@ def main(argv: list[str] | None = None) -> int:
         if not args.init.is_file():
             parser.error(f"--init: no such file {args.init}")
         cfg.init = str(args.init)
+    try:
+        training_device(cfg.device)
+    except ValueError as err:
+        parser.error(f"--device: {err}")
 
     import onnx
     import torch
@@ -1230,6 +1407,12 @@ def main(argv: list[str] | None = None) -> int:
         model, history = train(cfg)
     if args.save_torch:
         torch.save(model.state_dict(), args.save_torch)
+    if args.train_only:
+        path = Path(args.out) / f"{args.name}.training.json"
+        training = _training_record(cfg, history, time.perf_counter() - t_start)
+        write_text_atomic(path, json.dumps({"training": training}, indent=1), overwrite=True)
+        _log(f"wrote {args.save_torch} and {path}; evaluate and export with --weights/--record")
+        return 0
     rf = receptive_field(model, 384 if args.quick else 512)
     if cfg.margin < (rf + 1) // 2:
         cfg.margin = int(math.ceil((rf + 1) / 2 / 16) * 16)
@@ -1343,21 +1526,7 @@ def main(argv: list[str] | None = None) -> int:
     if record is not None:
         training = {**record, "evaluation_redone_seconds": round(wall, 1)}
     else:
-        training = {
-            "recipe": _recipe(cfg),
-            "config": cfg.as_dict(),
-            "seed": cfg.seed,
-            "steps": cfg.steps,
-            "stopped_at_step": history.get("stopped_at"),
-            "pool_seconds": round(history["pool_s"], 1),
-            "train_seconds": round(history["train_s"], 1),
-            "wall_time_seconds": round(wall, 1),
-            "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
-            "machine": "2-core CPU, torch.set_num_threads(2)",
-            "final_loss": history["loss"][-1][1:] if history["loss"] else None,
-            "loss_history": history["loss"],
-            "validation_history": history["val"],
-        }
+        training = _training_record(cfg, history, wall)
     card.update(
         default_threshold=thr,
         class_thresholds={"strong": thr, "weak": weak_thr},
