@@ -561,3 +561,38 @@ def test_train_only_then_evaluate_and_export_elsewhere(tmp_path, capsys):
     with torch.no_grad():
         heat, _ = model.eval().inference(torch.from_numpy(x))
     np.testing.assert_allclose(_onnx_outputs(card.path, x)[0], heat.numpy(), atol=1e-4)
+
+
+@pytest.mark.slow
+def test_gpu_training_script_runs_its_command(tmp_path):
+    """scripts/train_hrtem_gpu.sh, run small on the CPU: the command a GPU machine runs."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    env = {
+        **os.environ,
+        "OUT": str(tmp_path),
+        "DEVICE": "cpu",
+        "POOL": "4",
+        "BATCH": "2",
+        "WORKERS": "1",
+        "PYTHON": sys.executable,
+    }
+    done = subprocess.run(
+        ["bash", str(root / "scripts" / "train_hrtem_gpu.sh"), "0.01"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    training = json.loads((tmp_path / "atomnet-hrtem.training.json").read_text())["training"]
+    assert training["config"]["channels"] == [16, 48, 72, 96]
+    assert training["config"]["mix"] == {"graphene": 1.0}
+    assert training["steps"] == 300  # a budget this small ends with the timed steps
+    model = AtomDetector(channels=(16, 48, 72, 96))
+    model.load_state_dict(torch.load(tmp_path / "atomnet-hrtem.pt", map_location="cpu"))
+    assert "time budget" in (tmp_path / "train.log").read_text()

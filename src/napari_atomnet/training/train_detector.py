@@ -6,7 +6,10 @@ Run (from the repository root)::
         --out src/napari_atomnet/models/builtin --seed 0
 
 Everything is seeded (numpy, torch, the simulated pool), uses two CPU threads, and runs a fixed
-number of steps (not a time budget), so a run is reproducible.  The script
+number of steps, so a run is reproducible.  On a GPU (``--device cuda``, where a lent machine
+has one) ``--time-budget`` fixes the step count from the first steps' speed and the card records
+it, so ``--steps`` repeats that run too; ``--train-only`` there and ``--weights``/``--record``
+here split training from evaluation and export (``scripts/train_hrtem_gpu.sh``).  The script
 
 1. simulates a fixed pool of training images (:func:`napari_atomnet.training.data.make_pool`),
 2. trains :class:`~napari_atomnet.training.nets.AtomDetector` on random crops with a
@@ -900,8 +903,9 @@ def train(cfg: TrainConfig, pool: list[data.Example] | None = None) -> tuple[Any
         run["n"] += 1
         if (step + 1) % 100 == 0 or step + 1 == cfg.steps:
             el = time.perf_counter() - t1
+            of = "?" if budget_open else cfg.steps
             _log(
-                f"step {step + 1}/{cfg.steps} heatmap {run['hm'] / run['n']:.4f} "
+                f"step {step + 1}/{of} heatmap {run['hm'] / run['n']:.4f} "
                 f"size {run['sz'] / run['n']:.4f} lr {lr_at(step):.2e} "
                 f"({el / (step + 1):.3f} s/step)"
             )
