@@ -596,3 +596,25 @@ def test_gpu_training_script_runs_its_command(tmp_path):
     model = AtomDetector(channels=(16, 48, 72, 96))
     model.load_state_dict(torch.load(tmp_path / "atomnet-hrtem.pt", map_location="cpu"))
     assert "time budget" in (tmp_path / "train.log").read_text()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (a lent device)")
+def test_training_on_the_gpu_matches_the_cpu_batches():
+    """On a GPU: the pool's crops are the CPU's, and a short run trains and comes back."""
+    from napari_atomnet.training.train_detector import TrainConfig, train
+
+    pool = data.make_pool(4, 1, mix={"graphene": 1.0}, shape=(96, 96), pad=16)
+    on_gpu = data.DevicePool(pool, "cuda")
+    expected = data.sample_batch(pool, np.random.default_rng(0), 16, 64)
+    got = on_gpu.sample(np.random.default_rng(0), 16, 64)
+    for key, array in expected.items():
+        assert got[key].is_cuda
+        np.testing.assert_array_equal(got[key].cpu().numpy(), array, err_msg=key)
+    cfg = TrainConfig(steps=400, pool=4, batch=8, crop=64, sim_shape=96, pad=16, val_every=200)
+    cfg.channels, cfg.workers, cfg.precision, cfg.device = (8, 12, 16, 16), 1, "bf16", "cuda"
+    cfg.mix = {"graphene": 1.0}
+    model, history = train(cfg)
+    assert all(p.device.type == "cpu" for p in model.parameters())
+    assert "CUDA" in history["device"]
+    assert history["loss"][-1][1] < 0.5 * history["loss"][0][1]  # it learns
