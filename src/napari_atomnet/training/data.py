@@ -853,10 +853,8 @@ def sample_batch(
         "weight": np.zeros((batch, 1, crop, crop), np.float32),
     }
     for b in range(batch):
-        ex = pool[int(rng.integers(len(pool)))]
-        h, w = ex.image.shape
-        oy = int(rng.integers(0, max(h - crop, 0) + 1))
-        ox = int(rng.integers(0, max(w - crop, 0) + 1))
+        index, oy, ox, k, flip = _crop_draw(rng, len(pool), lambda i: pool[i].image.shape, crop)
+        ex = pool[index]
         img = ex.image[oy : oy + crop, ox : ox + crop]
         if ex.targets is not None:
             win = (slice(oy, oy + crop), slice(ox, ox + crop))
@@ -869,9 +867,8 @@ def sample_batch(
                 img.shape, ex.atoms, n_classes, offset=(oy, ox)
             )
         stack = np.concatenate([img[None], heat, log_size[None], mask[None], weight[None]])
-        k = int(rng.integers(4))
         stack = np.rot90(stack, k, axes=(1, 2))
-        if rng.random() < 0.5:
+        if flip:
             stack = stack[:, :, ::-1]
         ch, cw = stack.shape[1:]
         out["image"][b, 0, :ch, :cw] = stack[0]
@@ -880,6 +877,21 @@ def sample_batch(
         out["size_mask"][b, 0, :ch, :cw] = stack[2 + n_classes]
         out["weight"][b, 0, :ch, :cw] = stack[3 + n_classes]
     return out
+
+
+def _crop_draw(
+    rng: np.random.Generator, n: int, shape_of: Any, crop: int
+) -> tuple[int, int, int, int, bool]:
+    """Draw one crop's choices: image index, top-left offset, 90° rotations, flip.
+
+    The one place that fixes the order of the random calls, so :func:`sample_batch` and
+    :meth:`DevicePool.sample` draw the same batches from the same ``rng``.
+    """
+    index = int(rng.integers(n))
+    h, w = shape_of(index)
+    oy = int(rng.integers(0, max(h - crop, 0) + 1))
+    ox = int(rng.integers(0, max(w - crop, 0) + 1))
+    return index, oy, ox, int(rng.integers(4)), bool(rng.random() < 0.5)
 
 
 class DevicePool:
@@ -958,13 +970,7 @@ class DevicePool:
         h, w = self.shape
         if crop > min(h, w):
             raise ValueError(f"crop {crop} exceeds the pool's images ({h}x{w})")
-        draws = []
-        for _ in range(batch):
-            index = int(rng.integers(len(self)))
-            oy = int(rng.integers(0, h - crop + 1))
-            ox = int(rng.integers(0, w - crop + 1))
-            k = int(rng.integers(4))
-            draws.append((index, oy, ox, k, bool(rng.random() < 0.5)))
+        draws = [_crop_draw(rng, len(self), lambda _: self.shape, crop) for _ in range(batch)]
         table = torch.tensor([d[:3] for d in draws], dtype=torch.long).to(self.device)
         span = torch.arange(crop, device=self.device)
         n = table[:, 0, None, None]

@@ -1359,8 +1359,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.time_budget is not None:
         if args.time_budget <= 0:
             parser.error("--time-budget must be positive (minutes)")
-        if cfg.warmup < BUDGET_PROBE[1]:
-            parser.error(f"--time-budget needs a warm-up of at least {BUDGET_PROBE[1]} steps")
         cfg.time_budget_min = args.time_budget
     options = ("steps", "pool", "loss", "lr", "batch", "val_every", "test_images")
     extra = ("border_fill", "hole_weight", "vacuum_weight", "precision", "workers", "device")
