@@ -94,7 +94,7 @@ def run_segment(args: argparse.Namespace) -> int:
     if not args.overwrite:
         for path in (out, provenance_path(out), labels_path):
             if path is not None and path.exists():
-                raise ExportExistsError(f"{path} exists; use --overwrite or another name")
+                raise ExportExistsError(path, "use --overwrite or another name")
     image, data = _load_image(args.image)
     pixel_size = args.pixel_size if args.pixel_size is not None else data.pixel_size_nm
     t0 = time.perf_counter()

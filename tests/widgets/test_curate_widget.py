@@ -8,7 +8,7 @@ from scipy.spatial import cKDTree
 
 from napari_atomnet import synth
 from napari_atomnet._widgets import _layers
-from napari_atomnet._widgets._curate import ACCEPT_KEY, REJECT_KEY, CurateAtomsWidget
+from napari_atomnet._widgets._curate import ACCEPT_KEY, REJECT_KEY, UNDO_KEY, CurateAtomsWidget
 from napari_atomnet.pipeline import refine_atoms
 
 pytestmark = pytest.mark.gui
@@ -50,6 +50,37 @@ def test_added_point_snaps_to_the_peak_and_is_marked_manual(curated):
     np.testing.assert_allclose(boxes.data[-1].mean(axis=0), [y, x], atol=1e-6)
 
 
+def test_snapping_never_puts_a_second_atom_on_a_peak(curated):
+    _, widget, layer, _, _ = curated
+    n = len(layer.data)
+    existing = layer.data[40].copy()
+    click = existing + np.array([2.0, 1.5])  # beside an atom the model found: its peak is taken
+    layer.add([click])
+    assert len(layer.data) == n + 1
+    np.testing.assert_allclose(layer.data[-1], click)  # left where it was put
+    feats = layer.features.iloc[-1]
+    assert not bool(feats["fit_ok"]) and feats["fit_status"] == "peak_has_atom"
+    assert "has an atom already" in widget._status.value
+    nearest = cKDTree(layer.data[:-1]).query(layer.data[-1])[0]
+    assert nearest > 2.0
+
+
+def test_closing_the_dock_unhooks_snapping_and_keys(curated):
+    from napari.utils.key_bindings import coerce_keybinding
+
+    viewer, widget, layer, missed, _ = curated
+    dock = viewer.window.add_dock_widget(widget)
+    assert coerce_keybinding(ACCEPT_KEY) in set(viewer.keymap)
+    viewer.window.remove_dock_widget(dock)  # what the dock's close button does
+    for key in (ACCEPT_KEY, REJECT_KEY, UNDO_KEY):
+        assert coerce_keybinding(key) not in set(viewer.keymap)
+    target = missed.iloc[0]
+    click = [target["y"] + 1.7, target["x"] - 1.4]
+    layer.add([click])
+    np.testing.assert_allclose(layer.data[-1], click)  # no longer snapped
+    assert "edits" not in layer.metadata["napari_atomnet"]  # nor counted
+
+
 def test_delete_move_and_undo(curated):
     _, widget, layer, _, _ = curated
     original = layer.data.copy()
@@ -76,6 +107,9 @@ def test_suggestions_find_missed_atoms_and_keys_accept_or_reject(curated, qtbot)
         dv, _ = cKDTree(vac[["y", "x"]].to_numpy()).query(sugg.data)
         assert (dv > 3).all()  # vacancies are not suggested
     n_atoms, n_sugg = len(layer.data), len(sugg.data)
+    # the current suggestion stands out from the others
+    colours = np.asarray(sugg.border_color)
+    assert not np.allclose(colours[0], colours[1]) and np.allclose(colours[1], colours[2])
     from napari.utils.key_bindings import coerce_keybinding
 
     bound = set(viewer.keymap)
@@ -83,7 +117,12 @@ def test_suggestions_find_missed_atoms_and_keys_accept_or_reject(curated, qtbot)
     widget.resolve_current(accept=True)
     widget.resolve_current(accept=False)
     assert len(layer.data) == n_atoms + 1 and len(sugg.data) == n_sugg - 2
-    assert layer.features["source"].iloc[-1] == "manual"
+    accepted = layer.features.iloc[-1]
+    assert accepted["source"] == "manual"
+    # an accepted site is fitted like an atom added by hand: on a missed column's peak
+    assert bool(accepted["fit_ok"]) and accepted["fit_status"] == "ok"
+    d, _ = cKDTree(missed[["y", "x"]].to_numpy()).query(layer.data[-1])
+    assert d < 0.1
     widget._resolve_all(accept=True)
     assert "Suggestions (img)" not in viewer.layers
     assert len(layer.data) == n_atoms + n_sugg - 1

@@ -284,3 +284,43 @@ def test_hrtem_model_finds_dark_atoms_with_the_contrast_left_on_auto(make_napari
         atoms.data, truth, 0.25 * spacing, shape=sim.image.shape, border=0.5 * spacing
     )
     assert score["f1"] >= 0.9
+
+
+def test_stack_refine_fits_the_frame_the_atoms_came_from(make_napari_viewer, qtbot, tmp_path):
+    from conftest import make_log_detector
+
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-atomnet", "perovskite_haadf")
+    frame = viewer.layers["perovskite_haadf"].data
+    # frame 1 is another picture: the atoms of frame 0 sit between its columns
+    stack = np.stack([frame, np.roll(frame, (11, 13), axis=(0, 1)), frame])
+    image = viewer.add_image(stack, name="stack")
+    widget = DetectAtomsWidget(viewer)
+    widget._image.value = image
+    widget._model.value = CUSTOM
+    widget._custom.value = make_log_detector(tmp_path / "tiny.onnx", card={"tile": 256})
+    viewer.dims.set_point(0, 0)
+    _run(qtbot, widget)
+    assert "frame 0" in widget._status.value
+    atoms = viewer.layers["Atoms (stack)"]
+    assert provenance_of(atoms)["frame"] == [0]
+    detected = atoms.data.copy()
+    viewer.dims.set_point(0, 1)  # the user looks at another frame, then refines
+    widget._refine_points.native.click()
+    feats = atoms.features
+    assert feats["fit_ok"].mean() > 0.9  # fitted on frame 0, where the columns are
+    assert np.median(np.hypot(*(atoms.data - detected).T)) < 0.1
+    assert "on frame 0" in widget._status.value
+
+
+def test_results_for_an_image_closed_while_running_are_dropped(viewer_with_sample, qtbot, tmp_path):
+    from conftest import make_log_detector
+
+    viewer = viewer_with_sample
+    widget = _widget(viewer, make_log_detector(tmp_path / "tiny.onnx", card={"tile": 256}))
+    with qtbot.waitSignal(widget.run_finished, timeout=60_000):
+        widget._run.native.click()
+        viewer.layers.remove("perovskite_haadf")
+    assert "Atoms (perovskite_haadf)" not in viewer.layers
+    assert "Boxes (perovskite_haadf)" not in viewer.layers
+    assert "closed while running" in widget._status.value

@@ -132,13 +132,13 @@ def test_strain_against_a_drawn_region_and_drawn_vectors(viewer_with_atoms, qtbo
     assert meta["reference_layer"] == region.name and meta["params"]["reference_region"]
     np.testing.assert_array_equal(strain.border_width > 0, chosen.to_numpy())
     # the same numbers as the pipeline given the rectangle as a polygon
-    from napari_atomnet._widgets._lattice import atoms_from_layer
+    from napari_atomnet._widgets._layers import atoms_table
     from napari_atomnet.pipeline import find_cells
 
     polygon = [[box[0], box[1]], [box[0], box[3]], [box[2], box[3]], [box[2], box[1]]]
     direct, _ = find_cells(
         image.data,
-        atoms_from_layer(widget._atoms.value),
+        atoms_table(widget._atoms.value),
         polarity="bright",
         reference_region=[polygon],
     )
@@ -196,3 +196,33 @@ def test_strain_against_a_drawn_region_and_drawn_vectors(viewer_with_atoms, qtbo
     vectors.add_lines(np.array([[start, start + a], [start, start + 2 * a]]))
     widget._run.native.click()
     assert "from parallel" in _last_message()
+
+
+def test_picker_follows_detection_and_points_in_world_units(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer(show=True)
+    viewer.open_sample("napari-atomnet", "perovskite_haadf")
+    image = viewer.layers["perovskite_haadf"]
+    widget = LatticeWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    assert widget._atoms.value.name == "Truth (perovskite_haadf)"  # the only Points layer
+    # Detect atoms adds the image's Atoms layer: the picker moves to it
+    result = find_atoms(image.data, detector="classical", source=image.name)
+    _layers.replace_layer(viewer, _layers.atoms_points(result.atoms, image, result.provenance))
+    assert widget._atoms.value.name == "Atoms (perovskite_haadf)"
+    with qtbot.waitSignal(widget.run_finished, timeout=60_000):
+        widget._run.native.click()
+    assert "from 'Atoms (perovskite_haadf)'" in widget._status.value
+    expected = viewer.layers["Strain (perovskite_haadf)"].features
+    # the same atoms typed in world units (nm, scale 1) give the same cells, in pixels
+    assert image.scale[-1] != 1.0
+    world = result.atoms[["y", "x"]].to_numpy() * image.scale[-2:] + image.translate[-2:]
+    features = viewer.layers["Atoms (perovskite_haadf)"].features
+    by_hand = viewer.add_points(world, name="hand points", features=features)
+    widget._atoms.value = by_hand
+    with qtbot.waitSignal(widget.run_finished, timeout=60_000):
+        widget._run.native.click()
+    assert "from 'hand points'" in widget._status.value
+    cells = viewer.layers["Strain (perovskite_haadf)"].features
+    assert len(cells) == len(expected)
+    np.testing.assert_allclose(cells["a_x"], expected["a_x"], atol=1e-6)
+    np.testing.assert_allclose(cells["centre_y"], expected["centre_y"], atol=1e-6)

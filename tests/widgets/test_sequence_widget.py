@@ -53,7 +53,7 @@ def test_sequence_widget_points_on_the_stack(
     # (whose spinner takes CPU from the job where the window is drawn in software)
     assert napari_bars == []
     assert widget._job_bar.max == len(stack) and widget._job_bar.value == len(stack)
-    layer = viewer.layers["Atoms (movie)"]
+    layer = viewer.layers["Sequence atoms (movie)"]
     assert layer.data.shape == (present.sum(), 3)
     feats = layer.features
     for column in ("frame", "site", "occupancy", "events", "y_corr", "x_corr", "fit_ok"):
@@ -76,7 +76,7 @@ def test_sequence_widget_points_on_the_stack(
     # running again replaces the layer
     widget._drift.value = "image"
     _run(qtbot, widget)
-    assert [ly.name for ly in viewer.layers].count("Atoms (movie)") == 1
+    assert [ly.name for ly in viewer.layers].count("Sequence atoms (movie)") == 1
 
     viewer.layers.remove("single")
     viewer.reset_view()
@@ -94,7 +94,7 @@ def test_cancel_keeps_layers(make_napari_viewer, qtbot, movie):
     with qtbot.waitSignal(widget.run_finished, timeout=60_000):
         widget._run.native.click()
         widget._cancel.native.click()
-    assert "Atoms (long)" not in viewer.layers
+    assert "Sequence atoms (long)" not in viewer.layers
     assert "Cancel" in widget._status.value
 
 
@@ -150,7 +150,7 @@ def test_sequence_on_a_lazy_stack_from_a_file(make_napari_viewer, qtbot, tmp_pat
     widget._drift.value = None
     with qtbot.waitSignal(widget.run_finished, timeout=60_000):
         widget._run.native.click()
-    points = viewer.layers["Atoms (m)"]
+    points = viewer.layers["Sequence atoms (m)"]
     assert len(points.data) == present.sum()
     np.testing.assert_allclose(points.scale, [1.0, 0.02, 0.02])
     assert (points.features[["dy", "dx"]].to_numpy() == 0).all()  # drift correction off
@@ -190,6 +190,6 @@ def test_sequence_widget_atom_contrast(make_napari_viewer, qtbot, movie, monkeyp
     widget._contrast.value = "dark"
     _run(qtbot, widget)
     assert seen == ["dark"]
-    prov = viewer.layers["Atoms (dark movie)"].metadata[METADATA_KEY]
+    prov = viewer.layers["Sequence atoms (dark movie)"].metadata[METADATA_KEY]
     assert prov["params"]["polarity"] == "dark"
-    assert len(viewer.layers["Atoms (dark movie)"].data) == movie[2].sum()
+    assert len(viewer.layers["Sequence atoms (dark movie)"].data) == movie[2].sum()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import weakref
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -17,6 +18,60 @@ def image_layers(viewer: napari.Viewer) -> list[tuple[str, Any]]:
     from napari.layers import Image
 
     return [(layer.name, layer) for layer in viewer.layers if isinstance(layer, Image)]
+
+
+def follow_atoms_layer(viewer: napari.Viewer, image_combo: Any, atoms_combo: Any) -> None:
+    """Keep an Atoms picker on ``Atoms (<image>)`` of the picked image.
+
+    It is chosen when the image is picked and whenever that layer (re)appears, e.g. after
+    Detect atoms ran (which replaces the layer): a picker left on another Points layer (the
+    truth of a sample, an older result) would silently analyse the wrong atoms.
+    """
+    from ._layers import layer_name
+
+    def select(*_: Any) -> None:
+        image = image_combo.value
+        if image is None:
+            return
+        name = layer_name("Atoms", image.name)
+        if name in viewer.layers:
+            atoms_combo.reset_choices()
+            atoms_combo.value = viewer.layers[name]
+
+    image_combo.changed.connect(select)
+    viewer.layers.events.inserted.connect(select)
+    select()
+
+
+def when_undocked(widget: Any, callback: Callable[[], None]) -> None:
+    """Call ``callback`` once when the dock holding ``widget`` is closed.
+
+    napari's close button (and ``Window.remove_dock_widget``) takes the widget out of its dock
+    without closing or deleting it, so a widget that hooks into the viewer (key bindings, layer
+    events) must unhook itself then: it watches its Qt widget being un-parented after it was
+    docked.
+    """
+    from qtpy.QtCore import QEvent, QObject
+
+    class _Watch(QObject):
+        def __init__(self, native: Any) -> None:
+            super().__init__(native)
+            self.docked = native.parent() is not None
+            self.done = False
+
+        def eventFilter(self, obj: Any, event: Any) -> bool:
+            if event.type() == QEvent.Type.ParentChange and not self.done:
+                if obj.parent() is not None:
+                    self.docked = True
+                elif self.docked:
+                    self.done = True
+                    callback()
+            return False
+
+    native = widget.native
+    watch = _Watch(native)
+    native.installEventFilter(watch)
+    native._atomnet_undock_watch = watch  # the Python side of the filter lives as long as it
 
 
 def current_frame(viewer: napari.Viewer, layer: napari.layers.Image) -> tuple[np.ndarray, tuple]:

@@ -39,7 +39,15 @@ from psygnal import Signal
 from .._provenance import METADATA_KEY
 from ..core.image import InvalidImageError, as_analysis_image
 from . import _layers
-from ._common import current_frame, image_layers, notify_error, notify_info, pixel_size_of
+from ._common import (
+    current_frame,
+    follow_atoms_layer,
+    image_layers,
+    notify_error,
+    notify_info,
+    pixel_size_of,
+    when_undocked,
+)
 from ._lattice import points_layers
 
 if TYPE_CHECKING:
@@ -112,32 +120,38 @@ class CurateAtomsWidget(Container):
         self._accept_all.changed.connect(lambda *_: self._resolve_all(accept=True))
         self._reject_all.changed.connect(lambda *_: self._resolve_all(accept=False))
         self._atoms.changed.connect(self._attach)
-        self._image.changed.connect(self._select_atoms_for_image)
+        self._image.changed.connect(self._name_export)
         for event in (viewer.layers.events.inserted, viewer.layers.events.removed):
             event.connect(self._image.reset_choices)
             event.connect(self._atoms.reset_choices)
+        self._unhooked = False
         viewer.bind_key(ACCEPT_KEY, lambda _v: self.resolve_current(accept=True), overwrite=True)
         viewer.bind_key(REJECT_KEY, lambda _v: self.resolve_current(accept=False), overwrite=True)
         viewer.bind_key(UNDO_KEY, lambda _v: self.undo(), overwrite=True)
-        self._select_atoms_for_image()
+        follow_atoms_layer(viewer, self._image, self._atoms)
+        self._name_export()
         self._attach()
+        # a closed dock must stop snapping the points and answering K, J and Control-Z
+        when_undocked(self, self._unhook)
 
     # -- life cycle ---------------------------------------------------------------------------
     def close(self) -> None:
         """Unbind the keys and disconnect from the layer."""
-        for key in (ACCEPT_KEY, REJECT_KEY, UNDO_KEY):
-            self._viewer.bind_key(key, None, overwrite=True)
-        self._detach()
+        self._unhook()
         super().close()
 
-    def _select_atoms_for_image(self, *_: Any) -> None:
-        image = self._image.value
-        if image is None:
+    def _unhook(self) -> None:
+        if self._unhooked:
             return
-        self._export_name.value = image.name
-        name = _layers.layer_name("Atoms", image.name)
-        if name in self._viewer.layers:
-            self._atoms.value = self._viewer.layers[name]
+        self._unhooked = True
+        for key in (ACCEPT_KEY, REJECT_KEY, UNDO_KEY):
+            self._viewer.bind_key(key, None, overwrite=True)
+        self._atoms.changed.disconnect(self._attach)
+        self._detach()
+
+    def _name_export(self, *_: Any) -> None:
+        if self._image.value is not None:
+            self._export_name.value = self._image.value.name
 
     def _attach(self, *_: Any) -> None:
         layer = self._atoms.value
@@ -195,7 +209,7 @@ class CurateAtomsWidget(Container):
         from ..core.refine import fit_gaussian_at
 
         image = self._analysis_image()
-        if image is None:
+        if image is None or not self._aligned("snap"):
             return
         layer = self._layer
         data = layer.data.copy()
@@ -208,11 +222,24 @@ class CurateAtomsWidget(Container):
         spacing = _spacing(data[:, -2:])
         window = max(2, round(0.5 * spacing)) if spacing else None
         search = max(2.0, 0.35 * spacing) if spacing else 3.0
+        # a peak closer than this to another atom is that atom's column (the match radius)
+        same_column = max(1.0, 0.25 * spacing) if spacing else 1.0
+        refused = []
         for i in indices:
             y, x = data[i, -2], data[i, -1]
-            fit = fit_gaussian_at(signal, y, x, window=window, search_radius=search)
-            if bool(fit.get("fit_ok", False)):
-                data[i, -2], data[i, -1] = float(fit["y"]), float(fit["x"])
+            fit = fit_gaussian_at(signal, y, x, window=window, search_radius=search).copy()
+            snapped = np.array([float(fit["y"]), float(fit["x"])])
+            others = np.delete(data[:, -2:], i, axis=0)
+            if not bool(fit.get("fit_ok", False)):
+                pass  # the point stays where it was put
+            elif np.hypot(*(snapped - (y, x))) > search:
+                fit["fit_ok"], fit["fit_status"] = False, "too_far"  # the fit wandered off
+            elif len(others) and np.hypot(*(others - snapped).T).min() < same_column:
+                # that peak has its atom already: a second one there would be a duplicate
+                fit["fit_ok"], fit["fit_status"] = False, "peak_has_atom"
+                refused.append((y, x))
+            else:
+                data[i, -2], data[i, -1] = snapped
             for column in FIT_COLUMNS:
                 if column in feats and column in fit:
                     feats.loc[i, column] = fit[column]
@@ -224,6 +251,12 @@ class CurateAtomsWidget(Container):
             ):
                 if column in feats:
                     feats.loc[i, column] = value
+        if refused:
+            y, x = refused[-1]
+            self._status.value = (
+                f"The peak nearest to ({y:.1f}, {x:.1f}) has an atom already; the new point "
+                "stays where you put it (delete it, or Undo, if it was a slip)."
+            )
         self._set(layer, data, feats)
 
     def undo(self, *_: Any) -> None:
@@ -297,7 +330,9 @@ class CurateAtomsWidget(Container):
         if image is None or self._layer is None:
             notify_error("Curate: choose an image and its Atoms layer first")
             return
-        atoms = _atoms_table(self._layer)
+        if not self._aligned("suggest atoms"):
+            return
+        atoms = _layers.atoms_table(self._layer)
         try:
             found = suggest_missing_sites(image, atoms)
         except ValueError as err:
@@ -374,9 +409,10 @@ class CurateAtomsWidget(Container):
         if "source" in new:
             new["source"] = "manual"
         if "fit_ok" in new:
-            new["fit_ok"] = True
+            new["fit_ok"] = False  # not fitted (yet): snapping fits them below
         if "fit_status" in new:
             new["fit_status"] = "suggested"
+        before = len(layer.data)
         data = np.concatenate([layer.data, rows[["y", "x"]].to_numpy(float)])
         self._set(
             layer,
@@ -385,6 +421,8 @@ class CurateAtomsWidget(Container):
                 [feats, new.astype(feats.dtypes.to_dict(), errors="ignore")], ignore_index=True
             ),
         )
+        if self._snap.value:  # accepted sites are fitted like atoms added by hand
+            self._snap_points(list(range(before, len(data))))
         self._count("accepted", len(rows))
         self._last = _snapshot(layer)
         self._sync_boxes()
@@ -400,6 +438,11 @@ class CurateAtomsWidget(Container):
         self._current = min(self._current, len(sugg.data) - 1)
         i = self._current
         sugg.selected_data = {i}
+        # the current one stands out (selection is drawn only on the active layer)
+        current = np.arange(len(sugg.data)) == i
+        magenta, yellow = [[1.0, 0.2, 0.8, 1.0]], [[1.0, 1.0, 0.0, 1.0]]
+        sugg.border_color = np.where(current[:, None], magenta, yellow)
+        sugg.border_width = np.where(current, 0.35, 0.2)
         world = sugg.data_to_world(sugg.data[i])
         self._viewer.camera.center = tuple(world)
         rel = sugg.features["relative_amplitude"].iloc[i]
@@ -409,6 +452,17 @@ class CurateAtomsWidget(Container):
         )
 
     # -- helpers ------------------------------------------------------------------------------
+    def _aligned(self, what: str) -> bool:
+        """Tell whether the Atoms layer lies on the image's pixels; say so when it does not."""
+        image = self._image.value
+        if image is None or self._layer is None or _layers.same_geometry(self._layer, image):
+            return True
+        self._status.value = (
+            f"Cannot {what}: '{self._layer.name}' has another scale or offset than "
+            f"'{image.name}' (give it the image's scale and translate)."
+        )
+        return False
+
     def _analysis_image(self) -> np.ndarray | None:
         layer = self._image.value
         if layer is None:
@@ -439,7 +493,7 @@ class CurateAtomsWidget(Container):
             prov = dict(layer.metadata.get(METADATA_KEY, {}))
             path = export_labels(
                 as_analysis_image(frame, rgb=image.rgb),
-                _atoms_table(layer),
+                _layers.atoms_table(layer, image),
                 folder,
                 name=name,
                 tiles=int(self._tile_size.value) if self._tiles.value else None,
@@ -482,21 +536,13 @@ class CurateAtomsWidget(Container):
         boxes = _layers.boxes_shapes(atoms, image_layer, record)
         if boxes is not None:
             _layers.replace_layer(self._viewer, boxes)
-        self._image.value = image_layer
-        self._select_atoms_for_image()
+        self._image.value = image_layer  # which picks its Atoms layer too
         self._status.value = f"Imported {len(atoms)} atoms ({info['format']}) from {path}"
         return image_layer
 
 
 def _snapshot(layer: Any) -> tuple[np.ndarray, pd.DataFrame]:
     return layer.data.copy(), layer.features.copy()
-
-
-def _atoms_table(layer: Any) -> pd.DataFrame:
-    table = layer.features.copy().reset_index(drop=True)
-    table["y"] = layer.data[:, -2]
-    table["x"] = layer.data[:, -1]
-    return table
 
 
 def _spacing(points: np.ndarray) -> float | None:

@@ -202,7 +202,10 @@ class DetectAtomsWidget(JobWidget):
             }
 
         self._start_job(
-            compute, lambda out: self._show(layer, out), status=f"Detecting atoms in {layer.name}…"
+            compute,
+            lambda out: self._show(layer, out, index),
+            status=f"Detecting atoms in {layer.name}…",
+            needs=layer,
         )
 
     def _on_refine_points(self, *_: Any) -> None:
@@ -216,9 +219,15 @@ class DetectAtomsWidget(JobWidget):
             return
         atoms_layer = self._viewer.layers[name]
         try:
-            frame, _ = current_frame(self._viewer, layer)
+            # the frame the atoms were detected in, whichever frame is shown now
+            recorded = provenance_of(atoms_layer).get("frame")
+            if recorded is not None and len(recorded) == layer.data.ndim - 2 and not layer.rgb:
+                index = tuple(int(i) for i in recorded)
+                frame = np.asarray(layer.data[index])
+            else:
+                frame, index = current_frame(self._viewer, layer)
             image = as_analysis_image(frame, rgb=layer.rgb).astype(float)
-        except InvalidImageError as err:
+        except (InvalidImageError, IndexError) as err:
             notify_error(f"Refine: {err}")
             return
         table = atoms_layer.features.copy().reset_index(drop=True)
@@ -245,11 +254,12 @@ class DetectAtomsWidget(JobWidget):
         atoms_layer.data = data
         atoms_layer.features = table
         atoms_layer.face_color = _layers.atom_colours(table)
+        where = f" (on frame {_frame_text(index)}, where they were detected)" if index else ""
         self._status.value = (
-            f"Refined {len(refined)} atom(s): {int(refined['fit_ok'].sum())} fits ok"
+            f"Refined {len(refined)} atom(s): {int(refined['fit_ok'].sum())} fits ok{where}"
         )
 
-    def _show(self, layer: napari.layers.Image, out: dict[str, Any]) -> None:
+    def _show(self, layer: napari.layers.Image, out: dict[str, Any], index: tuple = ()) -> None:
         if out["boxes"] is not None:
             _layers.replace_layer(self._viewer, out["boxes"])
         else:
@@ -266,9 +276,15 @@ class DetectAtomsWidget(JobWidget):
         told = "; contrast told by the model" if out.get("by_model") else ""
         self._status.value = (
             f"{out['n']} {contrast}atoms in {layer.name}"
+            + (f", frame {_frame_text(index)}" if index else "")
             + (f" ({seconds:.2f} s on {out['device'].upper()}{dropped}{told})" if seconds else "")
             + (f"; {out['precision']}" if out.get("precision") else "")
         )
+
+
+def _frame_text(index: tuple) -> str:
+    """Write a stack position for people: ``3`` for one leading axis, ``(1, 3)`` for more."""
+    return str(index[0]) if len(index) == 1 else str(tuple(index))
 
 
 def provenance_of(layer: Any) -> dict[str, Any]:

@@ -66,8 +66,12 @@ class JobWidget(Container):
         status: str,
         on_progress: Callable[[tuple], None] | None = None,
         activity: bool = True,
+        needs: Any = None,
     ) -> None:
         """Run ``compute(progress=..., cancelled=...)`` in a worker; ``on_result`` on the GUI.
+
+        ``needs`` is the layer the results belong to (the image analysed): when it was removed
+        from the viewer while the job ran, the results are dropped instead of added as orphans.
 
         ``on_progress`` gets every progress report ``(done, total, *extra)`` on the GUI thread.
         The progress goes to the dock's own bar when it has one, else to napari's activity bar
@@ -88,6 +92,8 @@ class JobWidget(Container):
         def deliver(result: Any) -> None:
             if stop.is_set():
                 self._on_error(InterruptedError("cancelled"))
+            elif needs is not None and needs not in self._viewer.layers:
+                self._status.value = f"'{needs.name}' was closed while running; nothing added."
             else:
                 on_result(result)
 

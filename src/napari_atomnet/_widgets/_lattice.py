@@ -15,6 +15,7 @@ from ..core.refine import error_text
 from . import _layers
 from ._common import (
     current_frame,
+    follow_atoms_layer,
     image_layers,
     notify_error,
     pixel_size_of,
@@ -51,13 +52,6 @@ def drawn_shapes_layers(viewer: napari.Viewer) -> list[tuple[str, Any]]:
     ]
 
 
-def _image_px(shapes: napari.layers.Shapes, image: napari.layers.Image, vertices: Any) -> Any:
-    """Vertices of a shape (its data coordinates) as (y, x) pixels of the image."""
-    return np.array(
-        [image.world_to_data(shapes.data_to_world(v))[-2:] for v in np.asarray(vertices)]
-    )
-
-
 def _ellipse_polygon(corners: np.ndarray, n: int = 64) -> np.ndarray:
     # napari stores an ellipse as the four corners of its bounding box, in order
     centre = corners.mean(axis=0)
@@ -86,7 +80,7 @@ def region_polygons(shapes: napari.layers.Shapes, image: napari.layers.Image) ->
                 f"'{shapes.name}' holds a {kind}; a region is drawn as rectangles, polygons or "
                 "ellipses"
             )
-        px = _image_px(shapes, image, vertices)
+        px = _layers.image_pixels(shapes, image, vertices)
         polygons.append(_ellipse_polygon(px) if kind == "ellipse" else px)
     return polygons
 
@@ -105,19 +99,8 @@ def drawn_basis(shapes: napari.layers.Shapes, image: napari.layers.Image) -> tup
             f"draw the lattice vectors a and b as two lines in '{shapes.name}' "
             f"(it has {len(lines)})"
         )
-    ends = [_image_px(shapes, image, line) for line in lines[:2]]
+    ends = [_layers.image_pixels(shapes, image, line) for line in lines[:2]]
     return ends[0][-1] - ends[0][0], ends[1][-1] - ends[1][0]
-
-
-def atoms_from_layer(layer: napari.layers.Points) -> pd.DataFrame:
-    """Return the atoms table of a Points layer: features, with positions from its data.
-
-    Positions come from ``layer.data`` so points the user moved or added by hand count.
-    """
-    table = layer.features.copy().reset_index(drop=True)
-    table["y"] = layer.data[:, -2]
-    table["x"] = layer.data[:, -1]
-    return table
 
 
 class LatticeWidget(JobWidget):
@@ -192,16 +175,7 @@ class LatticeWidget(JobWidget):
         for event in (viewer.layers.events.inserted, viewer.layers.events.removed):
             for combo in (self._image, self._atoms, self._reference, self._basis):
                 event.connect(combo.reset_choices)
-        self._select_atoms_for_image()
-        self._image.changed.connect(self._select_atoms_for_image)
-
-    def _select_atoms_for_image(self, *_: Any) -> None:
-        image = self._image.value
-        if image is None:
-            return
-        name = _layers.layer_name("Atoms", image.name)
-        if name in self._viewer.layers:
-            self._atoms.value = self._viewer.layers[name]
+        follow_atoms_layer(viewer, self._image, self._atoms)
 
     # -- drawing a reference region or the lattice vectors ----------------------------------
     def _drawing_layer(self, kind: str, mode: str, combo: ComboBox) -> None:
@@ -243,7 +217,7 @@ class LatticeWidget(JobWidget):
         try:
             frame, _ = current_frame(self._viewer, layer)
             image = as_analysis_image(frame, rgb=layer.rgb)
-            atoms = atoms_from_layer(atoms_layer)
+            atoms = _layers.atoms_table(atoms_layer, layer)  # in the image's pixels
             if len(atoms) < 4:
                 raise ValueError(
                     f"{atoms_layer.name} has {len(atoms)} points; a lattice needs at least 4"
@@ -286,13 +260,17 @@ class LatticeWidget(JobWidget):
                 provenance["basis_layer"] = basis_layer.name
             return {
                 "lattice": lattice,
+                "atoms_layer": atoms_layer.name,
                 "layers": build_lattice_layers(
                     lattice, layer, provenance, scale=scale, component=component
                 ),
             }
 
         self._start_job(
-            compute, lambda out: self._show(layer, out), status=f"Building cells for {layer.name}…"
+            compute,
+            lambda out: self._show(layer, out),
+            status=f"Building cells for {layer.name}…",
+            needs=layer,
         )
 
     def _show(self, layer: napari.layers.Image, out: dict[str, Any]) -> None:
@@ -310,8 +288,10 @@ class LatticeWidget(JobWidget):
         a, b = out["lattice"].a, out["lattice"].b
         precision = error_text("displacements", *displacement_precision(out["lattice"].cells))
         region = self._reference.value
+        atoms_name = out.get("atoms_layer", "")
         self._status.value = (
-            f"{info['n_cells']} cells ({info['n_cells_ok']} ok, {info['n_distorted']} distorted); "
+            f"{info['n_cells']} cells from '{atoms_name}' ({info['n_cells_ok']} ok, "
+            f"{info['n_distorted']} distorted); "
             f"|a| = {np.hypot(*a):.2f} px, |b| = {np.hypot(*b):.2f} px"
             + (f"; {precision}" if precision else "")
             + (

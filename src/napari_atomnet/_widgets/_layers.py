@@ -36,6 +36,45 @@ def geometry(image_layer: napari.layers.Image) -> dict[str, Any]:
     }
 
 
+def same_geometry(layer: Any, image_layer: Any) -> bool:
+    """Tell whether a layer's (y, x) data coordinates are the image's pixels.
+
+    True when both map their last two axes to the world alike (scale, translate, rotation,
+    shear): then the layer's data can be used on the image array as it is.
+    """
+    probe = ((0.0, 0.0), (1.0, 0.0), (0.0, 1.0))
+    here = [np.asarray(layer.data_to_world(p), float)[-2:] for p in probe]
+    there = [np.asarray(image_layer.data_to_world(p), float)[-2:] for p in probe]
+    return bool(np.allclose(here, there, rtol=1e-9, atol=1e-9))
+
+
+def image_pixels(layer: Any, image_layer: Any, coords: Any) -> np.ndarray:
+    """Return positions in a layer's data coordinates as (y, x) pixels of an image layer.
+
+    Through world coordinates, so a layer drawn or loaded at another scale or offset than the
+    image (e.g. points in nm over an image in pixels) lands where it is shown.
+    """
+    coords = np.asarray(coords, dtype=float).reshape(-1, np.asarray(coords).shape[-1])
+    if same_geometry(layer, image_layer):
+        return coords[:, -2:].copy()
+    return np.array(
+        [image_layer.world_to_data(layer.data_to_world(c))[-2:] for c in coords], dtype=float
+    ).reshape(-1, 2)
+
+
+def atoms_table(layer: Any, image_layer: Any = None) -> pd.DataFrame:
+    """Return the atoms table of a Points layer: features, with positions from its data.
+
+    Positions come from ``layer.data`` so points the user moved or added by hand count; with
+    ``image_layer`` they are given in that image's pixels (:func:`image_pixels`).
+    """
+    table = layer.features.copy().reset_index(drop=True)
+    yx = layer.data[:, -2:] if image_layer is None else image_pixels(layer, image_layer, layer.data)
+    table["y"] = yx[:, 0] if len(yx) else np.empty(0)
+    table["x"] = yx[:, 1] if len(yx) else np.empty(0)
+    return table
+
+
 def atoms_points(
     atoms: pd.DataFrame,
     image_layer: napari.layers.Image,

@@ -190,6 +190,7 @@ class SegmentParticlesWidget(JobWidget):
             compute,
             lambda out: self._show(layer, out),
             status=f"Segmenting particles in {layer.name}…",
+            needs=layer,
         )
 
     def _show(self, image_layer: napari.layers.Image, out: dict[str, Any]) -> None:

@@ -16,6 +16,8 @@ from ._job import JobWidget
 if TYPE_CHECKING:
     import napari
 
+#: Kind of the result layer: ``Sequence atoms (<image>)``.
+SEQUENCE_ATOMS = "Sequence atoms"
 CLASSICAL_LABEL = "Classical (Gaussian filter)"
 CUSTOM = "Custom .onnx…"
 DRIFT_CHOICES = [
@@ -39,10 +41,11 @@ def stack_layers(viewer: napari.Viewer) -> list[tuple[str, Any]]:
 class SequenceWidget(JobWidget):
     """Detect and refine atoms in every frame of a T×Y×X stack, estimate drift, link sites.
 
-    Result: one Points layer ``Atoms (<image>)`` with (frame, y, x) coordinates on the stack and
-    features ``frame``, ``site``, ``occupancy``, ``events``, the drift-corrected ``y_corr``,
-    ``x_corr`` and the fit values; points are coloured by their site's occupancy.  Running again
-    replaces it.  The current frame alone is analysed by the Detect atoms widget.
+    Result: one Points layer ``Sequence atoms (<image>)`` with (frame, y, x) coordinates on the
+    stack and features ``frame``, ``site``, ``occupancy``, ``events``, the drift-corrected
+    ``y_corr``, ``x_corr`` and the fit values; points are coloured by their site's occupancy.
+    Running again replaces it.  The current frame alone is analysed by the Detect atoms widget,
+    into ``Atoms (<image>)``: the two results live side by side.
     """
 
     job_name = "Sequence"
@@ -151,6 +154,7 @@ class SequenceWidget(JobWidget):
             compute,
             lambda result: self._show(layer, result),
             status=f"Analysing {stack.shape[0]} frames of {layer.name}…",
+            needs=layer,
         )
 
     def _show(self, layer: napari.layers.Image, result: Any) -> None:
@@ -169,7 +173,7 @@ class SequenceWidget(JobWidget):
 
 
 def sequence_points(result: Any, image_layer: napari.layers.Image) -> Any:
-    """Build the ``Atoms (<image>)`` Points layer of a sequence: (frame, y, x), by occupancy."""
+    """Build a sequence's ``Sequence atoms (<image>)`` Points layer: (frame, y, x), by occupancy."""
     from napari.layers import Points
 
     atoms = result.atoms.reset_index(drop=True)
@@ -188,7 +192,7 @@ def sequence_points(result: Any, image_layer: napari.layers.Image) -> Any:
     return Points(
         coords if len(atoms) else np.empty((0, 3)),
         ndim=3,
-        name=_layers.layer_name("Atoms", image_layer.name),
+        name=_layers.layer_name(SEQUENCE_ATOMS, image_layer.name),
         features=atoms,
         border_color="black",
         border_width=0.1,

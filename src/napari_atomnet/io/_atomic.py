@@ -12,6 +12,9 @@ from pathlib import Path
 class ExportExistsError(FileExistsError):
     """Raised when an export would overwrite an existing file without permission."""
 
+    def __init__(self, path: str | os.PathLike, why: str = "choose another name") -> None:
+        super().__init__(f"{path} exists; {why} (nothing was overwritten)")
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, *, overwrite: bool = False) -> Iterator[Path]:
@@ -47,7 +50,7 @@ def atomic_path(path: str | os.PathLike, *, overwrite: bool = False) -> Iterator
     """
     path = Path(path)
     if path.exists() and not overwrite:
-        raise ExportExistsError(f"{path} exists; choose another name or allow overwriting")
+        raise ExportExistsError(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     os.close(fd)
@@ -67,12 +70,10 @@ def _move_no_clobber(tmp: Path, path: Path) -> None:
     try:
         os.link(tmp, path)
     except FileExistsError as err:
-        raise ExportExistsError(f"{path} exists; choose another name or allow overwriting") from err
+        raise ExportExistsError(path) from err
     except OSError:  # file systems without hard links
         if path.exists():
-            raise ExportExistsError(
-                f"{path} exists; choose another name or allow overwriting"
-            ) from None
+            raise ExportExistsError(path) from None
         os.replace(tmp, path)
 
 

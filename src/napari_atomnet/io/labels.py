@@ -494,13 +494,11 @@ def _check_target(target: Path, *, overwrite: bool) -> None:
     if not (target.exists() or target.is_symlink()):
         return
     if not overwrite:
-        raise ExportExistsError(f"{target} exists; choose another name or allow overwriting")
+        raise ExportExistsError(target)
     if target.is_symlink() or not target.is_dir():
-        raise ExportExistsError(f"{target} exists and is not an export folder; not replacing it")
+        raise ExportExistsError(target, "it is not an export folder, so it is not replaced")
     if any(target.iterdir()) and not _is_export(target):
-        raise ExportExistsError(
-            f"{target} is not a napari-atomnet label export; refusing to replace it"
-        )
+        raise ExportExistsError(target, "it is not a napari-atomnet label export; not replaced")
 
 
 def _move_into_place(tmp: Path, target: Path, *, overwrite: bool) -> None:
@@ -519,9 +517,7 @@ def _move_into_place(tmp: Path, target: Path, *, overwrite: bool) -> None:
         os.rename(tmp, target)  # fails if a non-empty folder appeared meanwhile
     except OSError as err:
         if target.exists():
-            raise ExportExistsError(
-                f"{target} exists; choose another name or allow overwriting"
-            ) from err
+            raise ExportExistsError(target) from err
         raise
 
 
@@ -900,7 +896,7 @@ def write_atoms_csv(
     if not overwrite:
         for p in (path, json_path) if provenance is not None else (path,):
             if p.exists():
-                raise ExportExistsError(f"{p} exists; choose another name or allow overwriting")
+                raise ExportExistsError(p)
     with atomic_path(path, overwrite=overwrite) as tmp:
         table.to_csv(tmp, index=False)
     if provenance is not None:

@@ -54,7 +54,7 @@ def write_csv(
     if not overwrite:
         for p in (path, json_path) if provenance is not None else (path,):
             if p.exists():
-                raise ExportExistsError(f"{p} exists; choose another name or allow overwriting")
+                raise ExportExistsError(p)
     columns = _text_columns(table, float_format)
     with atomic_path(path, overwrite=overwrite) as tmp:
         if columns is None:  # nullable / categorical / date columns: pandas formats them

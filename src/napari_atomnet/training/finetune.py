@@ -1096,8 +1096,7 @@ def _check_free(out: Path, name: str, overwrite: bool) -> None:
     taken = [out / f"{name}{s}" for s in _SUFFIXES if (out / f"{name}{s}").exists()]
     if taken:
         raise ValueError(
-            f"a model named {name!r} exists already in {out} ({taken[0].name}); choose another "
-            "name or allow overwriting"
+            f"a model named {name!r} exists already in {out} ({taken[0].name}); choose another name"
         )
 
 
