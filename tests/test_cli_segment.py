@@ -54,11 +54,22 @@ def test_segment_writes_table_labels_and_provenance(particle_file, tmp_path, cap
     assert sorted(np.unique(lab.data[lab.data > 0]).tolist()) == table["label"].tolist()
     # most true particles are found
     assert abs(len(table) - len(sim.particles)) <= 0.15 * len(sim.particles)
-    assert "particles" in capsys.readouterr().out
+    printed = capsys.readouterr()
+    assert "particles" in printed.out and "warning" not in printed.err
     # an explicit pixel size wins over the file's
     out2 = tmp_path / "q.csv"
     _run(["segment", str(path), "--out", str(out2), "--pixel-size", "0.5"])
     np.testing.assert_allclose(read_csv(out2)["area_nm2"], table["area_px"] * 0.25, rtol=1e-3)
+
+
+def test_atom_sized_particles_are_flagged(tmp_path, capsys):
+    """An atomic-resolution image segmented by mistake: its columns come out as 'particles'."""
+    sim = synth.perovskite_haadf((192, 192), spacing=20, dose=300, seed=901_235)
+    path = tmp_path / "haadf.tif"
+    write_tiff(path, np.round(sim.image).astype(np.uint16), pixel_size_nm=0.0165)
+    assert _run(["segment", str(path), "--out", str(tmp_path / "a.csv")]) == 0
+    err = capsys.readouterr().err
+    assert "atomnet segment: warning:" in err and "the size of atoms" in err
 
 
 def test_uncalibrated_image_has_no_nm_columns(tmp_path):

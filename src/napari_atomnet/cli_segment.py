@@ -8,6 +8,7 @@ command prints it as one line and exits with code 2.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -134,4 +135,7 @@ def run_segment(args: argparse.Namespace) -> int:
         std = "" if not np.isfinite(d["std"]) else f" ± {d['std']:.3g}"
         line += f"; D = {d['mean']:.3g}{std} {unit} (n = {int(d['n'])})"
     print(f"{line} -> {out}" + (f", {labels_path}" if labels_path else ""))
+    warning = result.size_warning()
+    if warning:
+        print(f"atomnet segment: warning: {warning}", file=sys.stderr)
     return 0

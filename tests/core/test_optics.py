@@ -57,3 +57,6 @@ def test_bad_input_is_refused():
         fit_imaging_conditions(sim.image[:40], truth, 0.12)
     with pytest.raises(ValueError, match="voltage"):
         fit_imaging_conditions(sim.image, truth, 0.12, voltage_kv=5.0)
+    # atoms that are not graphene's at this sampling (the pixel size off by a factor 2)
+    with pytest.raises(ValueError, match="matched on graphene only"):
+        fit_imaging_conditions(sim.image, truth, 0.24)

@@ -69,6 +69,12 @@ def test_table_of_known_discs_and_square():
     np.testing.assert_allclose(t["circularity"][:2], 1.0, atol=0.04)
     assert np.pi / 4 < t["circularity"][2] < 0.92
     assert t["touches_border"].tolist() == [False, False, True]
+    # a 4 px disc between pixels: its estimate, 4 pi S / P^2 = 1.064, is capped at a disc's 1
+    small = np.zeros((20, 20), np.int32)
+    small[_disc(small.shape, 10.5, 10.5, 4)] = 1
+    perimeter = particle_table(small)["perimeter_px"][0]
+    assert 4 * np.pi * (small == 1).sum() / perimeter**2 > 1.05
+    assert particle_table(small)["circularity"][0] == 1.0
     # calibrated columns
     np.testing.assert_allclose(t["equivalent_diameter_nm"], t["equivalent_diameter_px"] * 0.25)
     np.testing.assert_allclose(t["area_nm2"], t["area_px"] * 0.0625)

@@ -157,6 +157,15 @@ def test_uncalibrated_image_and_typed_pixel_size(make_napari_viewer, qtbot):
     )
 
 
+def test_atom_sized_particles_are_flagged(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-atomnet", "perovskite_haadf")  # atomic resolution, calibrated
+    w = SegmentParticlesWidget(viewer)
+    w._image.value = viewer.layers["perovskite_haadf"]
+    _run(qtbot, w)
+    assert "the size of atoms" in w._status.value
+
+
 def test_bad_input_notifies_and_changes_nothing(make_napari_viewer):
     viewer = make_napari_viewer()
     rgb = viewer.add_image(np.random.default_rng(0).random((64, 64, 3)), name="photo", rgb=True)

@@ -184,7 +184,12 @@ class SegmentParticlesWidget(JobWidget):
             )
             if index:
                 provenance["frame"] = list(index)
-            return {"labels": result.labels, "table": result.table, "provenance": provenance}
+            return {
+                "labels": result.labels,
+                "table": result.table,
+                "provenance": provenance,
+                "warning": result.size_warning(),
+            }
 
         self._start_job(
             compute,
@@ -213,6 +218,9 @@ class SegmentParticlesWidget(JobWidget):
             if seconds
             else image_layer.name
         )
+        if out.get("warning"):
+            self._status.value += f". Note: {out['warning']}."
+            notify_info(f"Segment particles: {out['warning']}")
         self._update_views(table)
 
     # -- following label edits ------------------------------------------------------------------

@@ -31,6 +31,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from scipy import fft as sfft
 from scipy.ndimage import binary_dilation, gaussian_filter
+from scipy.spatial import cKDTree
 
 __all__ = ["ConditionsFit", "fit_imaging_conditions"]
 
@@ -43,6 +44,9 @@ MARGIN = 32
 DELTA = 0.005
 #: Graphene's C-C bond, Å: the scale below which the match looks.
 BOND_ANGSTROM = 1.42
+#: Largest relative difference between the detected atoms' spacing and graphene's bond accepted
+#: by :func:`fit_imaging_conditions` (a pixel size off by that much, or another material).
+BOND_TOLERANCE = 0.3
 
 
 @dataclass
@@ -191,6 +195,20 @@ def fit_imaging_conditions(
     if int(core.sum()) < 30:
         raise ValueError(
             f"{int(core.sum())} atoms in the matched centre of the image; at least 30 are needed"
+        )
+    # the candidate images are of graphene: atoms much further apart or closer are another
+    # material or a wrong pixel size, and any "best match" would mean nothing
+    nn = cKDTree(yx).query(yx[core], k=2)[0][:, 1]
+    bond_found = float(np.median(nn)) * px
+    if (
+        not (1 - BOND_TOLERANCE) * BOND_ANGSTROM
+        <= bond_found
+        <= (1 + BOND_TOLERANCE) * BOND_ANGSTROM
+    ):
+        raise ValueError(
+            f"the atoms found lie {bond_found:.2f} Å apart (median nearest neighbour at "
+            f"{px:g} Å/px), graphene's {BOND_ANGSTROM} Å: conditions are matched on graphene "
+            "only; check the pixel size"
         )
     spectrum = sfft.fft2(np.exp(1j * projected_phase(grid, local[inside], px)))
     bond = BOND_ANGSTROM / px

@@ -48,6 +48,9 @@ DEFAULT_SEGMENTER = "atomnet-particles"
 
 #: Percentiles clipped before the mean and standard deviation are taken (hot pixels, zingers).
 CLIP_PERCENTILES = (0.1, 99.9)
+#: Median particle diameter (nm) below which a segmentation is flagged as atoms: the smallest
+#: metal clusters (e.g. Au13) are about 0.8 nm across, a single atom's image 0.1-0.3 nm.
+SMALLEST_PARTICLE_NM = 0.5
 
 ProgressCallback = Callable[[int, int], None]
 
@@ -115,6 +118,22 @@ class Segmentation:
     card: ModelCard
     device: str
     params: dict[str, Any] = field(default_factory=dict)
+
+    def size_warning(self) -> str | None:
+        """Say so when the "particles" are atom-sized (calibrated images only); else None.
+
+        On an atomic-resolution image the segmenter outlines the atom columns as particles a
+        few ångström across, whose sizes mean nothing.
+        """
+        if "equivalent_diameter_nm" not in self.table or len(self.table) < 10:
+            return None
+        d = float(np.median(self.table["equivalent_diameter_nm"]))
+        if d >= SMALLEST_PARTICLE_NM:
+            return None
+        return (
+            f"the {len(self.table)} particles found are {d:.2g} nm across (median): the size of "
+            "atoms, not of nanoparticles; on an atomic-resolution image use Detect atoms"
+        )
 
     def statistics(self, *, include_border: bool = False) -> pd.DataFrame:
         """Return the size statistics without the border particles.
