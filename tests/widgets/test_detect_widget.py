@@ -93,6 +93,7 @@ def test_bad_input_notifies_and_changes_nothing(make_napari_viewer, tmp_path):
         widget._image.value = layer
         widget._run.native.click()
         assert message in _errors()[-1]
+        assert widget._status.value == _errors()[-1]  # not an older run's result
     assert [layer.name for layer in viewer.layers] == before
     assert widget._worker is None and widget._run.enabled
 

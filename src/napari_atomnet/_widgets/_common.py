@@ -97,6 +97,16 @@ def notify_error(message: str) -> None:
     show_error(message)
 
 
+def refuse(status: Any, message: str) -> None:
+    """Refuse an action: an error notification, and the dock's status line says why.
+
+    The status line would otherwise still show the previous result, as if the refused run
+    had produced it.
+    """
+    notify_error(message)
+    status.value = message
+
+
 def notify_info(message: str) -> None:
     """Show an information notification in napari."""
     from napari.utils.notifications import show_info

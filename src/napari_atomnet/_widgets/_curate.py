@@ -43,9 +43,9 @@ from ._common import (
     current_frame,
     follow_atoms_layer,
     image_layers,
-    notify_error,
     notify_info,
     pixel_size_of,
+    refuse,
     when_undocked,
 )
 from ._lattice import points_layers
@@ -328,7 +328,7 @@ class CurateAtomsWidget(Container):
 
         image = self._analysis_image()
         if image is None or self._layer is None:
-            notify_error("Curate: choose an image and its Atoms layer first")
+            self._refuse("Curate: choose an image and its Atoms layer first")
             return
         if not self._aligned("suggest atoms"):
             return
@@ -336,7 +336,7 @@ class CurateAtomsWidget(Container):
         try:
             found = suggest_missing_sites(image, atoms)
         except ValueError as err:
-            notify_error(f"Suggest missing atoms: {err}")
+            self._refuse(f"Suggest missing atoms: {err}")
             return
         name = _layers.layer_name("Suggestions", self._image.value.name)
         if len(found) == 0:
@@ -384,6 +384,7 @@ class CurateAtomsWidget(Container):
     def _resolve_all(self, *, accept: bool) -> None:
         sugg = self._suggestions()
         if sugg is None or len(sugg.data) == 0:
+            self._status.value = "No suggestions to resolve (Suggest missing atoms first)."
             return
         if accept:
             self._add_atoms(sugg.features)
@@ -452,6 +453,9 @@ class CurateAtomsWidget(Container):
         )
 
     # -- helpers ------------------------------------------------------------------------------
+    def _refuse(self, message: str) -> None:
+        refuse(self._status, message)
+
     def _aligned(self, what: str) -> bool:
         """Tell whether the Atoms layer lies on the image's pixels; say so when it does not."""
         image = self._image.value
@@ -503,7 +507,7 @@ class CurateAtomsWidget(Container):
                 source=image.name,
             )
         except (ValueError, OSError) as err:  # ExportExistsError is an OSError
-            notify_error(f"Export labels: {err}")
+            self._refuse(f"Export labels: {err}")
             return None
         self._status.value = f"Exported {len(layer.data)} atoms to {path}"
         notify_info(f"Labels exported to {path}")
@@ -523,7 +527,7 @@ class CurateAtomsWidget(Container):
             if image is None:
                 raise ValueError(f"{path}: no image found beside the labels")
         except (ValueError, OSError) as err:
-            notify_error(f"Import labels: {err}")
+            self._refuse(f"Import labels: {err}")
             return None
         prov = dict(info.get("provenance") or {})
         name = Path(info.get("image_path") or path).stem

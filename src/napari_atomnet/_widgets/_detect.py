@@ -19,7 +19,6 @@ from ._common import (
     follow_models,
     image_layers,
     model_choices,
-    notify_error,
     notify_info,
     selected_model,
 )
@@ -158,14 +157,14 @@ class DetectAtomsWidget(JobWidget):
 
         layer = self._image.value
         if layer is None:
-            notify_error("Detect atoms: add or choose an image layer first")
+            self._refuse("Detect atoms: add or choose an image layer first")
             return
         try:
             frame, index = current_frame(self._viewer, layer)
             image = as_analysis_image(frame, rgb=layer.rgb)
             card = selected_model(self._model.value, self._custom.value, "detection")
         except (InvalidImageError, ValueError) as err:
-            notify_error(f"Detect atoms: {err}")
+            self._refuse(f"Detect atoms: {err}")
             return
         threshold = float(self._threshold.value)
         refine = bool(self._refine.value)
@@ -215,7 +214,7 @@ class DetectAtomsWidget(JobWidget):
         layer = self._image.value
         name = _layers.layer_name("Atoms", layer.name) if layer is not None else ""
         if layer is None or name not in self._viewer.layers:
-            notify_error("Refine: detect atoms first (no Atoms layer for this image)")
+            self._refuse("Refine: detect atoms first (no Atoms layer for this image)")
             return
         atoms_layer = self._viewer.layers[name]
         try:
@@ -228,7 +227,7 @@ class DetectAtomsWidget(JobWidget):
                 frame, index = current_frame(self._viewer, layer)
             image = as_analysis_image(frame, rgb=layer.rgb).astype(float)
         except (InvalidImageError, IndexError) as err:
-            notify_error(f"Refine: {err}")
+            self._refuse(f"Refine: {err}")
             return
         table = atoms_layer.features.copy().reset_index(drop=True)
         table["y"], table["x"] = atoms_layer.data[:, -2], atoms_layer.data[:, -1]

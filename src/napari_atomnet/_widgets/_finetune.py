@@ -36,7 +36,6 @@ from ._common import (
     follow_models,
     model_choices,
     models_changed,
-    notify_error,
     notify_info,
     pixel_size_of,
 )
@@ -337,13 +336,13 @@ class FineTuneWidget(JobWidget):
 
         layer = self._selected_image()
         if layer is None:
-            notify_error("Fine-tune: select the HRTEM image to match in the layer list")
+            self._refuse("Fine-tune: select the HRTEM image to match in the layer list")
             return
         try:
             frame, _ = current_frame(self._viewer, layer)
             image = as_analysis_image(frame, rgb=layer.rgb)
         except (InvalidImageError, ValueError) as err:
-            notify_error(f"Fine-tune: {err}")
+            self._refuse(f"Fine-tune: {err}")
             return
         self._sampling_from_image()
         pixel_size = float(self._conditions["pixel_size_angstrom"].value)
@@ -461,7 +460,7 @@ class FineTuneWidget(JobWidget):
         try:
             args = self._inputs()
         except ValueError as err:
-            notify_error(f"Fine-tune: {err}")
+            self._refuse(f"Fine-tune: {err}")
             return
         self._reset_views()
 

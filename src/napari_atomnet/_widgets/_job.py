@@ -9,7 +9,7 @@ from typing import Any
 from magicgui.widgets import Container, Label, ProgressBar, PushButton
 from psygnal import Signal
 
-from ._common import notify_error
+from ._common import notify_error, refuse
 from ._worker import progress_generator, start_job
 
 
@@ -48,6 +48,10 @@ class JobWidget(Container):
         self.extend([buttons, *extra, self._status])
         self._run.changed.connect(self._on_run)
         self._cancel.changed.connect(self._on_cancel)
+
+    def _refuse(self, message: str) -> None:
+        """Refuse to run: notify, and say why in the status line."""
+        refuse(self._status, message)
 
     def _show_job_progress(self, item: tuple) -> None:
         """Show a progress report ``(done, total, ...)`` in the dock's own bar."""

@@ -17,7 +17,6 @@ from ._common import (
     current_frame,
     follow_atoms_layer,
     image_layers,
-    notify_error,
     pixel_size_of,
 )
 from ._job import JobWidget
@@ -182,7 +181,7 @@ class LatticeWidget(JobWidget):
         """Add (or reuse) a Shapes layer over the image, select it in ``mode`` and in ``combo``."""
         image = self._image.value
         if image is None:
-            notify_error("Lattice: choose an image first")
+            self._refuse("Lattice: choose an image first")
             return
         name = _layers.layer_name(kind, image.name)
         if name in self._viewer.layers:
@@ -212,7 +211,7 @@ class LatticeWidget(JobWidget):
 
         layer, atoms_layer = self._image.value, self._atoms.value
         if layer is None or atoms_layer is None:
-            notify_error("Lattice: choose an image and its Atoms layer (run Detect atoms first)")
+            self._refuse("Lattice: choose an image and its Atoms layer (run Detect atoms first)")
             return
         try:
             frame, _ = current_frame(self._viewer, layer)
@@ -228,7 +227,7 @@ class LatticeWidget(JobWidget):
             if basis is not None:
                 check_basis(basis)
         except (InvalidImageError, ValueError) as err:
-            notify_error(f"Lattice: {err}")
+            self._refuse(f"Lattice: {err}")
             return
         pixel_size = pixel_size_of(layer)
         params = {

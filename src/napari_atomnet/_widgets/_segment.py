@@ -17,7 +17,6 @@ from ._common import (
     current_frame,
     follow_models,
     image_layers,
-    notify_error,
     notify_info,
     pixel_size_of,
 )
@@ -154,14 +153,14 @@ class SegmentParticlesWidget(JobWidget):
 
         layer = self._image.value
         if layer is None:
-            notify_error("Segment particles: add or choose an image layer first")
+            self._refuse("Segment particles: add or choose an image layer first")
             return
         try:
             frame, index = current_frame(self._viewer, layer)
             image = as_analysis_image(frame, rgb=layer.rgb)
             card = self._selected_model()
         except (InvalidImageError, ValueError) as err:
-            notify_error(f"Segment particles: {err}")
+            self._refuse(f"Segment particles: {err}")
             return
         pixel_size = self._pixel_size_nm()
         source = layer.name + (f" frame {index}" if index else "")
@@ -305,11 +304,11 @@ class SegmentParticlesWidget(JobWidget):
 
         layer = self._watched
         if layer is None or layer not in self._viewer.layers:
-            notify_error("Export CSV: segment an image first")
+            self._refuse("Export CSV: segment an image first")
             return
         path = self._csv.value
         if not path or str(path) in ("", ".") or not str(path).lower().endswith(".csv"):
-            notify_error("Export CSV: choose a .csv file name")
+            self._refuse("Export CSV: choose a .csv file name")
             return
         if self._timer.isActive():  # pending edits: measure them first
             self._timer.stop()
@@ -323,7 +322,7 @@ class SegmentParticlesWidget(JobWidget):
         try:
             written = write_csv(table, path, provenance=provenance, overwrite=False)
         except OSError as err:
-            notify_error(f"Export CSV: {err}")
+            self._refuse(f"Export CSV: {err}")
             return
         self._status.value = f"Exported {len(table)} particles to {written}"
         notify_info(f"Exported {len(table)} particles to {written}")

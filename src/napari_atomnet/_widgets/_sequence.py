@@ -9,7 +9,7 @@ from magicgui.widgets import ComboBox, FileEdit, FloatSpinBox
 
 from .._provenance import METADATA_KEY
 from . import _layers
-from ._common import follow_models, notify_error
+from ._common import follow_models
 from ._detect import contrast_combo, follow_card, refine_checkbox
 from ._job import JobWidget
 
@@ -127,14 +127,14 @@ class SequenceWidget(JobWidget):
 
         layer = self._image.value
         if layer is None:
-            notify_error("Sequence: add or choose a T×Y×X image stack first")
+            self._refuse("Sequence: add or choose a T×Y×X image stack first")
             return
         try:
             if layer.rgb or layer.data.ndim != 3:
                 raise ValueError(f"{layer.name} is not a T×Y×X stack")
             detector = self._selected_detector()
         except ValueError as err:
-            notify_error(f"Sequence: {err}")
+            self._refuse(f"Sequence: {err}")
             return
         stack = layer.data
         params = {
