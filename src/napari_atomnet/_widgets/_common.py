@@ -20,6 +20,38 @@ def image_layers(viewer: napari.Viewer) -> list[tuple[str, Any]]:
     return [(layer.name, layer) for layer in viewer.layers if isinstance(layer, Image)]
 
 
+def image_picker(viewer: napari.Viewer, what: str) -> Any:
+    """Return the "Image" picker of a dock: every Image layer, with a tooltip saying ``what``."""
+    from magicgui.widgets import ComboBox
+
+    return ComboBox(
+        label="Image",
+        choices=lambda _w: image_layers(viewer),
+        tooltip=f"The image layer {what} (of a stack: the frame shown now)",
+    )
+
+
+#: Tooltip of every Models picker that lists built-in, fine-tuned and custom models.
+MODEL_TOOLTIP = (
+    "The built-in models, those you fine-tuned or adapted (they appear here at once), or "
+    "'Custom .onnx…' for any napari-atomnet model file"
+)
+
+
+def custom_model_file() -> Any:
+    """Return the file picker shown when the model picker is on "Custom .onnx…"."""
+    from magicgui.widgets import FileEdit
+
+    return FileEdit(
+        label="Model file",
+        filter="*.onnx",
+        mode="r",
+        visible=False,
+        tooltip="A napari-atomnet .onnx model (its card, embedded or beside it as .json, says "
+        "what it does)",
+    )
+
+
 def follow_atoms_layer(viewer: napari.Viewer, image_combo: Any, atoms_combo: Any) -> None:
     """Keep an Atoms picker on ``Atoms (<image>)`` of the picked image.
 
@@ -183,6 +215,36 @@ def follow_models(combo: Any) -> None:
             models_changed.disconnect(refresh)
 
     models_changed.connect(refresh)
+
+
+def plot_style(viewer: napari.Viewer) -> dict[str, Any]:
+    """Return matplotlib rcParams in the colours of the viewer's theme (dark by default).
+
+    Plots in a dock are drawn inside ``matplotlib.rc_context(plot_style(viewer))`` so that they
+    match the window instead of standing out as white cards.
+    """
+    from napari.utils.theme import get_theme
+
+    try:
+        theme = get_theme(viewer.theme)
+    except (KeyError, ValueError):  # e.g. "system" in some versions
+        theme = get_theme("dark")
+    background, panel = theme.background.as_hex(), theme.foreground.as_hex()
+    text, grid = theme.text.as_hex(), theme.highlight.as_hex()
+    return {
+        "figure.facecolor": background,
+        "axes.facecolor": panel,
+        "axes.edgecolor": grid,
+        "axes.labelcolor": text,
+        "axes.titlecolor": text,
+        "text.color": text,
+        "xtick.color": text,
+        "ytick.color": text,
+        "grid.color": grid,
+        "legend.facecolor": panel,
+        "legend.edgecolor": grid,
+        "savefig.facecolor": background,
+    }
 
 
 def pixel_size_of(layer: Any) -> float | None:

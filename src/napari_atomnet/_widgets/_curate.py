@@ -42,7 +42,7 @@ from . import _layers
 from ._common import (
     current_frame,
     follow_atoms_layer,
-    image_layers,
+    image_picker,
     notify_info,
     pixel_size_of,
     refuse,
@@ -74,26 +74,74 @@ class CurateAtomsWidget(Container):
         self._last: tuple[np.ndarray, pd.DataFrame] | None = None
         self._busy = False
         self._current = 0
-        self._image = ComboBox(label="Image", choices=lambda _w: image_layers(viewer))
-        self._atoms = ComboBox(label="Atoms", choices=lambda _w: points_layers(viewer))
-        self._snap = CheckBox(text="Snap added / moved atoms to the peak", value=True)
-        self._undo = PushButton(text=f"Undo ({UNDO_KEY})")
-        self._suggest = PushButton(text="Suggest missing atoms")
-        self._accept_all = PushButton(text="Accept all")
-        self._reject_all = PushButton(text="Reject all")
+        self._image = image_picker(viewer, "being curated (snapping fits on it)")
+        self._atoms = ComboBox(
+            label="Atoms",
+            choices=lambda _w: points_layers(viewer),
+            tooltip="The Points layer you edit (Detect atoms' result for the image)",
+        )
+        self._snap = CheckBox(
+            text="Snap added / moved atoms to the peak",
+            value=True,
+            tooltip="A point you add or move is fitted by a 2D Gaussian and put on the peak "
+            "nearby, unless that peak has an atom already",
+        )
+        self._undo = PushButton(
+            text=f"Undo ({UNDO_KEY})",
+            tooltip=f"Restore the Atoms layer as it was before the last edit ({HISTORY} steps)",
+        )
+        self._suggest = PushButton(
+            text="Suggest missing atoms",
+            tooltip="Lattice sites without an atom that show contrast, to review one by one "
+            f"({ACCEPT_KEY} keep, {REJECT_KEY} junk)",
+        )
+        self._accept_all = PushButton(
+            text="Accept all", tooltip="Add every remaining suggestion to the atoms"
+        )
+        self._reject_all = PushButton(text="Reject all", tooltip="Drop every remaining suggestion")
         self._status = Label(value="")
         self._status.native.setWordWrap(True)
         help_text = Label(
             value=f"Suggestions: {ACCEPT_KEY} keep, {REJECT_KEY} junk (each moves on to the next)."
         )
         help_text.native.setWordWrap(True)
-        self._export_dir = FileEdit(label="Export to", mode="d")
-        self._export_name = LineEdit(label="Export name")
-        self._tiles = CheckBox(text="Also cut tiles", value=False)
-        self._tile_size = SpinBox(label="Tile size (px)", min=32, max=8192, step=32, value=416)
-        self._export = PushButton(text="Export labels")
-        self._import_path = FileEdit(label="Import from", mode="d")
-        self._import = PushButton(text="Import labels")
+        self._export_dir = FileEdit(
+            label="Export to",
+            mode="d",
+            tooltip="Folder in which the export folder is made (for fine-tuning)",
+        )
+        self._export_name = LineEdit(
+            label="Export name",
+            tooltip="Name of the export folder (never written over an existing one)",
+        )
+        self._tiles = CheckBox(
+            text="Also cut tiles",
+            value=False,
+            tooltip="Also write the image and labels cut into tiles (for training tools that "
+            "want fixed-size images)",
+        )
+        self._tile_size = SpinBox(
+            label="Tile size (px)",
+            min=32,
+            max=8192,
+            step=32,
+            value=416,
+            tooltip="Side of the square tiles",
+        )
+        self._export = PushButton(
+            text="Export labels",
+            tooltip="Write the image and the curated atoms as YOLO, Pascal VOC (labelImg) and "
+            "CSV labels, with their provenance",
+        )
+        self._import_path = FileEdit(
+            label="Import from",
+            mode="d",
+            tooltip="An export folder, a labelImg (VOC) or a YOLO label folder",
+        )
+        self._import = PushButton(
+            text="Import labels",
+            tooltip="Open the folder's image with its atoms and boxes as layers",
+        )
         self.extend(
             [
                 self._image,

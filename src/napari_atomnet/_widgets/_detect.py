@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, FileEdit, FloatSpinBox, PushButton
+from magicgui.widgets import CheckBox, ComboBox, FloatSpinBox, PushButton
 
 from .._provenance import METADATA_KEY
 from ..core.image import InvalidImageError, as_analysis_image
@@ -15,9 +15,11 @@ from ..models.registry import ModelCard
 from . import _layers
 from ._common import (
     CUSTOM_MODEL,
+    MODEL_TOOLTIP,
     current_frame,
+    custom_model_file,
     follow_models,
-    image_layers,
+    image_picker,
     model_choices,
     notify_info,
     selected_model,
@@ -93,10 +95,12 @@ class DetectAtomsWidget(JobWidget):
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__(labels=True)
         self._viewer = viewer
-        self._image = ComboBox(label="Image", choices=lambda _w: image_layers(viewer))
-        self._model = ComboBox(label="Model", choices=lambda _w: model_choices("detection"))
+        self._image = image_picker(viewer, "to detect atoms in")
+        self._model = ComboBox(
+            label="Model", choices=lambda _w: model_choices("detection"), tooltip=MODEL_TOOLTIP
+        )
         follow_models(self._model)  # fine-tuned models appear at once
-        self._custom = FileEdit(label="Model file", filter="*.onnx", mode="r", visible=False)
+        self._custom = custom_model_file()
         self._threshold = FloatSpinBox(
             label="Confidence ≥",
             min=0.01,

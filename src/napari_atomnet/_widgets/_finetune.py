@@ -33,11 +33,13 @@ from ..core.image import InvalidImageError, as_analysis_image
 from ._common import (
     CUSTOM_MODEL,
     current_frame,
+    custom_model_file,
     follow_models,
     model_choices,
     models_changed,
     notify_info,
     pixel_size_of,
+    plot_style,
 )
 from ._detect import contrast_combo
 from ._job import JobWidget
@@ -171,7 +173,7 @@ class FineTuneWidget(JobWidget):
             tooltip=BASE_ROLES[LABELS][1],
         )
         follow_models(self._base)
-        self._custom = FileEdit(label="Model file", filter="*.onnx", mode="r", visible=False)
+        self._custom = custom_model_file()
         self._base_note = Label(value="", visible=False)
         self._base_note.native.setWordWrap(True)
         self._base_note.native.setStyleSheet("color: #f0a030;")
@@ -188,7 +190,12 @@ class FineTuneWidget(JobWidget):
             value=300,  # FineTuneConfig().steps (a test keeps them equal)
             tooltip=STEPS_TOOLTIPS[LABELS],
         )
-        self._show_advanced = CheckBox(text="Advanced settings", value=False)
+        self._show_advanced = CheckBox(
+            text="Advanced settings",
+            value=False,
+            tooltip="Show the learning rate, the share of your labels in each batch and the "
+            "number of simulated images mixed in",
+        )
         self._lr = FloatSpinBox(
             label="Learning rate",
             min=1e-6,
@@ -256,17 +263,20 @@ class FineTuneWidget(JobWidget):
 
     # -- construction ---------------------------------------------------------------------------
     def _build_canvas(self) -> None:
+        import matplotlib
         from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
         from matplotlib.figure import Figure
 
-        self._figure = Figure(figsize=(4.0, 3.4), layout="constrained")
-        self._axes = self._figure.subplots()
-        (self._raw_line,) = self._axes.plot(
-            [], [], color="#4c9be8", lw=1.0, alpha=0.6, marker=".", ms=3, label="loss"
-        )
-        (self._mean_line,) = self._axes.plot([], [], color="#f08c28", lw=2.0, label="trend")
+        self._style = plot_style(self._viewer)
+        with matplotlib.rc_context(self._style):
+            self._figure = Figure(figsize=(4.0, 3.0), layout="constrained")
+            self._axes = self._figure.subplots()
+            (self._raw_line,) = self._axes.plot(
+                [], [], color="#4c9be8", lw=1.0, alpha=0.6, marker=".", ms=3, label="loss"
+            )
+            (self._mean_line,) = self._axes.plot([], [], color="#f08c28", lw=2.0, label="trend")
         self._canvas = FigureCanvasQTAgg(self._figure)
-        self._canvas.setMinimumHeight(340)
+        self._canvas.setMinimumHeight(240)  # room for the form above on a laptop screen
         self.native.layout().addWidget(self._canvas)
         self._draw_curve(title="Training loss")
 
@@ -563,6 +573,13 @@ class FineTuneWidget(JobWidget):
         self._draw_curve(title="Training loss")
 
     def _draw_curve(self, *, title: str) -> None:
+        import matplotlib
+
+        with matplotlib.rc_context(self._style):
+            self._plot_curve(title)
+        self._canvas.draw_idle()
+
+    def _plot_curve(self, title: str) -> None:
         ax = self._axes
         x = np.asarray(self._steps_seen, float)
         y = np.asarray(self._losses, float)
@@ -580,7 +597,6 @@ class FineTuneWidget(JobWidget):
         ax.grid(True, alpha=0.3)
         if y.size and not ax.get_legend():
             ax.legend(fontsize=7, loc="upper right")
-        self._canvas.draw_idle()
 
     @property
     def losses(self) -> list[tuple[int, float]]:

@@ -37,8 +37,14 @@ class JobWidget(Container):
 
     def _add_job_controls(self, run_text: str, *extra: Any, job_bar: bool = False) -> None:
         """Append Run / Cancel, the dock's own progress bar (``job_bar``), ``extra``, status."""
-        self._run = PushButton(text=run_text)
-        self._cancel = PushButton(text="Cancel", enabled=False)
+        self._run = PushButton(
+            text=run_text,
+            tooltip="Runs in the background: the viewer stays usable, the progress shows in "
+            "napari's activity bar (or below)",
+        )
+        self._cancel = PushButton(
+            text="Cancel", enabled=False, tooltip="Stop the run; the layers stay as they were"
+        )
         self._status = Label(value="")
         self._status.native.setWordWrap(True)
         buttons = Container(widgets=[self._run, self._cancel], layout="horizontal", labels=False)

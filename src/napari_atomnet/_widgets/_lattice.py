@@ -16,7 +16,7 @@ from . import _layers
 from ._common import (
     current_frame,
     follow_atoms_layer,
-    image_layers,
+    image_picker,
     pixel_size_of,
 )
 from ._job import JobWidget
@@ -117,13 +117,18 @@ class LatticeWidget(JobWidget):
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__(labels=True)
         self._viewer = viewer
-        self._image = ComboBox(label="Image", choices=lambda _w: image_layers(viewer))
+        self._image = image_picker(viewer, "the atoms were found in (B sites are fitted on it)")
         self._atoms = ComboBox(
             label="Atoms",
             choices=lambda _w: points_layers(viewer),
             tooltip="Points layer with the refined atoms (Detect atoms)",
         )
-        self._bsites = CheckBox(text="B sites and displacements", value=True)
+        self._bsites = CheckBox(
+            text="B sites and displacements",
+            value=True,
+            tooltip="Fit the column at the centre of every cell (the B site of a perovskite) "
+            "and its displacement from the centre of the four corners (polarization)",
+        )
         self._tolerance = FloatSpinBox(
             label="Corner tolerance",
             min=0.05,
@@ -140,20 +145,34 @@ class LatticeWidget(JobWidget):
             value=10.0,
             tooltip="Displacement arrows are drawn this many times longer than they are",
         )
-        self._strain = ComboBox(label="Strain map", choices=STRAIN_COMPONENTS, value="exx")
+        self._strain = ComboBox(
+            label="Strain map",
+            choices=STRAIN_COMPONENTS,
+            value="exx",
+            tooltip="Component shown by the Strain layer (one square per cell, red = "
+            "tensile, blue = compressive; rotation in degrees); all four are in its table",
+        )
         self._reference = ComboBox(
             label="Strain reference",
             choices=lambda _w: [(MEDIAN_REFERENCE, None), *drawn_shapes_layers(viewer)],
             tooltip="Strain is measured against the median cell, or against the median of the "
             "cells inside the shapes of a layer (e.g. the substrate)",
         )
-        self._draw_reference = PushButton(text="Draw region")
+        self._draw_reference = PushButton(
+            text="Draw region",
+            tooltip="Add a Shapes layer to draw the reference region in (rectangles, polygons "
+            "or ellipses), e.g. the substrate under a film",
+        )
         self._basis = ComboBox(
             label="Lattice vectors",
             choices=lambda _w: [(FOUND_BASIS, None), *drawn_shapes_layers(viewer)],
             tooltip="Found from the atoms, or the first two lines of a Shapes layer (a, b)",
         )
-        self._draw_basis = PushButton(text="Draw a, b")
+        self._draw_basis = PushButton(
+            text="Draw a, b",
+            tooltip="Add a Shapes layer to draw the lattice vectors a and b as two lines, "
+            "each from an atom to its neighbour",
+        )
         self.extend(
             [
                 self._image,

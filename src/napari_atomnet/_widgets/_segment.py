@@ -14,11 +14,14 @@ from ..core.image import InvalidImageError, as_analysis_image
 from ..core.segment import particle_table, size_statistics
 from . import _layers
 from ._common import (
+    MODEL_TOOLTIP,
     current_frame,
+    custom_model_file,
     follow_models,
-    image_layers,
+    image_picker,
     notify_info,
     pixel_size_of,
+    plot_style,
 )
 from ._job import JobWidget
 
@@ -29,9 +32,9 @@ CUSTOM = "Custom .onnx…"
 KIND = "Particles"
 #: Histograms drawn in the dock: (column stem, title).
 HISTOGRAMS = (
-    ("equivalent_diameter", "Equivalent diameter D"),
-    ("perimeter", "Perimeter P"),
-    ("circularity", "Circularity 4πS/P²"),
+    ("equivalent_diameter", "Equivalent diameter D", "D"),
+    ("perimeter", "Perimeter P", "P"),
+    ("circularity", "Circularity 4πS/P²", "4πS/P²"),
 )
 #: Seconds of quiet after the last label edit before the table is recomputed.
 EDIT_DEBOUNCE_MS = 250
@@ -66,10 +69,10 @@ class SegmentParticlesWidget(JobWidget):
         super().__init__(labels=True)
         self._viewer = viewer
         self._watched: Any = None  # the Particles layer whose edits are followed
-        self._image = ComboBox(label="Image", choices=lambda _w: image_layers(viewer))
-        self._model = ComboBox(label="Model", choices=self._model_choices)
+        self._image = image_picker(viewer, "to segment")
+        self._model = ComboBox(label="Model", choices=self._model_choices, tooltip=MODEL_TOOLTIP)
         follow_models(self._model)
-        self._custom = FileEdit(label="Model file", filter="*.onnx", mode="r", visible=False)
+        self._custom = custom_model_file()
         self._pixel_size = FloatSpinBox(
             label="Pixel size (nm)",
             min=0.0,
@@ -81,11 +84,20 @@ class SegmentParticlesWidget(JobWidget):
         )
         self._pixel_size.native.setDecimals(5)  # atomic-resolution images: 0.01 nm pixels
         self._stats = Label(value="")
-        self._csv = FileEdit(label="CSV file", filter="*.csv", mode="w")
-        self._export = PushButton(text="Export CSV")
+        self._csv = FileEdit(
+            label="CSV file",
+            filter="*.csv",
+            mode="w",
+            tooltip="Where Export CSV writes the particle table (never over an existing file)",
+        )
+        self._export = PushButton(
+            text="Export CSV",
+            tooltip="Write the particle table (with your label edits) and its provenance",
+        )
         self.extend([self._image, self._model, self._custom, self._pixel_size])
         self._add_job_controls("Segment")
         self.extend([self._stats, self._csv, self._export])
+        self._style = plot_style(viewer)
         self._build_canvas()
         self._timer = self._make_timer()
         self._model.changed.connect(self._on_model_changed)
@@ -98,13 +110,15 @@ class SegmentParticlesWidget(JobWidget):
 
     # -- construction ---------------------------------------------------------------------------
     def _build_canvas(self) -> None:
+        import matplotlib
         from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
         from matplotlib.figure import Figure
 
-        self._figure = Figure(figsize=(4.0, 6.0), layout="constrained")
-        self._axes = self._figure.subplots(len(HISTOGRAMS), 1)
+        with matplotlib.rc_context(self._style):
+            self._figure = Figure(figsize=(4.0, 5.0), layout="constrained")
+            self._axes = self._figure.subplots(len(HISTOGRAMS), 1)
         self._canvas = FigureCanvasQTAgg(self._figure)
-        self._canvas.setMinimumHeight(420)
+        self._canvas.setMinimumHeight(300)  # room for the form above on a laptop screen
         self.native.layout().addWidget(self._canvas)
         self._draw_histograms(None)
 
@@ -272,15 +286,24 @@ class SegmentParticlesWidget(JobWidget):
         self.table_updated.emit()
 
     def _draw_histograms(self, table: pd.DataFrame | None) -> None:
+        import matplotlib
+
+        with matplotlib.rc_context(self._style):
+            self._plot_histograms(table)
+        self._canvas.draw_idle()
+
+    def _plot_histograms(self, table: pd.DataFrame | None) -> None:
         inner = None
         if table is not None and len(table):
             inner = table[~table["touches_border"].to_numpy(bool)]
         calibrated = table is not None and "equivalent_diameter_nm" in table
-        for ax, (stem, title) in zip(self._axes, HISTOGRAMS, strict=True):
+        for ax, (stem, title, symbol) in zip(self._axes, HISTOGRAMS, strict=True):
             ax.clear()
             ax.tick_params(labelsize=7)
             if inner is None or len(inner) == 0:
                 ax.set_title(f"{title}: no particles", fontsize=8)
+                ax.set_xticks([])
+                ax.set_yticks([])
                 continue
             col, unit = _column(inner, stem, calibrated)
             v = pd.to_numeric(inner[col], errors="coerce").to_numpy(float)
@@ -290,13 +313,14 @@ class SegmentParticlesWidget(JobWidget):
                 continue
             mean = float(v.mean())
             std = float(v.std(ddof=1)) if v.size > 1 else 0.0
-            ax.hist(v, bins=min(30, max(5, v.size // 3)), color="#4c9be8", edgecolor="white")
+            edges = self._style["figure.facecolor"]
+            ax.hist(v, bins=min(30, max(5, v.size // 3)), color="#4c9be8", edgecolor=edges)
             ax.axvspan(mean - std, mean + std, color="orange", alpha=0.2)
             ax.axvline(mean, color="orange", lw=1.5)
             suffix = f" {unit}" if unit else ""
             ax.set_title(f"{title}: {mean:.3g} ± {std:.2g}{suffix} (n = {v.size})", fontsize=8)
-            ax.set_xlabel(f"{col}", fontsize=7)
-        self._canvas.draw_idle()
+            ax.set_xlabel(f"{symbol} ({unit})" if unit else symbol, fontsize=7)
+            ax.set_ylabel("particles", fontsize=7)
 
     # -- export ---------------------------------------------------------------------------------
     def _on_export(self, *_: Any) -> None:

@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from magicgui.widgets import ComboBox, FileEdit, FloatSpinBox
+from magicgui.widgets import ComboBox, FloatSpinBox
 
 from .._provenance import METADATA_KEY
 from . import _layers
-from ._common import follow_models
+from ._common import MODEL_TOOLTIP, custom_model_file, follow_models
 from ._detect import contrast_combo, follow_card, refine_checkbox
 from ._job import JobWidget
 
@@ -53,16 +53,31 @@ class SequenceWidget(JobWidget):
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__(labels=True)
         self._viewer = viewer
-        self._image = ComboBox(label="Movie", choices=lambda _w: stack_layers(viewer))
-        self._model = ComboBox(label="Model", choices=self._model_choices)
+        self._image = ComboBox(
+            label="Movie",
+            choices=lambda _w: stack_layers(viewer),
+            tooltip="An image stack (T×Y×X): every frame is analysed",
+        )
+        self._model = ComboBox(label="Model", choices=self._model_choices, tooltip=MODEL_TOOLTIP)
         follow_models(self._model)
-        self._custom = FileEdit(label="Model file", filter="*.onnx", mode="r", visible=False)
+        self._custom = custom_model_file()
         self._threshold = FloatSpinBox(
-            label="Confidence ≥", min=0.01, max=0.99, step=0.01, value=0.3
+            label="Confidence ≥",
+            min=0.01,
+            max=0.99,
+            step=0.01,
+            value=0.3,
+            tooltip="Minimum detection confidence (the model's card sets it when picked)",
         )
         self._contrast = contrast_combo()
         self._refine = refine_checkbox()
-        self._drift = ComboBox(label="Drift", choices=DRIFT_CHOICES, value="atoms")
+        self._drift = ComboBox(
+            label="Drift",
+            choices=DRIFT_CHOICES,
+            value="atoms",
+            tooltip="How the stage drift between frames is measured before the atoms of "
+            "different frames are linked into sites",
+        )
         self._radius = FloatSpinBox(
             label="Site radius (px)",
             min=0.0,
