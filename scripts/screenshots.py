@@ -280,7 +280,7 @@ def sequence() -> None:
     viewer.add_image(np.stack(frames), name="movie")
     widget = SequenceWidget(viewer)
     viewer.window.add_dock_widget(widget, name="Sequence")
-    run(widget, viewer, "Atoms (movie)")
+    run(widget, viewer, "Sequence atoms (movie)")
     viewer.dims.set_point(0, n_frames // 2)
     zoom(viewer, 1.0)
     save(viewer, "sequence_widget")
