@@ -239,7 +239,8 @@ def hrtem_spread(models: dict, quick: bool) -> list[dict]:
         polarity = polarity_of(sim)
         bright.append(polarity == "bright")
         for name, card in models.items():
-            found = detect_atoms(sim.image, card, polarity=polarity).table[["y", "x"]]
+            found = detect_atoms(sim.image, card, polarity=polarity, pixel_size_nm=0.012)
+            found = found.table[["y", "x"]]
             f1[name].append(_scored(found.to_numpy(), truth, sim.image.shape, spacing)["f1"])
             auto_right[name] += auto_contrast(sim, card) == "same"
     bright = np.array(bright)
@@ -304,8 +305,10 @@ def detect_and_check(sim, card) -> tuple:
     truth = sim.atoms[["y", "x"]].to_numpy()
     spacing = nn_spacing(truth)
     polarity = polarity_of(sim)
-    found = detect_atoms(sim.image, card, polarity=polarity).table[["y", "x"]].to_numpy()
-    atoms = find_atoms(sim.image, detector=card, polarity=polarity).atoms
+    px = sim.pixel_size_nm  # as a calibrated file gives it
+    found = detect_atoms(sim.image, card, polarity=polarity, pixel_size_nm=px)
+    found = found.table[["y", "x"]].to_numpy()
+    atoms = find_atoms(sim.image, detector=card, polarity=polarity, pixel_size_nm=px).atoms
     checked = _scored(atoms[["y", "x"]].to_numpy(), truth, sim.image.shape, spacing)
     return found, _scored(found, truth, sim.image.shape, spacing), checked
 
@@ -314,7 +317,8 @@ def auto_contrast(sim, card) -> str:
     """Say whether ``detect_atoms(polarity="auto")`` with ``card`` gets the contrast right."""
     from napari_atomnet.models.detector import detect_atoms
 
-    guess = detect_atoms(sim.image, card, polarity="auto").params["polarity"]
+    guess = detect_atoms(sim.image, card, polarity="auto", pixel_size_nm=sim.pixel_size_nm)
+    guess = guess.params["polarity"]
     return "same" if guess == polarity_of(sim) else f"wrong ({guess})"
 
 
@@ -365,7 +369,8 @@ def information_limit(sim, card) -> dict:
     cut = np.real(np.fft.ifft2(np.fft.fft2(potential) * (q < q_zero)))
 
     def f1(image, pol) -> float:
-        found = detect_atoms(image, card, polarity=pol).table[["y", "x"]].to_numpy()
+        found = detect_atoms(image, card, polarity=pol, pixel_size_nm=px / 10)
+        found = found.table[["y", "x"]].to_numpy()
         return _scored(found, truth, shape, spacing)["f1"]
 
     return {

@@ -485,6 +485,7 @@ def run_job(job: Job, task: str, params: dict[str, Any], overwrite: bool) -> lis
                 gaussian=job.gaussian or "auto",
                 device=params.get("device"),
                 source=source,
+                pixel_size_nm=job.pixel_size_nm,
             )
             resolved = result.provenance["params"]
             atoms = result.atoms

@@ -46,6 +46,17 @@ def add_polarity_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--polarity", choices=POLARITIES, default="auto", help=POLARITY_HELP)
 
 
+def add_pixel_size_option(parser: argparse.ArgumentParser, why: str = "") -> None:
+    """Add ``--pixel-size NM`` (default: the file's calibration, when it records one)."""
+    parser.add_argument(
+        "--pixel-size",
+        type=argtypes.positive,
+        default=None,
+        metavar="NM",
+        help="pixel size in nm (default: from the file, if recorded)" + why,
+    )
+
+
 def add_refine_option(parser: argparse.ArgumentParser) -> None:
     """Add ``--refine`` / ``--no-refine`` (default: the detection model's card decides)."""
     parser.add_argument(
@@ -152,6 +163,10 @@ def _build_parser() -> argparse.ArgumentParser:
     add_refine_option(detect)
     add_fit_check_option(detect)
     add_polarity_option(detect)
+    add_pixel_size_option(
+        detect,
+        "; a model that learnt one sampling (atomnet-hrtem) gets the image resampled to it",
+    )
     detect.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
     detect.add_argument("--out", default=None, help="CSV path (default: <image>_atoms.csv)")
     detect.add_argument("--overwrite", action="store_true", help="replace existing outputs")
@@ -192,12 +207,7 @@ def _build_parser() -> argparse.ArgumentParser:
         default=0.3,
         help="corner search radius, fraction of the cell edge (default 0.3)",
     )
-    cells.add_argument(
-        "--pixel-size",
-        type=float,
-        default=None,
-        help="pixel size in nm (default: from the file, if recorded)",
-    )
+    add_pixel_size_option(cells)
     cells.add_argument(
         "--basis",
         type=float,
@@ -267,6 +277,7 @@ def _cmd_detect(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path(f"{Path(args.image).stem}_atoms.csv")
     _check_outputs(out, provenance_path(out), overwrite=args.overwrite)
     image, meta = _load_image(args.image)
+    pixel_size = args.pixel_size or meta.pixel_size_nm
     result = find_atoms(
         image,
         detector=args.model,
@@ -276,8 +287,14 @@ def _cmd_detect(args: argparse.Namespace) -> int:
         polarity=args.polarity,
         source=str(args.image),
         device=args.device,
+        pixel_size_nm=pixel_size,
     )
-    result.provenance.update(COORDINATES_NOTE, pixel_size_nm=meta.pixel_size_nm)
+    result.provenance.update(COORDINATES_NOTE, pixel_size_nm=pixel_size)
+    if "sampling" in result.provenance["params"]:  # a model with a scale, no pixel size
+        print(
+            f"atomnet detect: note: {result.provenance['params']['sampling']} (give --pixel-size)",
+            file=sys.stderr,
+        )
     write_csv(result.atoms, out, provenance=result.provenance, overwrite=args.overwrite)
     fitted = int(result.atoms["fit_ok"].sum()) if "fit_ok" in result.atoms else 0
     contrast = result.provenance["params"].get("polarity")

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import _argtypes as argtypes
+from .cli import add_pixel_size_option
 
 __all__ = ["register", "run_segment"]
 
@@ -49,13 +49,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         default=None,
         help="registry name or .onnx path (default: the built-in atomnet-particles)",
     )
-    p.add_argument(
-        "--pixel-size",
-        type=argtypes.positive,
-        default=None,
-        metavar="NM",
-        help="pixel size in nm (default: from the file when it records one)",
-    )
+    add_pixel_size_option(p)
     p.add_argument("--out", required=True, help="CSV path for the particle table")
     p.add_argument("--labels", default=None, help="also write the label image (TIFF)")
     p.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")

@@ -136,6 +136,7 @@ def find_atoms(
     device: str | None = None,
     progress: ProgressCallback | None = None,
     cancelled: CancelledCallback | None = None,
+    pixel_size_nm: float | None = None,
 ) -> AtomsResult:
     """Detect atom columns and refine each by a 2D Gaussian fit.
 
@@ -180,6 +181,9 @@ def find_atoms(
         ``progress(done, total)``; detection tiles count first, then refinement.
     cancelled : callable, optional
         Polled between steps; True raises :class:`InterruptedError`.
+    pixel_size_nm : float, optional
+        The image's pixel size, for a model that learnt one sampling (``atomnet-hrtem``):
+        see :func:`napari_atomnet.models.detector.detect_atoms`.
 
     Returns
     -------
@@ -240,6 +244,7 @@ def find_atoms(
             progress=tile_progress,
             cancelled=cancelled,
             fit_checked=refine and fit_check,
+            pixel_size_nm=pixel_size_nm,
         )
         peaks = det.table
         params.update(det.params)

@@ -75,6 +75,7 @@ def movie_constants(
     polarity: str = "auto",
     spacing: float | None = None,
     detector: Any = None,
+    pixel_size_nm: float | None = None,
 ) -> tuple[str, float]:
     """Atom contrast and lattice spacing of a movie, from one of its frames.
 
@@ -95,6 +96,8 @@ def movie_constants(
         crop as detection does (:func:`napari_atomnet.core.detect.estimate_spacing`).
     detector : ModelCard, optional
         The movie's detection model (resolved, :func:`napari_atomnet.pipeline.resolve_detector`).
+    pixel_size_nm : float, optional
+        The movie's pixel size (see :func:`napari_atomnet.models.detector.detect_atoms`).
 
     Returns
     -------
@@ -116,7 +119,9 @@ def movie_constants(
         # there, and not on the whole frame, spares the frame a detection run that
         # find_atoms_stack would repeat told the contrast
         crop = central_crop(img, CONTRAST_CROP)
-        guess = detect_atoms(crop, detector, polarity="auto", spacing=spacing)
+        guess = detect_atoms(
+            crop, detector, polarity="auto", spacing=spacing, pixel_size_nm=pixel_size_nm
+        )
         return str(guess.params["polarity"]), float(spacing)
     return resolve_polarity(img, polarity, spacing=spacing), float(spacing)
 
@@ -152,6 +157,7 @@ def find_atoms_stack(
     device: str | None = None,
     progress: ProgressCallback | None = None,
     cancelled: CancelledCallback | None = None,
+    pixel_size_nm: float | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
     """Detect and refine atoms in every frame of a T×Y×X stack.
 
@@ -182,6 +188,8 @@ def find_atoms_stack(
         ``progress(done, total)`` after each frame.
     cancelled : callable, optional
         Polled between frames (and inside detection); True raises :class:`InterruptedError`.
+    pixel_size_nm : float, optional
+        The movie's pixel size (see :func:`napari_atomnet.models.detector.detect_atoms`).
 
     Returns
     -------
@@ -202,7 +210,11 @@ def find_atoms_stack(
     contrast = None
     if todo:
         contrast, spacing = movie_constants(
-            get_frame(stack, todo[0]), polarity=polarity, spacing=spacing, detector=det
+            get_frame(stack, todo[0]),
+            polarity=polarity,
+            spacing=spacing,
+            detector=det,
+            pixel_size_nm=pixel_size_nm,
         )
     parts, rows = [], []
     model_info = None
@@ -221,6 +233,7 @@ def find_atoms_stack(
             source=source,
             device=device,
             cancelled=cancelled,
+            pixel_size_nm=pixel_size_nm,
         )
         # the imaging conditions are the movie's: decide the Gaussian model once
         gaussian = result.provenance["params"].get("gaussian_model", gaussian)
@@ -588,6 +601,7 @@ def analyze_sequence(
     device: str | None = None,
     progress: ProgressCallback | None = None,
     cancelled: CancelledCallback | None = None,
+    pixel_size_nm: float | None = None,
 ) -> SequenceResult:
     """Atoms in every frame, drift, sites, occupancy and events of a T×Y×X movie.
 
@@ -595,7 +609,7 @@ def analyze_sequence(
     ----------
     stack : array_like, shape (T, H, W)
         The movie (numpy, memory map or lazy dask array).
-    detector, threshold, refine, polarity, spacing, gaussian, device
+    detector, threshold, refine, polarity, spacing, gaussian, device, pixel_size_nm
         As in :func:`find_atoms_stack` (contrast, spacing and Gaussian model are resolved once
         for the movie).
     drift : {"atoms", "image", None}
@@ -637,6 +651,7 @@ def analyze_sequence(
         device=device,
         progress=step(0),
         cancelled=cancelled,
+        pixel_size_nm=pixel_size_nm,
     )
     if drift == "image":
         found = provenance["params"].get("lattice_spacing")

@@ -328,3 +328,15 @@ def test_auto_contrast_of_labels_is_read_at_the_labelled_atoms(tmp_path):
     assert item.polarity == "dark"
     (told,) = _read_labelled(tmp_path / "hrtem", "bright", norm, 0, lambda *_: None, lambda: False)
     assert told.polarity == "bright"  # what the user says wins
+
+
+def test_a_fine_tuned_card_does_not_take_the_bases_sampling():
+    """The new model learnt the user's images at their own sampling: no resampling to the base's."""
+    from dataclasses import replace
+
+    from napari_atomnet.training.finetune import _card_info
+
+    base = load_model("atomnet-hrtem", task="detection")
+    base = replace(base, info={**base.info, "sampling_angstrom": [0.114, 0.126]})
+    info = _card_info(base, "mine", "fine-tuned")
+    assert "sampling_angstrom" not in info and info["classes"] == base.info["classes"]

@@ -22,6 +22,7 @@ from ._common import (
     image_picker,
     model_choices,
     notify_info,
+    pixel_size_of,
     selected_model,
 )
 from ._job import JobWidget
@@ -175,6 +176,7 @@ class DetectAtomsWidget(JobWidget):
         fit_check = bool(self._fit_check.value)
         polarity = str(self._contrast.value)
         source = layer.name + (f" frame {index}" if index else "")
+        pixel_size = pixel_size_of(layer)
 
         def compute(progress: Any = None, cancelled: Any = None) -> dict[str, Any]:
             result = find_atoms(
@@ -187,6 +189,7 @@ class DetectAtomsWidget(JobWidget):
                 source=source,
                 progress=progress,
                 cancelled=cancelled,
+                pixel_size_nm=pixel_size,
             )
             if index:
                 result.provenance["frame"] = list(index)
@@ -202,6 +205,7 @@ class DetectAtomsWidget(JobWidget):
                 "by_model": "polarity_evidence" in result.provenance["params"],
                 "precision": error_text("positions", median_standard_error(result.atoms)),
                 "dropped": result.provenance["params"].get("fit_check", {}).get("dropped", 0),
+                "sampling": result.provenance["params"].get("sampling"),
             }
 
         self._start_job(
@@ -277,6 +281,8 @@ class DetectAtomsWidget(JobWidget):
         contrast = f"{out['polarity']} " if out.get("polarity") else ""
         dropped = f"; {out['dropped']} unconfirmed dropped" if out.get("dropped") else ""
         told = "; contrast told by the model" if out.get("by_model") else ""
+        if out.get("sampling"):  # a model that learnt one scale, on an uncalibrated image
+            told += f"; {out['sampling']} (set the layer's scale in nm)"
         self._status.value = (
             f"{out['n']} {contrast}atoms in {layer.name}"
             + (f", frame {_frame_text(index)}" if index else "")

@@ -9,7 +9,7 @@ from magicgui.widgets import ComboBox, FloatSpinBox
 
 from .._provenance import METADATA_KEY
 from . import _layers
-from ._common import MODEL_TOOLTIP, custom_model_file, follow_models
+from ._common import MODEL_TOOLTIP, custom_model_file, follow_models, pixel_size_of
 from ._detect import contrast_combo, follow_card, refine_checkbox
 from ._job import JobWidget
 
@@ -160,6 +160,7 @@ class SequenceWidget(JobWidget):
             "drift": self._drift.value,
             "radius": float(self._radius.value) or None,
             "source": layer.name,
+            "pixel_size_nm": pixel_size_of(layer),
         }
 
         def compute(progress: Any = None, cancelled: Any = None) -> Any:

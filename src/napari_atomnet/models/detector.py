@@ -53,6 +53,75 @@ CONTRAST_CROP = 512
 ProgressCallback = Callable[[int, int], None]
 
 
+def sampling_zoom(card: ModelCard, pixel_size_nm: float | None) -> tuple[float, dict[str, Any]]:
+    """Return the zoom that brings an image to a model's sampling, and what to record of it.
+
+    A model that learnt one physical scale (:attr:`ModelCard.sampling_angstrom`) sees images
+    whose pixel size lies outside its range resampled to the range's middle; inside it, or
+    for a model without a scale, the zoom is 1.  With the pixel size unknown the image is
+    taken as it is, and the record says the model's range was assumed.
+
+    Parameters
+    ----------
+    card : ModelCard
+        The detection model.
+    pixel_size_nm : float, optional
+        The image's pixel size, nm.
+
+    Returns
+    -------
+    zoom : float
+        Output pixels per input pixel along each axis (> 1: upsampled).
+    record : dict
+        ``pixel_size_angstrom``, ``model_sampling_angstrom``, ``zoom`` or ``sampling``
+        (a sentence, when the pixel size was unknown); empty for a model without a scale.
+    """
+    sampling = card.sampling_angstrom
+    if sampling is None:
+        return 1.0, {}
+    low, high = sampling
+    record: dict[str, Any] = {"model_sampling_angstrom": [low, high]}
+    if pixel_size_nm is None or not np.isfinite(pixel_size_nm) or pixel_size_nm <= 0:
+        record["sampling"] = (
+            f"pixel size unknown: taken to lie within the model's {low:g}-{high:g} Å/px"
+        )
+        return 1.0, record
+    px = 10.0 * float(pixel_size_nm)
+    zoom = 1.0 if low <= px <= high else px / (0.5 * (low + high))
+    record.update(pixel_size_angstrom=round(px, 6), zoom=round(zoom, 6))
+    return zoom, record
+
+
+def resample_image(image: np.ndarray, zoom: float) -> np.ndarray:
+    """Resample an image by ``zoom`` (cubic spline, pixel edges kept aligned; float32).
+
+    Downsampling first blurs by the Gaussian that keeps the new grid free of aliasing.
+    """
+    from scipy import ndimage
+
+    img = np.asarray(image, dtype=np.float32)
+    if zoom < 1.0:
+        img = ndimage.gaussian_filter(img, 0.5 * np.sqrt(1.0 / zoom**2 - 1.0))
+    return ndimage.zoom(img, zoom, order=3, mode="grid-mirror", grid_mode=True, output=np.float32)
+
+
+def _to_input_pixels(
+    table: pd.DataFrame, zoom_yx: tuple[float, float], shape: tuple[int, int]
+) -> pd.DataFrame:
+    """Map a detection table found on a resampled image back to the input's pixels."""
+    out = table.copy()
+    for axis, columns in ((0, ("y", "y0", "y1")), (1, ("x", "x0", "x1"))):
+        for column in columns:  # grid_mode: pixel edges align, centres at (i + 0.5) / z - 0.5
+            out[column] = (out[column] + 0.5) / zoom_yx[axis] - 0.5
+    inside = (
+        (out["y"] >= -0.5)
+        & (out["y"] < shape[0] - 0.5)
+        & (out["x"] >= -0.5)
+        & (out["x"] < shape[1] - 0.5)
+    )
+    return out[inside].reset_index(drop=True)
+
+
 @dataclass
 class Detections:
     """Detected atom columns.
@@ -125,6 +194,7 @@ def detect_atoms(
     progress: ProgressCallback | None = None,
     cancelled: Callable[[], bool] | None = None,
     fit_checked: bool = False,
+    pixel_size_nm: float | None = None,
 ) -> Detections:
     """Detect atom columns with a detection model, tile by tile.
 
@@ -167,6 +237,11 @@ def detect_atoms(
         The detections will be refined and fit-checked (:func:`fit_check`), as
         :func:`napari_atomnet.pipeline.find_atoms` does by default: use the card's thresholds
         for that case when it has them (see :func:`class_thresholds`).
+    pixel_size_nm : float, optional
+        The image's pixel size.  A model that learnt one sampling (``atomnet-hrtem``: graphene
+        at 0.114-0.126 Å/px) gets the image resampled into its range when the pixel size lies
+        outside it (:func:`sampling_zoom`); the positions are given in the input's pixels.
+        Unknown, the image is taken to be sampled as the model learnt.
 
     Returns
     -------
@@ -174,6 +249,29 @@ def detect_atoms(
     """
     img = as_analysis_image(image)
     card = detection_card(model)
+    zoom, sampling = sampling_zoom(card, pixel_size_nm)
+    if zoom != 1.0:
+        scaled = resample_image(img, zoom)
+        zoom_yx = (scaled.shape[0] / img.shape[0], scaled.shape[1] / img.shape[1])
+        low, high = card.sampling_angstrom
+        found = detect_atoms(
+            scaled,
+            card,
+            threshold=threshold,
+            polarity=polarity,
+            spacing=None if spacing is None else spacing * zoom_yx[1],
+            tile=tile,
+            device=device,
+            progress=progress,
+            cancelled=cancelled,
+            fit_checked=fit_checked,
+            pixel_size_nm=0.05 * (low + high),  # now in the model's range
+        )
+        params = {**found.params, **sampling}
+        if params.get("lattice_spacing"):
+            params["lattice_spacing"] = round(params["lattice_spacing"] / zoom_yx[1], 4)
+        table = _to_input_pixels(found.table, zoom_yx, img.shape)
+        return Detections(table=table, card=found.card, device=found.device, params=params)
     info = card.info
     stride = int(info.get("stride", 1))
     multiple = int(info.get("pad_multiple", 8))
@@ -292,6 +390,7 @@ def detect_atoms(
         "tile": tile,
         "lattice_spacing": round(spacing, 4) if np.isfinite(spacing) else None,
         "normalization_sigma": sigma,
+        **sampling,
     }
     return Detections(table=table, card=card, device=session_device(session), params=params)
 

@@ -90,6 +90,20 @@ class ModelCard:
         return self.info.get("contrast_guess") == "model"
 
     @property
+    def sampling_angstrom(self) -> tuple[float, float] | None:
+        """The sampling range (Å/px) the model learnt, None when it learnt no physical scale.
+
+        Set (card ``"sampling_angstrom": [low, high]``) for a model trained on one material
+        at a known sampling (graphene HRTEM): an image whose pixel size is known and lies
+        outside the range is resampled into it before detection.
+        """
+        known = self.info.get("sampling_angstrom")
+        if not known or len(known) != 2:
+            return None
+        low, high = (float(v) for v in known)
+        return (low, high) if 0 < low <= high else None
+
+    @property
     def weights(self) -> Path:
         """Torch weights (``<model>.pt``) beside the ONNX file; fine-tuning starts from them."""
         return Path(self.path).with_suffix(".pt")

@@ -92,7 +92,11 @@ DEFAULT_MIX: dict[str, float] = {"lattice": 0.4, "perovskite": 0.2, "graphene": 
 #: How the graphene simulator's random draws are made (card key ``config.graphene``):
 #: ``holes``, the probability of 0, 1, 2, ... holes in an image, and ``aligned``, the share of
 #: images at an aligned microscope (:func:`_good_ctf`; the rest draw seed 003's Table 1).
-DEFAULT_GRAPHENE_DRAWS: dict[str, Any] = {"holes": (0.6, 0.3, 0.1), "aligned": 0.7}
+DEFAULT_GRAPHENE_DRAWS: dict[str, Any] = {
+    "holes": (0.6, 0.3, 0.1),
+    "aligned": 0.7,
+    "sampling": (0.08, 0.18),  # Å/px, uniform (scale jitter)
+}
 #: HRTEM images whose clean image correlates less than this with the atom map (either sign)
 #: show no recognisable atoms; their columns are ignored (not learnt either way).
 MIN_HRTEM_CONTRAST = 0.25
@@ -539,7 +543,7 @@ def random_simulation(
         good = rng.random() < float(draws["aligned"])  # most draws at good imaging conditions
         return synth.graphene_hrtem(
             shape,
-            pixel_size_angstrom=float(rng.uniform(0.08, 0.18)),
+            pixel_size_angstrom=float(rng.uniform(*draws["sampling"])),
             n_holes=int(rng.choice(len(holes), p=holes / holes.sum())),
             dose=_loguniform(rng, *HRTEM_DOSE),
             **(_good_ctf(rng) if good else {}),

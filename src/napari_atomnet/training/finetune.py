@@ -990,10 +990,13 @@ def _heldout_f1(
 #: Card entries of the base model that describe its own training run, or that the exporter
 #: fills in: not copied to the fine-tuned card (everything else, e.g. thresholds, is).  The fit
 #: check goes too: it was chosen on the base model's scores, and after fine-tuning it would
-#: drop faint columns the user taught the model and it is not yet sure of.
+#: drop faint columns the user taught the model and it is not yet sure of.  So does the sampling
+#: the base model learnt (``sampling_angstrom``): the new model learnt the user's images (or
+#: simulations) at their own sampling, and resampling them to the base's would undo that.
 _NOT_INHERITED = frozenset(
     {
         "fit_check",
+        "sampling_angstrom",
         "task",
         "name",
         "description",

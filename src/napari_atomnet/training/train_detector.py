@@ -1074,7 +1074,7 @@ _SIMULATORS = {
     "+-20 um, C5, astigmatism, focal spread; {aligned} % of the draws aligned: |defocus| <= "
     "120 A, |Cs| <= 20 um, astigmatism <= 10 A), MTF, dose "
     f"{data.HRTEM_DOSE[0]:g}-{data.HRTEM_DOSE[1]:g} e/A^2 (log-uniform), {{holes}} holes, "
-    "sampling 0.08-0.18 A/px (scale jitter); columns ignored when the clean image "
+    "sampling {sampling} A/px (scale jitter); columns ignored when the clean image "
     f"correlates < {data.MIN_HRTEM_CONTRAST} with the atom map",
 }
 
@@ -1150,6 +1150,12 @@ def _recipe(cfg: TrainConfig) -> dict[str, Any]:
     }
 
 
+def graphene_sampling(cfg: TrainConfig) -> tuple[float, float]:
+    """Return the sampling range (Å/px) a run draws its graphene images from."""
+    low, high = cfg.graphene.get("sampling", data.DEFAULT_GRAPHENE_DRAWS["sampling"])
+    return float(low), float(high)
+
+
 def _simulator_text(kind: str, cfg: TrainConfig) -> str:
     """Describe how the run draws a simulator's images (the card's recipe)."""
     if kind != "graphene":
@@ -1159,8 +1165,11 @@ def _simulator_text(kind: str, cfg: TrainConfig) -> str:
     counts = (
         f"0-{len(holes) - 1} (probabilities " + "/".join(f"{p / total:.2g}" for p in holes) + ")"
     )
+    low, high = graphene_sampling(cfg)
     return _SIMULATORS[kind].format(
-        aligned=f"{100 * float(cfg.graphene['aligned']):g}", holes=counts
+        aligned=f"{100 * float(cfg.graphene['aligned']):g}",
+        holes=counts,
+        sampling=f"{low:g}-{high:g}",
     )
 
 
@@ -1312,6 +1321,13 @@ def main(argv: list[str] | None = None) -> int:
         f"{data.DEFAULT_GRAPHENE_DRAWS['aligned']:g})",
     )
     parser.add_argument(
+        "--graphene-sampling",
+        default=None,
+        help="range of graphene sampling, Å/px, as LOW,HIGH (default "
+        + ",".join(f"{v:g}" for v in data.DEFAULT_GRAPHENE_DRAWS["sampling"])
+        + ")",
+    )
+    parser.add_argument(
         "--init",
         type=Path,
         default=None,
@@ -1378,6 +1394,14 @@ def main(argv: list[str] | None = None) -> int:
         if not 0 <= args.aligned_share <= 1:
             parser.error("--aligned-share must lie in [0, 1]")
         cfg.graphene["aligned"] = args.aligned_share
+    if args.graphene_sampling:
+        try:
+            low, high = (float(v) for v in args.graphene_sampling.split(","))
+        except ValueError:
+            parser.error("--graphene-sampling takes two numbers, LOW,HIGH (Å/px)")
+        if not 0.03 <= low <= high <= 0.5:
+            parser.error("--graphene-sampling must satisfy 0.03 <= LOW <= HIGH <= 0.5 (Å/px)")
+        cfg.graphene["sampling"] = [low, high]
     if args.init:
         if not args.init.is_file():
             parser.error(f"--init: no such file {args.init}")
@@ -1440,6 +1464,13 @@ def main(argv: list[str] | None = None) -> int:
         "atoms": "bright",  # dark-atom images are negated before the network (detect_atoms)
         # phase contrast only: the image's look does not tell the atoms' contrast, the model does
         **({"contrast_guess": "model"} if _phase_contrast_only(cfg.mix) else {}),
+        # one material, so one physical scale: images of a known pixel size outside the range
+        # the model learnt are resampled into it (detect_atoms)
+        **(
+            {"sampling_angstrom": [float(v) for v in graphene_sampling(cfg)]}
+            if _phase_contrast_only(cfg.mix)
+            else {}
+        ),
         "design": DESIGN,
         "architecture": {
             "class": ARCHITECTURE,
