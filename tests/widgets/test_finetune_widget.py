@@ -97,6 +97,10 @@ def test_fine_tune_draws_the_loss_writes_the_model_and_updates_the_pickers(
     assert NAME in _labels(widget._base.choices)
     assert any(NAME in message for message in _notes("info"))
     assert widget._run.enabled and not widget._cancel.enabled
+    # another source: the last run's curve and bars are cleared
+    widget._source.value = SIMULATIONS
+    assert widget.losses == [] and len(widget._raw_line.get_xdata()) == 0
+    assert all(bar.value == 0 for bar in widget._bars.values())
 
 
 def test_cancel_writes_nothing(widget, models, qtbot):

@@ -193,3 +193,13 @@ def test_sequence_widget_atom_contrast(make_napari_viewer, qtbot, movie, monkeyp
     prov = viewer.layers["Sequence atoms (dark movie)"].metadata[METADATA_KEY]
     assert prov["params"]["polarity"] == "dark"
     assert len(viewer.layers["Sequence atoms (dark movie)"].data) == movie[2].sum()
+
+
+def test_a_movie_without_atoms_adds_no_layer(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    noise = np.random.default_rng(1).poisson(20.0, (2, 96, 96)).astype(np.float32)
+    viewer.add_image(noise, name="noise")
+    widget = SequenceWidget(viewer)  # the built-in model: it finds no columns in noise
+    _run(qtbot, widget)
+    assert "Sequence atoms (noise)" not in viewer.layers
+    assert "No atoms found in 2 frame(s)" in widget._status.value

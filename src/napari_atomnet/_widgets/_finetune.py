@@ -320,6 +320,8 @@ class FineTuneWidget(JobWidget):
             self._base.value = card
         self._on_base_changed()  # whether the base's weights are needed depends on the source
         self._on_show_advanced()
+        if self._worker is None:  # the last run's curve and bars belong to the other source
+            self._reset_views()
 
     def _selected_image(self) -> Any:
         """Return the selected image layer, or the only one; None when that is not clear."""

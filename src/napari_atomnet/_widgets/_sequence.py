@@ -174,6 +174,10 @@ class SequenceWidget(JobWidget):
         )
 
     def _show(self, layer: napari.layers.Image, result: Any) -> None:
+        if len(result.atoms) == 0:  # an empty layer would only hide an earlier result
+            n = len(result.frames)
+            self._status.value = f"No atoms found in {n} frame(s); layers unchanged."
+            return
         points = sequence_points(result, layer)
         _layers.replace_layer(self._viewer, points)
         sites = result.sites
@@ -183,8 +187,6 @@ class SequenceWidget(JobWidget):
             f"{len(result.atoms)} atoms in {n_frames} frames; {len(sites)} sites, mean "
             f"occupancy {sites['occupancy'].mean():.2f}, {int(sites['events'].sum())} "
             f"appear/disappear events; drift up to {drift:.1f} px"
-            if len(sites)
-            else f"no atoms found in {n_frames} frames"
         )
 
 
