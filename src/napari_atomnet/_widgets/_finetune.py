@@ -383,7 +383,9 @@ class FineTuneWidget(JobWidget):
                 "instead)."
             )
 
-        self._start_job(compute, show, status=f"Matching defocus and Cs to {layer.name}…")
+        self._start_job(
+            compute, show, status=f"Matching defocus and Cs to {layer.name}…", needs=layer
+        )
 
     def _forget_match(self, *_: Any) -> None:
         if self._matched_fields:
