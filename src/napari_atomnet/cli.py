@@ -165,7 +165,8 @@ def _build_parser() -> argparse.ArgumentParser:
     add_polarity_option(detect)
     add_pixel_size_option(
         detect,
-        "; a model that learnt one sampling (atomnet-hrtem) gets the image resampled to it",
+        "; a model that learnt one sampling (its card's sampling_angstrom) gets the image "
+        "resampled to it",
     )
     detect.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
     detect.add_argument("--out", default=None, help="CSV path (default: <image>_atoms.csv)")

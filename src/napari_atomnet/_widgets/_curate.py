@@ -7,7 +7,7 @@
 - "Suggest missing atoms" predicts lattice sites without an atom that show contrast and lists them
   in a ``Suggestions (<image>)`` layer; **K** keeps (accepts) the current suggestion and **J**
   junks (rejects) it, each moving on to the next; both keys are bound with overwrite while the
-  widget is open and unbound when it closes.
+  widget is open and unbound when it, or its dock, is closed.
 - Counts of hand edits (added / deleted / moved / accepted) go into the layer's provenance, and so
   into every export.
 - "Export labels" writes the image and the curated atoms as a folder for retraining (YOLO,

@@ -54,7 +54,7 @@ def image_pixels(layer: Any, image_layer: Any, coords: Any) -> np.ndarray:
     Through world coordinates, so a layer drawn or loaded at another scale or offset than the
     image (e.g. points in nm over an image in pixels) lands where it is shown.
     """
-    coords = np.asarray(coords, dtype=float).reshape(-1, np.asarray(coords).shape[-1])
+    coords = np.atleast_2d(np.asarray(coords, dtype=float))
     if same_geometry(layer, image_layer):
         return coords[:, -2:].copy()
     return np.array(
@@ -70,8 +70,7 @@ def atoms_table(layer: Any, image_layer: Any = None) -> pd.DataFrame:
     """
     table = layer.features.copy().reset_index(drop=True)
     yx = layer.data[:, -2:] if image_layer is None else image_pixels(layer, image_layer, layer.data)
-    table["y"] = yx[:, 0] if len(yx) else np.empty(0)
-    table["x"] = yx[:, 1] if len(yx) else np.empty(0)
+    table["y"], table["x"] = yx[:, 0], yx[:, 1]
     return table
 
 

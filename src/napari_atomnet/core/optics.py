@@ -200,11 +200,7 @@ def fit_imaging_conditions(
     # material or a wrong pixel size, and any "best match" would mean nothing
     nn = cKDTree(yx).query(yx[core], k=2)[0][:, 1]
     bond_found = float(np.median(nn)) * px
-    if (
-        not (1 - BOND_TOLERANCE) * BOND_ANGSTROM
-        <= bond_found
-        <= (1 + BOND_TOLERANCE) * BOND_ANGSTROM
-    ):
+    if abs(bond_found / BOND_ANGSTROM - 1) > BOND_TOLERANCE:
         raise ValueError(
             f"the atoms found lie {bond_found:.2f} Å apart (median nearest neighbour at "
             f"{px:g} Å/px), graphene's {BOND_ANGSTROM} Å: conditions are matched on graphene "

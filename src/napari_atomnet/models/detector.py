@@ -238,10 +238,11 @@ def detect_atoms(
         :func:`napari_atomnet.pipeline.find_atoms` does by default: use the card's thresholds
         for that case when it has them (see :func:`class_thresholds`).
     pixel_size_nm : float, optional
-        The image's pixel size.  A model that learnt one sampling (``atomnet-hrtem``: graphene
-        at 0.114-0.126 Å/px) gets the image resampled into its range when the pixel size lies
-        outside it (:func:`sampling_zoom`); the positions are given in the input's pixels.
-        Unknown, the image is taken to be sampled as the model learnt.
+        The image's pixel size.  A model that learnt one sampling (its card's
+        ``sampling_angstrom``, e.g. a graphene HRTEM model trained at 0.114-0.126 Å/px) gets
+        the image resampled into its range when the pixel size lies outside it
+        (:func:`sampling_zoom`); the positions are given in the input's pixels.  Unknown, the
+        image is taken to be sampled as the model learnt.  No effect for other models.
 
     Returns
     -------

@@ -1467,7 +1467,7 @@ def main(argv: list[str] | None = None) -> int:
         # one material, so one physical scale: images of a known pixel size outside the range
         # the model learnt are resampled into it (detect_atoms)
         **(
-            {"sampling_angstrom": [float(v) for v in graphene_sampling(cfg)]}
+            {"sampling_angstrom": list(graphene_sampling(cfg))}
             if _phase_contrast_only(cfg.mix)
             else {}
         ),
