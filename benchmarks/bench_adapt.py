@@ -46,7 +46,9 @@ def _score(model, sim) -> float:
 
     truth = sim.atoms[["y", "x"]].to_numpy()
     spacing = nn_spacing(truth)
-    atoms = find_atoms(sim.image, detector=model, polarity=polarity_of(sim)).atoms
+    atoms = find_atoms(
+        sim.image, detector=model, polarity=polarity_of(sim), pixel_size_nm=sim.pixel_size_nm
+    ).atoms
     found = atoms[["y", "x"]].to_numpy()
     return detection_scores(
         found, truth, 0.25 * spacing, shape=sim.image.shape, border=0.5 * spacing

@@ -134,11 +134,16 @@ def test_hrtem_movie_contrast_told_by_the_model_from_the_central_crop(monkeypatc
         return real(image, *args, **kwargs)
 
     monkeypatch.setattr(detector, "detect_atoms", recording)
-    polarity, _ = sequences.movie_constants(frame, polarity="auto", detector=card)
+    # calibrated (0.12 Å/px, the simulation's), so no search for the sampling either
+    constants = sequences.movie_constants(
+        frame, polarity="auto", detector=card, pixel_size_nm=0.012
+    )
+    polarity = constants.polarity
+    assert constants.pixel_size_nm == 0.012 and not constants.pixel_size_estimated
     assert polarity == "dark"
     # both ways on the central crop, and the whole frame not once (find_atoms_stack runs it)
     assert shapes and all(s == (CONTRAST_CROP, CONTRAST_CROP) for s in shapes)
-    guess = real(frame, card, polarity="auto").params["polarity"]  # as detection decides
+    guess = real(frame, card, polarity="auto", pixel_size_nm=0.012).params["polarity"]
     assert guess == polarity
 
 

@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
@@ -40,6 +40,9 @@ from ._provenance import make_provenance
 from .core.refine import median_standard_error
 from .io import ImageReadError, write_csv, write_text_atomic
 from .io.images import IMAGE_SUFFIXES, read_images
+
+if TYPE_CHECKING:
+    from .sequences import MovieConstants
 
 TASKS = ("atoms", "cells", "particles")
 
@@ -84,6 +87,9 @@ class Job:
     #: a 2D image, resolved by the worker from the image itself)
     polarity: str | None = None
     spacing: float | None = None
+    #: an uncalibrated movie's pixel size as found from its first frame by a model that learnt
+    #: one sampling; detection uses it, the outputs stay in pixels
+    pixel_size_found_nm: float | None = None
     #: a movie's Gaussian model (isotropic / elliptical), decided once on its first frame
     gaussian: str | None = None
     #: a 2D image's provenance JSON, completed by the worker with what it resolved
@@ -244,14 +250,19 @@ def plan_batch(
                     todo_frames.append(f)
                     todo_outputs.append(outs)
             _remove_stale_parts(todo_outputs)
-            polarity, spacing, gaussian = None, None, None
+            polarity, spacing, gaussian, pixel_size_found = None, None, None, None
             if is_stack and todo_frames and task != "particles":
-                # one contrast, spacing and Gaussian model for the whole movie, from its first
-                # frame (the same on every resumed run), recorded in its provenance
+                # one contrast, spacing, pixel size and Gaussian model for the whole movie, from
+                # its first frame (the same on every resumed run), recorded in its provenance
                 try:
-                    polarity, spacing, gaussian = _movie_constants(data, params or {})
+                    constants, gaussian = _movie_constants(data, params or {}, image.pixel_size_nm)
                 except Exception:  # a bad first frame or model: each frame reports its own error
-                    polarity, spacing, gaussian = None, None, None
+                    constants, gaussian = None, None
+                if constants is not None:
+                    polarity, spacing = constants.polarity, constants.spacing
+                    if constants.pixel_size_estimated:
+                        pixel_size_found = constants.pixel_size_nm
+                        prov["params"]["pixel_size_estimated_nm"] = round(pixel_size_found, 6)
                 prov["params"].update(
                     polarity_requested=(params or {}).get("polarity") or "auto",
                     polarity=polarity,
@@ -272,6 +283,7 @@ def plan_batch(
                         frames=todo_frames[start : start + size],
                         outputs=todo_outputs[start : start + size],
                         pixel_size_nm=image.pixel_size_nm,
+                        pixel_size_found_nm=pixel_size_found,
                         polarity=polarity,
                         spacing=spacing,
                         gaussian=gaussian,
@@ -300,8 +312,10 @@ def _peek(path: Path) -> list[Any]:
     return read_images(path, lazy=True, materialize=False)
 
 
-def _movie_constants(data: Any, params: dict[str, Any]) -> tuple[str, float, str | None]:
-    """Atom contrast, lattice spacing and Gaussian model of a movie, from its first frame.
+def _movie_constants(
+    data: Any, params: dict[str, Any], pixel_size_nm: float | None
+) -> tuple[MovieConstants, str | None]:
+    """Resolve a movie's contrast, spacing, pixel size and Gaussian model on its first frame.
 
     The frame is detected (not refined: a worker analyses it in full) and the Gaussian model
     chosen from the detections as :func:`napari_atomnet.pipeline.refine_atoms` would.
@@ -312,24 +326,28 @@ def _movie_constants(data: Any, params: dict[str, Any]) -> tuple[str, float, str
 
     frame = as_analysis_image(_read_frame(data, 0))
     detector = _detector(params.get("detector"))
-    polarity, spacing = movie_constants(
-        frame, polarity=params.get("polarity") or "auto", detector=detector
+    constants = movie_constants(
+        frame,
+        polarity=params.get("polarity") or "auto",
+        detector=detector,
+        pixel_size_nm=pixel_size_nm,
     )
     if not params.get("refine", True):
-        return polarity, spacing, None
+        return constants, None
     first = find_atoms(
         frame,
         detector=detector,
         threshold=params.get("threshold"),
         refine=False,
-        polarity=polarity,
-        spacing=spacing,
+        polarity=constants.polarity,
+        spacing=constants.spacing,
         device=params.get("device"),
+        pixel_size_nm=constants.pixel_size_nm,
     )
     if not len(first.atoms):
-        return polarity, spacing, None
-    signal = frame if polarity == "bright" else -frame
-    return polarity, spacing, gaussian_model(signal, first.atoms[["y", "x"]].to_numpy(float))
+        return constants, None
+    signal = frame if constants.polarity == "bright" else -frame
+    return constants, gaussian_model(signal, first.atoms[["y", "x"]].to_numpy(float))
 
 
 def _read_frame(data: Any, frame: int | None) -> Any:
@@ -485,7 +503,7 @@ def run_job(job: Job, task: str, params: dict[str, Any], overwrite: bool) -> lis
                 gaussian=job.gaussian or "auto",
                 device=params.get("device"),
                 source=source,
-                pixel_size_nm=job.pixel_size_nm,
+                pixel_size_nm=job.pixel_size_nm or job.pixel_size_found_nm,
             )
             resolved = result.provenance["params"]
             atoms = result.atoms

@@ -166,7 +166,7 @@ def _build_parser() -> argparse.ArgumentParser:
     add_pixel_size_option(
         detect,
         "; a model that learnt one sampling (its card's sampling_angstrom) gets the image "
-        "resampled to it",
+        "resampled to it, and without a pixel size finds it from the atoms' spacing",
     )
     detect.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
     detect.add_argument("--out", default=None, help="CSV path (default: <image>_atoms.csv)")

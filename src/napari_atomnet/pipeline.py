@@ -521,7 +521,13 @@ def match_imaging_conditions(
     from .core.optics import fit_imaging_conditions
 
     img = as_analysis_image(image)
-    atoms = find_atoms(img, detector=detector, polarity="auto", cancelled=cancelled).atoms
+    atoms = find_atoms(
+        img,
+        detector=detector,
+        polarity="auto",
+        cancelled=cancelled,
+        pixel_size_nm=pixel_size_angstrom / 10.0,
+    ).atoms
     return fit_imaging_conditions(
         img,
         atoms[["y", "x"]].to_numpy(float),

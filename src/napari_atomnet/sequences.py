@@ -27,7 +27,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -69,6 +69,20 @@ class SequenceResult:
     provenance: dict[str, Any] = field(default_factory=dict)
 
 
+class MovieConstants(NamedTuple):
+    """What a movie's frames share, resolved once (:func:`movie_constants`)."""
+
+    #: ``"bright"`` or ``"dark"``.
+    polarity: str
+    #: Lattice spacing, px; NaN when the frame shows no periodicity.
+    spacing: float
+    #: Pixel size, nm: the one given, or found from the frame by a model that learnt one
+    #: sampling (:func:`napari_atomnet.models.detector.estimate_sampling`); None if neither.
+    pixel_size_nm: float | None
+    #: The pixel size was found from the frame, not given.
+    pixel_size_estimated: bool = False
+
+
 def movie_constants(
     frame: ArrayLike,
     *,
@@ -76,11 +90,12 @@ def movie_constants(
     spacing: float | None = None,
     detector: Any = None,
     pixel_size_nm: float | None = None,
-) -> tuple[str, float]:
-    """Atom contrast and lattice spacing of a movie, from one of its frames.
+) -> MovieConstants:
+    """Atom contrast, lattice spacing and pixel size of a movie, from one of its frames.
 
     The imaging mode, the specimen and the magnification do not change between frames, so a
-    movie's contrast and spacing are resolved once (from its first analysed frame) and passed to
+    movie's contrast, spacing and (for a model that learnt one sampling, when the movie is
+    uncalibrated) pixel size are resolved once, from its first analysed frame, and passed to
     every frame, rather than re-estimated for each.
 
     Parameters
@@ -101,10 +116,7 @@ def movie_constants(
 
     Returns
     -------
-    polarity : str
-        ``"bright"`` or ``"dark"``.
-    spacing : float
-        Pixels; NaN when the frame shows no periodicity.
+    MovieConstants
     """
     from .core.detect import SPACING_CROP, central_crop, estimate_spacing, resolve_polarity
     from .core.image import as_analysis_image
@@ -112,6 +124,14 @@ def movie_constants(
     img = as_analysis_image(frame)
     if spacing is None:
         spacing = estimate_spacing(img, max_crop=SPACING_CROP)
+    estimated = False
+    if getattr(detector, "sampling_angstrom", None) and getattr(detector, "spacing_angstrom", None):
+        from .models.detector import estimate_sampling, known_pixel_size
+
+        if not known_pixel_size(pixel_size_nm):
+            found = estimate_sampling(img, detector, polarity=polarity)
+            if found is not None:
+                pixel_size_nm, estimated = found / 10.0, True
     if polarity == "auto" and getattr(detector, "guesses_contrast", False):
         from .models.detector import CONTRAST_CROP, detect_atoms
 
@@ -122,8 +142,10 @@ def movie_constants(
         guess = detect_atoms(
             crop, detector, polarity="auto", spacing=spacing, pixel_size_nm=pixel_size_nm
         )
-        return str(guess.params["polarity"]), float(spacing)
-    return resolve_polarity(img, polarity, spacing=spacing), float(spacing)
+        contrast = str(guess.params["polarity"])
+    else:
+        contrast = resolve_polarity(img, polarity, spacing=spacing)
+    return MovieConstants(contrast, float(spacing), pixel_size_nm, estimated)
 
 
 def frame_count(stack: Any) -> int:
@@ -207,9 +229,9 @@ def find_atoms_stack(
     # loaded once for all frames; its card decides refinement and a known contrast
     det, refine, polarity = card_defaults(detector, refine, polarity)
     t0 = time.perf_counter()
-    contrast = None
+    contrast, estimated = None, False
     if todo:
-        contrast, spacing = movie_constants(
+        contrast, spacing, pixel_size_nm, estimated = movie_constants(
             get_frame(stack, todo[0]),
             polarity=polarity,
             spacing=spacing,
@@ -254,6 +276,8 @@ def find_atoms_stack(
         "lattice_spacing": spacing if spacing is not None and np.isfinite(spacing) else None,
         "gaussian_model": gaussian if refine else None,
     }
+    if estimated:  # an uncalibrated movie: every frame was detected at the first one's sampling
+        params["pixel_size_estimated_nm"] = round(float(pixel_size_nm), 6)
     params["detector"] = CLASSICAL if det == CLASSICAL else getattr(det, "name", str(det))
     provenance = make_provenance("find_atoms_stack", params, model=model_info, source=source)
     provenance["seconds"] = round(time.perf_counter() - t0, 4)

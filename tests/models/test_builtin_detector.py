@@ -114,7 +114,14 @@ def test_builtin_hrtem_card_matches_its_file_and_says_how_it_was_made():
     assert "init" not in recipe and not training["config"]["init"]
     assert training["seed"] == 0 and training["config"]["channels"] == [16, 48, 72, 96]
     assert card.info["architecture"]["channels"] == [16, 48, 72, 96]
-    assert training["config"]["graphene"] == {"holes": [0.2, 0.4, 0.4], "aligned": 1.0}
+    assert training["config"]["graphene"] == {
+        "holes": [0.2, 0.4, 0.4],
+        "aligned": 1.0,
+        "sampling": [0.108, 0.132],
+    }
+    # one sampling (±10 %), so images of others are resampled to it, and graphene's bond by
+    # which an uncalibrated image's sampling is found
+    assert card.sampling_angstrom == (0.108, 0.132) and card.spacing_angstrom == 1.42
     assert training["config"]["pool"] == 3000 and training["config"]["precision"] == "bf16"
     assert "bfloat16" in recipe["optimizer"]
     assert training["steps"] == 17500 and training["stopped_at_step"] is None

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike
+from scipy.spatial import cKDTree
 
 from ..core.detect import (
     SPACING_CROP,
@@ -50,10 +51,22 @@ DEFAULT_DETECTOR = "atomnet-detect"
 #: often as the whole image (29 and 28 of 30), at a quarter of the cost of a 1024² crop.
 CONTRAST_CROP = 512
 
+#: Pixel sizes (Å) tried on an uncalibrated image by a model that learnt one sampling
+#: (:func:`estimate_sampling`): 0.05-0.31 Å/px in steps of 12 %.
+SAMPLING_GRID = tuple(round(0.05 * 1.12**k, 5) for k in range(17))
+#: Side (px, after resampling to the model's sampling) of the central crop searched: about
+#: 700 graphene atoms.
+SAMPLING_CROP = 320
+#: An atom counts for a pixel size when its nearest neighbour lies within this fraction of the
+#: spacing the model learnt (a wrong pixel size moves every spacing by its own error).
+SAMPLING_TOLERANCE = 0.15
+
 ProgressCallback = Callable[[int, int], None]
 
 
-def sampling_zoom(card: ModelCard, pixel_size_nm: float | None) -> tuple[float, dict[str, Any]]:
+def sampling_zoom(
+    card: ModelCard, pixel_size_nm: float | None, *, estimated: bool = False
+) -> tuple[float, dict[str, Any]]:
     """Return the zoom that brings an image to a model's sampling, and what to record of it.
 
     A model that learnt one physical scale (:attr:`ModelCard.sampling_angstrom`) sees images
@@ -67,29 +80,129 @@ def sampling_zoom(card: ModelCard, pixel_size_nm: float | None) -> tuple[float, 
         The detection model.
     pixel_size_nm : float, optional
         The image's pixel size, nm.
+    estimated : bool
+        The pixel size was found from the image (:func:`estimate_sampling`), not known: the
+        record says so.
 
     Returns
     -------
     zoom : float
         Output pixels per input pixel along each axis (> 1: upsampled).
     record : dict
-        ``pixel_size_angstrom``, ``model_sampling_angstrom``, ``zoom`` or ``sampling``
-        (a sentence, when the pixel size was unknown); empty for a model without a scale.
+        ``pixel_size_angstrom``, ``model_sampling_angstrom``, ``zoom``, and ``sampling`` (a
+        sentence) when the pixel size was unknown; empty for a model without a scale.
     """
     sampling = card.sampling_angstrom
     if sampling is None:
         return 1.0, {}
     low, high = sampling
     record: dict[str, Any] = {"model_sampling_angstrom": [low, high]}
-    if pixel_size_nm is None or not np.isfinite(pixel_size_nm) or pixel_size_nm <= 0:
+    if not known_pixel_size(pixel_size_nm):
         record["sampling"] = (
-            f"pixel size unknown: taken to lie within the model's {low:g}-{high:g} Å/px"
+            "pixel size unknown and not found from the image: taken to lie within the "
+            f"model's {low:g}-{high:g} Å/px"
         )
         return 1.0, record
     px = 10.0 * float(pixel_size_nm)
     zoom = 1.0 if low <= px <= high else px / (0.5 * (low + high))
     record.update(pixel_size_angstrom=round(px, 6), zoom=round(zoom, 6))
+    if estimated:
+        record["sampling"] = (
+            f"pixel size unknown: {px:.4g} Å/px, found from the spacing of the atoms the "
+            f"model finds (it learnt {card.spacing_angstrom:g} Å)"
+        )
     return zoom, record
+
+
+def known_pixel_size(pixel_size_nm: float | None) -> bool:
+    """Whether a pixel size is given (a finite, positive number)."""
+    return pixel_size_nm is not None and bool(np.isfinite(pixel_size_nm)) and pixel_size_nm > 0
+
+
+def estimate_sampling(
+    image: ArrayLike,
+    model: str | ModelCard | None = None,
+    *,
+    polarity: str = "auto",
+    device: str = "auto",
+    cancelled: Callable[[], bool] | None = None,
+) -> float | None:
+    """Find an uncalibrated image's sampling (Å/px) with a model that learnt one.
+
+    A model trained on one material at one sampling (its card's ``sampling_angstrom`` and
+    ``spacing_angstrom``, e.g. ``atomnet-hrtem`` on graphene's 1.42 Å bonds) is run on the
+    image's central part resampled as if its pixel size were each of :data:`SAMPLING_GRID`.
+    At the right one it finds atoms whose nearest neighbours sit at the learnt spacing; at a
+    wrong one it finds few, or finds them at other distances.  The pixel size whose atoms at
+    the learnt spacing (within :data:`SAMPLING_TOLERANCE`) have the largest summed score per
+    pixel of the resampled crop wins; their median nearest-neighbour distance (the spacing as
+    the training simulations set it) then refines it, and a second pass at the refined pixel
+    size refines it once more.
+
+    Parameters
+    ----------
+    image : array_like, shape (H, W)
+        Grey image.
+    model : str or ModelCard, optional
+        The detection model; it must have both card entries.
+    polarity : {"auto", "bright", "dark"}
+        Contrast of the atoms, as for :func:`detect_atoms`.
+    device : {"auto", "cuda", "cpu"}
+        Where to run.
+    cancelled : callable, optional
+        Polled between model runs; when it returns True, :class:`InterruptedError` is raised.
+
+    Returns
+    -------
+    float or None
+        Å per pixel; None when no pixel size shows atoms at the learnt spacing (another
+        material, or no atoms).
+
+    Raises
+    ------
+    ValueError
+        The model learnt no sampling or no spacing.
+    """
+    card = detection_card(model)
+    if card.sampling_angstrom is None or card.spacing_angstrom is None:
+        raise ValueError(f"model {card.name!r} learnt no sampling (its card has none)")
+    img = as_analysis_image(image)
+    low, high = card.sampling_angstrom
+    centre = 0.5 * (low + high)
+    learnt = card.spacing_angstrom / centre  # the spacing in the model's pixels
+
+    def atoms_at(pixel_size: float) -> tuple[float, float]:
+        """Return the score density and median spacing (model px) of atoms at the learnt one."""
+        zoom = pixel_size / centre
+        crop = central_crop(img, int(np.ceil(SAMPLING_CROP / zoom)))
+        scaled = resample_image(crop, zoom) if zoom != 1.0 else crop
+        found = detect_atoms(
+            scaled,
+            card,
+            polarity=polarity,
+            device=device,
+            cancelled=cancelled,
+            pixel_size_nm=centre / 10.0,  # as resampled: no further zoom
+        ).table
+        if len(found) < 3:
+            return 0.0, float("nan")
+        points = found[["y", "x"]].to_numpy(float)
+        # the median nearest-neighbour distance: how the simulations set graphene's bond
+        nearest = cKDTree(points).query(points, k=2)[0][:, 1]
+        near_learnt = np.abs(nearest / learnt - 1.0) < SAMPLING_TOLERANCE
+        if not near_learnt.any():
+            return 0.0, float("nan")
+        # per model pixel: a small image resampled down offers fewer pixels than the crop
+        density = float(found["score"].to_numpy()[near_learnt].sum()) / scaled.size
+        return density, float(np.median(nearest[near_learnt]))
+
+    tried = [atoms_at(px) for px in SAMPLING_GRID]
+    best = int(np.argmax([score for score, _ in tried]))
+    if tried[best][0] <= 0.0:
+        return None
+    pixel_size = SAMPLING_GRID[best] * learnt / tried[best][1]
+    score, spacing = atoms_at(pixel_size)  # nearer the learnt sampling, the atoms sit truer
+    return float(pixel_size * learnt / spacing) if score > 0.0 else float(pixel_size)
 
 
 def resample_image(image: np.ndarray, zoom: float) -> np.ndarray:
@@ -241,8 +354,11 @@ def detect_atoms(
         The image's pixel size.  A model that learnt one sampling (its card's
         ``sampling_angstrom``, e.g. a graphene HRTEM model trained at 0.114-0.126 Å/px) gets
         the image resampled into its range when the pixel size lies outside it
-        (:func:`sampling_zoom`); the positions are given in the input's pixels.  Unknown, the
-        image is taken to be sampled as the model learnt.  No effect for other models.
+        (:func:`sampling_zoom`); the positions are given in the input's pixels.  Unknown, it
+        is found from the image when the card also knows the material's spacing
+        (:func:`estimate_sampling`, about 18 runs of the model on a 320² crop; pass the
+        pixel size to skip it), else the image is taken to be sampled as the model learnt.
+        ``params["sampling"]`` then says which.  No effect for other models.
 
     Returns
     -------
@@ -250,7 +366,18 @@ def detect_atoms(
     """
     img = as_analysis_image(image)
     card = detection_card(model)
-    zoom, sampling = sampling_zoom(card, pixel_size_nm)
+    estimated = False
+    if (
+        card.sampling_angstrom is not None
+        and card.spacing_angstrom is not None
+        and not known_pixel_size(pixel_size_nm)
+    ):
+        found_px = estimate_sampling(
+            img, card, polarity=polarity, device=device, cancelled=cancelled
+        )
+        if found_px is not None:
+            pixel_size_nm, estimated = found_px / 10.0, True
+    zoom, sampling = sampling_zoom(card, pixel_size_nm, estimated=estimated)
     if zoom != 1.0:
         scaled = resample_image(img, zoom)
         zoom_yx = (scaled.shape[0] / img.shape[0], scaled.shape[1] / img.shape[1])

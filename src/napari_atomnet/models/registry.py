@@ -104,6 +104,17 @@ class ModelCard:
         return (low, high) if 0 < low <= high else None
 
     @property
+    def spacing_angstrom(self) -> float | None:
+        """Nearest-neighbour distance (Å) of the material a one-scale model learnt, or None.
+
+        Set (card ``"spacing_angstrom"``, graphene: 1.42) with :attr:`sampling_angstrom`: the
+        spacing of the atoms the model finds then tells an uncalibrated image's sampling
+        (:func:`napari_atomnet.models.detector.estimate_sampling`).
+        """
+        known = self.info.get("spacing_angstrom")
+        return float(known) if known and float(known) > 0 else None
+
+    @property
     def weights(self) -> Path:
         """Torch weights (``<model>.pt``) beside the ONNX file; fine-tuning starts from them."""
         return Path(self.path).with_suffix(".pt")

@@ -312,7 +312,12 @@ def simulate_conditions(
         text = ", ".join(f"{k} {v:.4g}" for k, v in params.items())
         images.append(
             LabelledImage(
-                f"sim{len(images):03d}", sim.image.astype(np.float32), rows, polarity, text
+                f"sim{len(images):03d}",
+                sim.image.astype(np.float32),
+                rows,
+                polarity,
+                text,
+                pixel_size_nm=sim.pixel_size_nm,
             )
         )
         if progress is not None:

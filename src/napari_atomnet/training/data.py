@@ -1012,6 +1012,9 @@ class DevicePool:
 # --------------------------------------------------------------------------------------------
 # held-out validation images
 # --------------------------------------------------------------------------------------------
+#: Sampling of the graphene validation images, Å/px (the simulator's default).
+VALIDATION_SAMPLING = 0.12
+
 #: Validation cases: name -> description (the parameters are in :func:`validation_image`).
 VALIDATION_CASES: dict[str, str] = {
     "perovskite_dose200": "perovskite_haadf, spacing 14-28 px, dose 200, dislocation / vacancies",
@@ -1156,6 +1159,7 @@ def validation_image(case: str, seed: int, shape: tuple[int, int] = (256, 256)) 
     for _ in range(200):
         sim = synth.graphene_hrtem(
             shape,
+            pixel_size_angstrom=VALIDATION_SAMPLING,
             dose=1e4,
             n_holes=int(rng.integers(0, 2)),
             **_good_ctf(rng),

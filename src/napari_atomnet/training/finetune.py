@@ -39,7 +39,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -243,6 +243,9 @@ class LabelledImage:
     rows: NDArray[np.float32]  # label_atoms layout: y, x, class, sigma_t, size
     polarity: str  # "bright" / "dark", resolved
     labels: str = ""  # where the labels came from
+    #: known for simulations: scoring a model that learnt one sampling then resamples as a
+    #: calibrated file would be (:func:`~napari_atomnet.models.detector.detect_atoms`)
+    pixel_size_nm: float | None = None
 
     @property
     def truth(self) -> NDArray[np.float64]:
@@ -840,11 +843,9 @@ def _split(
         upper = p.rows[:, 0] < cut - 0.5
         lower = p.rows[~upper].copy()
         lower[:, 0] -= cut
-        train.append(LabelledImage(p.name, p.image[:cut], p.rows[upper], p.polarity, p.labels))
+        train.append(replace(p, image=p.image[:cut], rows=p.rows[upper]))
         val.append(
-            LabelledImage(
-                f"{p.name} (rows {cut}-{h - 1})", p.image[cut:], lower, p.polarity, p.labels
-            )
+            replace(p, name=f"{p.name} (rows {cut}-{h - 1})", image=p.image[cut:], rows=lower)
         )
     return train, val, "strip"
 
@@ -977,7 +978,8 @@ def _heldout_f1(
     for k, p in enumerate(parts):
         if stop():
             raise InterruptedError("fine-tuning cancelled")
-        found = detect_atoms(p.image, model, polarity=p.polarity).table[["y", "x"]].to_numpy()
+        found = detect_atoms(p.image, model, polarity=p.polarity, pixel_size_nm=p.pixel_size_nm)
+        found = found.table[["y", "x"]].to_numpy()
         spacing = _spacing(p.truth)
         s = detection_scores(
             found, p.truth, 0.25 * spacing, shape=p.image.shape, border=0.5 * spacing
