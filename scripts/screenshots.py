@@ -88,6 +88,8 @@ def detect_hrtem() -> None:
     from napari_atomnet._widgets import DetectAtomsWidget
 
     viewer = viewer_with("graphene_hrtem")
+    # as an uncalibrated file would open: the model finds the pixel size (the status says it)
+    viewer.layers["graphene_hrtem"].scale = (1.0, 1.0)
     widget = DetectAtomsWidget(viewer)
     viewer.window.add_dock_widget(widget, name="Detect atoms")
     widget._image.value = viewer.layers["graphene_hrtem"]

@@ -224,3 +224,23 @@ def test_atomnet_hrtem_finds_an_uncalibrated_graphene_images_sampling(pixel_size
         border=0.5 * spacing,
     )
     assert scores["f1"] >= 0.99
+
+
+def test_the_search_runs_once_per_image(monkeypatch):
+    """A large uncalibrated image whose contrast the model guesses on its centre: the sampling
+    is searched once, not again for each contrast tried on the crop."""
+    from napari_atomnet import synth
+    from napari_atomnet.models import detector
+
+    calls = []
+    real = detector.estimate_sampling
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(detector, "estimate_sampling", counting)
+    sim = synth.graphene_hrtem((600, 600), defocus=60, cs_um=-10, dose=1e4, seed=3_100_500)
+    found = detector.detect_atoms(sim.image, "atomnet-hrtem")  # > CONTRAST_CROP: the centre
+    assert len(calls) == 1 and "polarity_evidence" in found.params
+    assert found.params["pixel_size_angstrom"] == pytest.approx(0.12, rel=0.03)

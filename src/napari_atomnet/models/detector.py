@@ -400,6 +400,12 @@ def detect_atoms(
             params["lattice_spacing"] = round(params["lattice_spacing"] / zoom_yx[1], 4)
         table = _to_input_pixels(found.table, zoom_yx, img.shape)
         return Detections(table=table, card=found.card, device=found.device, params=params)
+    # the image is at the model's sampling now (or taken to be): a crop needs no search
+    as_sampled = (
+        pixel_size_nm
+        if known_pixel_size(pixel_size_nm) or card.sampling_angstrom is None
+        else 0.05 * sum(card.sampling_angstrom)
+    )
     info = card.info
     stride = int(info.get("stride", 1))
     multiple = int(info.get("pad_multiple", 8))
@@ -445,6 +451,7 @@ def detect_atoms(
                 spacing=spacing,
                 device=device,
                 cancelled=cancelled,
+                pixel_size_nm=as_sampled,
             )
             evidence[c] = float(found.table["score"].sum())
         contrasts = [max(contrasts, key=lambda c: evidence[c])]
