@@ -223,8 +223,7 @@ the layer's scale, ``--pixel-size``); when it is not, the model finds it from th
 against graphene's 1.42 Å (``estimate_sampling``: the model on a 320² crop resampled to
 0.05-0.31 Å/px in 12 % steps, then refined on the spacing it finds). Held-out 400² images at
 defocus +60 Å (dark atoms) or -60 Å (bright), Cs -10 µm, astigmatism 5 Å, 10⁴ e/Å², seeds
-from {seed}; F1 told the contrast. Before, the shipped model, which learnt 0.08-0.18 Å/px, took
-an uncalibrated image as it was:"""
+from {seed}; F1 told the contrast:"""
 
 ESTIMATE_TEXT = """\
 How close the found pixel size comes, over {n} held-out 512² images at random aligned
