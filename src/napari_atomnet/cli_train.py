@@ -235,7 +235,7 @@ def register_adapt(subparsers: Any) -> argparse.ArgumentParser:
         "and Cs within a tolerance, or every (defocus, Cs) an image of yours is consistent "
         "with; astigmatism, dose, sampling, voltage) and train a compact detector "
         "(widths 16-32-48-64, with the HRTEM model's classes and settings) on them, from "
-        "scratch (about 7.5 min on 2 CPU cores with native bfloat16, 11 without). Prints the "
+        "scratch (about 8 min on 2 CPU cores with native bfloat16, 11 without). Prints the "
         "F1 before and after on held-out simulations at those conditions, and writes "
         "NAME.onnx + NAME.json + NAME.pt into the user model folder, where 'atomnet detect "
         "--model NAME' and the Detect widget find it. Use the adapted model for images taken "

@@ -203,3 +203,28 @@ def test_a_movie_without_atoms_adds_no_layer(make_napari_viewer, qtbot):
     _run(qtbot, widget)
     assert "Sequence atoms (noise)" not in viewer.layers
     assert "No atoms found in 2 frame(s)" in widget._status.value
+
+
+def test_an_uncalibrated_hrtem_movie_gets_its_pixel_size_from_the_model(make_napari_viewer, qtbot):
+    """atomnet-hrtem learnt one sampling: on a movie without a calibration it finds the pixel
+    size on the first frame, detects every frame there, and the status says what it found."""
+    from napari_atomnet import synth
+
+    frames = [
+        synth.graphene_hrtem((192, 192), defocus=-60, cs_um=-10, dose=1e4, seed=3_200_000 + k)
+        for k in range(2)
+    ]
+    viewer = make_napari_viewer()
+    viewer.add_image(np.stack([f.image for f in frames]), name="graphene movie")  # scale 1
+    widget = SequenceWidget(viewer)
+    widget._model.value = next(
+        c for c in widget._model.choices if getattr(c, "name", "") == "atomnet-hrtem"
+    )
+    _run(qtbot, widget)
+    layer = viewer.layers["Sequence atoms (graphene movie)"]
+    found_nm = layer.metadata[METADATA_KEY]["params"]["pixel_size_estimated_nm"]
+    assert found_nm == pytest.approx(0.012, rel=0.03)  # the simulations' 0.12 Å/px
+    assert "found from the atoms' spacing" in widget._status.value
+    per_frame = layer.features.groupby("frame").size()
+    truth = [len(f.atoms) for f in frames]
+    assert all(abs(n - t) <= 0.05 * t for n, t in zip(per_frame, truth, strict=True))

@@ -188,6 +188,12 @@ class SequenceWidget(JobWidget):
             f"occupancy {sites['occupancy'].mean():.2f}, {int(sites['events'].sum())} "
             f"appear/disappear events; drift up to {drift:.1f} px"
         )
+        found_nm = result.provenance["params"].get("pixel_size_estimated_nm")
+        if found_nm:  # a model that learnt one sampling, on an uncalibrated movie
+            self._status.value += (
+                f"; pixel size unknown: {10 * found_nm:.4g} Å/px, found from the atoms' "
+                "spacing on the first frame (set the layer's scale in nm)"
+            )
 
 
 def sequence_points(result: Any, image_layer: napari.layers.Image) -> Any:

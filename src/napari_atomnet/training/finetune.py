@@ -146,9 +146,9 @@ class FineTuneConfig:
         its trained weights (the base model then gives only the architecture, the threshold,
         the normalisation and the F1 "before").  For an adaptation to one microscope's
         conditions with plenty of simulated images: on the benchmark's dark-atom HRTEM
-        image 3,000 steps on 500 images reached F1 0.9975 from scratch, 0.9980 from the
-        weights of ``atomnet-hrtem`` (bench ``adapt``; with the previous built-in 0.9995 and
-        0.9980).  Needs ``freeze_norm`` False.
+        image 3,000 steps on 500 images reached F1 0.9971 from scratch, 0.9995 from the
+        weights of ``atomnet-hrtem`` (bench ``adapt``; with the two built-ins before it 0.9975
+        and 0.9980, 0.9995 and 0.9980).  Needs ``freeze_norm`` False.
     channels : tuple of int, optional
         With ``from_scratch``: the widths of the new network's levels (None: the base model's).
         The card's ``architecture`` records them.
