@@ -125,7 +125,7 @@ def movie_constants(
     if spacing is None:
         spacing = estimate_spacing(img, max_crop=SPACING_CROP)
     estimated = False
-    if getattr(detector, "sampling_angstrom", None) and getattr(detector, "spacing_angstrom", None):
+    if getattr(detector, "finds_sampling", False):  # a card, not "classical" or None
         from .models.detector import estimate_sampling, known_pixel_size
 
         if not known_pixel_size(pixel_size_nm):

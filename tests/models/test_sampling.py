@@ -22,6 +22,29 @@ def _lattice(spacing, sigma, shape=(200, 230), seed=0, jitter=0.3):
     return rng.poisson(clean).astype(np.float32), truth
 
 
+def _f1(found, truth, spacing, shape):
+    """F1 of detections against the truth (match radius 0.25 spacing, edge band left out)."""
+    table = getattr(found, "table", found)
+    return detection_scores(
+        table[["y", "x"]].to_numpy(), truth, 0.25 * spacing, shape=shape, border=spacing / 2
+    )["f1"]
+
+
+def _count_searches(monkeypatch):
+    """Record each call of estimate_sampling (it still runs); return the list of calls."""
+    from napari_atomnet.models import detector
+
+    calls = []
+    real = detector.estimate_sampling
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(detector, "estimate_sampling", counting)
+    return calls
+
+
 @pytest.fixture
 def material_model(tmp_path):
     """The scaled model whose card also knows the material's spacing (graphene's 1.42 Å)."""
@@ -67,14 +90,7 @@ def test_an_image_at_another_sampling_is_detected_at_the_models(
     at their positions in the input's pixels."""
     image, truth = _lattice(spacing, sigma)
     found = detect_atoms(image, scaled_model, polarity="bright", pixel_size_nm=pixel_size_nm)
-    scores = detection_scores(
-        found.table[["y", "x"]].to_numpy(),
-        truth,
-        0.25 * spacing,
-        shape=image.shape,
-        border=spacing / 2,
-    )
-    assert scores["f1"] >= 0.99
+    assert _f1(found, truth, spacing, image.shape) >= 0.99
     # positions in the input's pixels: the matched errors are small and unbiased
     from scipy.spatial import cKDTree
 
@@ -111,14 +127,7 @@ def test_an_uncalibrated_image_gets_its_sampling_from_its_atoms(material_model, 
     detected = detect_atoms(image, material_model, polarity="bright")
     assert detected.params["pixel_size_angstrom"] == pytest.approx(found, abs=1e-5)
     assert "found from the spacing" in detected.params["sampling"]
-    scores = detection_scores(
-        detected.table[["y", "x"]].to_numpy(),
-        truth,
-        0.25 * spacing,
-        shape=image.shape,
-        border=spacing / 2,
-    )
-    assert scores["f1"] >= 0.99
+    assert _f1(detected, truth, spacing, image.shape) >= 0.99
 
 
 def test_no_atoms_no_sampling(material_model):
@@ -141,19 +150,11 @@ def test_a_model_without_a_material_spacing_cannot_estimate(scaled_model):
 def test_an_uncalibrated_movie_is_sampled_once(material_model, monkeypatch):
     """The pixel size is found on the first frame and every frame is detected at it."""
     from napari_atomnet import sequences
-    from napari_atomnet.models import detector
 
     frames, truths = zip(
         *(_lattice(10.0, 1.33, seed=k, jitter=0.05) for k in range(3)), strict=True
     )
-    calls = []
-    real = detector.estimate_sampling
-
-    def counting(*args, **kwargs):
-        calls.append(1)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(detector, "estimate_sampling", counting)
+    calls = _count_searches(monkeypatch)
     atoms, _, provenance = sequences.find_atoms_stack(
         np.stack(frames), detector=material_model, polarity="bright", refine=False
     )
@@ -216,14 +217,7 @@ def test_atomnet_hrtem_finds_an_uncalibrated_graphene_images_sampling(pixel_size
     from scipy.spatial import cKDTree
 
     spacing = float(np.median(cKDTree(truth).query(truth, k=2)[0][:, 1]))
-    scores = detection_scores(
-        found.table[["y", "x"]].to_numpy(),
-        truth,
-        0.25 * spacing,
-        shape=sim.image.shape,
-        border=0.5 * spacing,
-    )
-    assert scores["f1"] >= 0.99
+    assert _f1(found, truth, spacing, sim.image.shape) >= 0.99
 
 
 def test_the_search_runs_once_per_image(monkeypatch):
@@ -232,14 +226,7 @@ def test_the_search_runs_once_per_image(monkeypatch):
     from napari_atomnet import synth
     from napari_atomnet.models import detector
 
-    calls = []
-    real = detector.estimate_sampling
-
-    def counting(*args, **kwargs):
-        calls.append(1)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(detector, "estimate_sampling", counting)
+    calls = _count_searches(monkeypatch)
     sim = synth.graphene_hrtem((600, 600), defocus=60, cs_um=-10, dose=1e4, seed=3_100_500)
     found = detector.detect_atoms(sim.image, "atomnet-hrtem")  # > CONTRAST_CROP: the centre
     assert len(calls) == 1 and "polarity_evidence" in found.params

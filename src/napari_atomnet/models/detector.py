@@ -104,7 +104,7 @@ def sampling_zoom(
         )
         return 1.0, record
     px = 10.0 * float(pixel_size_nm)
-    zoom = 1.0 if low <= px <= high else px / (0.5 * (low + high))
+    zoom = 1.0 if low <= px <= high else px / card.sampling_centre
     record.update(pixel_size_angstrom=round(px, 6), zoom=round(zoom, 6))
     if estimated:
         record["sampling"] = (
@@ -164,11 +164,10 @@ def estimate_sampling(
         The model learnt no sampling or no spacing.
     """
     card = detection_card(model)
-    if card.sampling_angstrom is None or card.spacing_angstrom is None:
+    if not card.finds_sampling:
         raise ValueError(f"model {card.name!r} learnt no sampling (its card has none)")
     img = as_analysis_image(image)
-    low, high = card.sampling_angstrom
-    centre = 0.5 * (low + high)
+    centre = card.sampling_centre
     learnt = card.spacing_angstrom / centre  # the spacing in the model's pixels
 
     def atoms_at(pixel_size: float) -> tuple[float, float]:
@@ -352,7 +351,7 @@ def detect_atoms(
         for that case when it has them (see :func:`class_thresholds`).
     pixel_size_nm : float, optional
         The image's pixel size.  A model that learnt one sampling (its card's
-        ``sampling_angstrom``, e.g. a graphene HRTEM model trained at 0.114-0.126 Å/px) gets
+        ``sampling_angstrom``, e.g. ``atomnet-hrtem``: graphene at 0.108-0.132 Å/px) gets
         the image resampled into its range when the pixel size lies outside it
         (:func:`sampling_zoom`); the positions are given in the input's pixels.  Unknown, it
         is found from the image when the card also knows the material's spacing
@@ -367,11 +366,7 @@ def detect_atoms(
     img = as_analysis_image(image)
     card = detection_card(model)
     estimated = False
-    if (
-        card.sampling_angstrom is not None
-        and card.spacing_angstrom is not None
-        and not known_pixel_size(pixel_size_nm)
-    ):
+    if card.finds_sampling and not known_pixel_size(pixel_size_nm):
         found_px = estimate_sampling(
             img, card, polarity=polarity, device=device, cancelled=cancelled
         )
@@ -381,7 +376,6 @@ def detect_atoms(
     if zoom != 1.0:
         scaled = resample_image(img, zoom)
         zoom_yx = (scaled.shape[0] / img.shape[0], scaled.shape[1] / img.shape[1])
-        low, high = card.sampling_angstrom
         found = detect_atoms(
             scaled,
             card,
@@ -393,7 +387,7 @@ def detect_atoms(
             progress=progress,
             cancelled=cancelled,
             fit_checked=fit_checked,
-            pixel_size_nm=0.05 * (low + high),  # now in the model's range
+            pixel_size_nm=card.sampling_centre / 10.0,  # now in the model's range
         )
         params = {**found.params, **sampling}
         if params.get("lattice_spacing"):
@@ -403,8 +397,8 @@ def detect_atoms(
     # the image is at the model's sampling now (or taken to be): a crop needs no search
     as_sampled = (
         pixel_size_nm
-        if known_pixel_size(pixel_size_nm) or card.sampling_angstrom is None
-        else 0.05 * sum(card.sampling_angstrom)
+        if known_pixel_size(pixel_size_nm) or card.sampling_centre is None
+        else card.sampling_centre / 10.0
     )
     info = card.info
     stride = int(info.get("stride", 1))

@@ -115,6 +115,17 @@ class ModelCard:
         return float(known) if known and float(known) > 0 else None
 
     @property
+    def sampling_centre(self) -> float | None:
+        """The middle of :attr:`sampling_angstrom` (Å/px), where images are resampled to."""
+        sampling = self.sampling_angstrom
+        return None if sampling is None else 0.5 * (sampling[0] + sampling[1])
+
+    @property
+    def finds_sampling(self) -> bool:
+        """Whether the model can find an uncalibrated image's sampling (both entries set)."""
+        return self.sampling_angstrom is not None and self.spacing_angstrom is not None
+
+    @property
     def weights(self) -> Path:
         """Torch weights (``<model>.pt``) beside the ONNX file; fine-tuning starts from them."""
         return Path(self.path).with_suffix(".pt")
