@@ -20,7 +20,7 @@ export PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 python=${PYTHON:-python3}
 "$python" -m napari_atomnet.training.train_detector --out "$out" --seed 0 --name atomnet-hrtem \
     --mix graphene=1 --aligned-share 1 --graphene-holes 0.2,0.4,0.4 --channels 16,48,72,96 \
-    --graphene-sampling 0.108,0.132 \
+    --graphene-sampling 0.108,0.132 --threshold-images 32 \
     --pool "${POOL:-8000}" --workers "${WORKERS:-$(nproc)}" --batch "${BATCH:-64}" \
     --precision bf16 --device "${DEVICE:-cuda}" --time-budget "$minutes" \
     --train-only --save-torch "$out/atomnet-hrtem.pt" 2>&1 | tee "$out/train.log"

@@ -127,6 +127,11 @@ def test_builtin_hrtem_card_matches_its_file_and_says_how_it_was_made():
     assert training["steps"] == 17500 and training["stopped_at_step"] is None
     assert training["wall_time_seconds"] < 3600  # the recipe runs in under an hour on 2 cores
     assert set(card.info["validation"]["cases"]) == {"graphene_bright_1e4", "graphene_dark_1e4"}
+    # its threshold chosen on 32 validation images per case (4 followed the noise of a few
+    # errors per image), by the evaluation redone on the network (--evaluate-onnx)
+    assert training["config"]["threshold_images"] == 32
+    assert " 32 per case (seed 1000000+) to choose the strong" in card.info["validation"]["images"]
+    assert card.info["default_threshold"] == card.info["class_thresholds"]["strong"]
     assert (builtin_dir() / f"{HRTEM}.pt").is_file()  # so it can be fine-tuned too
 
 

@@ -562,6 +562,26 @@ def test_train_only_then_evaluate_and_export_elsewhere(tmp_path, capsys):
         heat, _ = model.eval().inference(torch.from_numpy(x))
     np.testing.assert_allclose(_onnx_outputs(card.path, x)[0], heat.numpy(), atol=1e-4)
 
+    # the evaluation redone on the exported network alone, with more threshold images: the
+    # same graph and weights, a new card that says how its thresholds were chosen
+    redo = ["--out", str(tmp_path / "redo"), "--quick", "--name", "gpu-run"]
+    assert main([*redo, "--evaluate-onnx", str(card.path), "--threshold-images", "5"]) == 0
+    again = load_model(tmp_path / "redo" / "gpu-run.onnx", task="detection")
+    assert again.sha256 != card.sha256  # the card is embedded, so the file changed
+    assert again.info["training"]["seed"] == 4
+    assert again.info["training"]["config"]["threshold_images"] == 5
+    assert again.info["validation"]["images"].startswith(
+        "held-out simulations (seeds never used in training): 5 per case"
+    )
+    assert again.info["created"] == card.info["created"]  # when the graph was exported
+    outputs, before = _onnx_outputs(again.path, x), _onnx_outputs(card.path, x)
+    assert len(outputs) == len(before)
+    for now, then in zip(outputs, before, strict=True):
+        np.testing.assert_array_equal(now, then)
+    with pytest.raises(SystemExit):
+        main([*redo, "--evaluate-onnx", str(tmp_path / "none.onnx")])
+    assert "no such file" in capsys.readouterr().err
+
 
 @pytest.mark.slow
 def test_gpu_training_script_runs_its_command(tmp_path):

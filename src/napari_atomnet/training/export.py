@@ -25,7 +25,7 @@ from typing import Any
 from ..io._atomic import atomic_path, write_text_atomic
 from ..models.registry import CARD_KEY, file_sha256
 
-__all__ = ["MAX_ONNX_BYTES", "export_detector", "export_onnx"]
+__all__ = ["MAX_ONNX_BYTES", "embedded_card", "export_detector", "export_onnx", "rewrite_card"]
 
 #: Largest ONNX file the exporter accepts (built-in models ship inside the package).
 MAX_ONNX_BYTES = 5 * 1024 * 1024
@@ -125,6 +125,76 @@ def export_onnx(
         "onnx_version": onnx.__version__,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
+    return _write_model(proto, path, card)
+
+
+def rewrite_card(
+    source: str | os.PathLike, path: str | os.PathLike, card_info: dict[str, Any]
+) -> dict[str, Any]:
+    """Write ``source``'s network to ``path`` with its card updated by ``card_info``.
+
+    The graph and weights are copied unchanged; the entries the exporter filled in (``task``,
+    ``inputs``, ``outputs``, ``opset``, the torch and onnx versions, ``created``) stay those of
+    the export that made the graph.  Used when a trained network's evaluation is redone
+    (``train_detector --evaluate-onnx``).
+
+    Parameters
+    ----------
+    source : path-like
+        An ONNX file written by :func:`export_onnx` (its card is embedded).
+    path : path-like
+        The ``.onnx`` file to write (may be ``source``); the card goes beside it as ``.json``.
+    card_info : dict
+        Card entries to set.
+
+    Returns
+    -------
+    dict
+        The card as written (with the new file's ``sha256``).
+
+    Raises
+    ------
+    ValueError
+        ``source`` holds no model card, or ``path`` does not end in ``.onnx``.
+    """
+    import onnx
+
+    path = Path(path)
+    if path.suffix != ".onnx":
+        raise ValueError(f"{path}: the model file must end in .onnx")
+    proto = onnx.load(str(source))
+    old = embedded_card(source)
+    made = ("task", "inputs", "outputs", "opset", "torch_version", "onnx_version", "created")
+    # the order export_onnx writes: task, the card's entries, then what the export filled in
+    card = {"task": old["task"]}
+    card.update((k, v) for k, v in card_info.items() if k not in made)
+    card.update((k, v) for k, v in old.items() if k not in card and k not in made)
+    card.update((k, old[k]) for k in made if k in old)
+    return _write_model(proto, path, card)
+
+
+def embedded_card(path: str | os.PathLike) -> dict[str, Any]:
+    """Return the model card :func:`export_onnx` embedded in an ONNX file.
+
+    Raises
+    ------
+    ValueError
+        The file holds no embedded card.
+    """
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+    props = {p.key: p.value for p in proto.metadata_props}
+    if CARD_KEY not in props:
+        raise ValueError(f"{path}: no model card embedded (not written by export_onnx)")
+    return json.loads(props[CARD_KEY])
+
+
+def _write_model(proto: Any, path: Path, card: dict[str, Any]) -> dict[str, Any]:
+    """Embed ``card`` in ``proto`` and write both atomically (the card with the sha256)."""
+    import onnx
+
+    card = dict(card)
     card.pop("sha256", None)
     onnx.helper.set_model_props(proto, {CARD_KEY: json.dumps(card, sort_keys=True)})
     onnx.checker.check_model(proto)

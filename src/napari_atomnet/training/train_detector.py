@@ -114,6 +114,9 @@ class TrainConfig:
         self.val_every: int = 2000
         self.val_images: int = 2
         self.test_images: int = 6
+        # validation images per case on which the thresholds are chosen: a detector that makes
+        # a few errors per image needs many images for the choice not to follow their noise
+        self.threshold_images: int = 4
         self.threads: int = 2
         self.workers: int = 2
         self.margin: int = 96
@@ -1238,6 +1241,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=None)
     parser.add_argument("--val-every", type=int, default=None)
     parser.add_argument("--test-images", type=int, default=None)
+    parser.add_argument(
+        "--threshold-images",
+        type=int,
+        default=None,
+        help="validation images per case on which the thresholds are chosen (default "
+        f"{TrainConfig().threshold_images})",
+    )
     parser.add_argument("--no-speed", action="store_true", help="skip the timing measurements")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default 2)")
     parser.add_argument(
@@ -1346,9 +1356,22 @@ def main(argv: list[str] | None = None) -> int:
         "--record (the card the run wrote)",
     )
     parser.add_argument("--record", type=Path, default=None, help="model card of the run")
+    parser.add_argument(
+        "--evaluate-onnx",
+        type=Path,
+        default=None,
+        help="skip training: take this network (an .onnx written by this trainer; its embedded "
+        "card gives the training record) and redo the threshold choice, the held-out metrics "
+        "and the card; the graph and weights are copied unchanged",
+    )
     args = parser.parse_args(argv)
     if (args.weights is None) != (args.record is None):
         parser.error("--weights and --record go together")
+    if args.evaluate_onnx is not None:
+        if args.weights is not None or args.train_only:
+            parser.error("--evaluate-onnx takes neither --weights nor --train-only")
+        if not args.evaluate_onnx.is_file():
+            parser.error(f"--evaluate-onnx: no such file {args.evaluate_onnx}")
     if args.train_only and (args.save_torch is None or args.weights is not None):
         parser.error("--train-only needs --save-torch (and no --weights)")
     # Idle OpenMP threads sleep instead of spinning: on a shared 2-core machine spinning threads
@@ -1380,8 +1403,9 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("--time-budget must be positive (minutes)")
         cfg.time_budget_min = args.time_budget
     options = ("steps", "pool", "loss", "lr", "batch", "val_every", "test_images")
+    evaluation = ("test_images", "threshold_images")  # also apply to a redone evaluation
     extra = ("border_fill", "hole_weight", "vacuum_weight", "precision", "workers", "device")
-    for key in (*options, *extra):
+    for key in (*options, "threshold_images", *extra):
         value = getattr(args, key)
         if value is not None:
             setattr(cfg, key, value)
@@ -1417,22 +1441,41 @@ def main(argv: list[str] | None = None) -> int:
     import onnx
     import torch
 
-    from .export import export_detector
+    from .export import embedded_card, export_detector, rewrite_card
     from .nets import ARCHITECTURE, count_parameters, receptive_field
 
-    _log(f"config {json.dumps(cfg.as_dict())}")
-    record: dict[str, Any] | None = None
-    if args.weights is not None:
-        from .nets import AtomDetector
+    def write_network(path: Path, card_info: dict[str, Any]) -> dict[str, Any]:
+        # the trained network exported, or the network taken copied with the new card
+        if args.evaluate_onnx is not None:
+            return rewrite_card(args.evaluate_onnx, path, card_info)
+        return export_detector(model, path, card_info)
 
-        record = json.loads(args.record.read_text())["training"]
+    record: dict[str, Any] | None = None
+    network: dict[str, Any] | None = None  # --evaluate-onnx: the card of the network taken
+    model: Any = None
+    if args.weights is not None or args.evaluate_onnx is not None:
+        if args.evaluate_onnx is not None:
+            network = embedded_card(args.evaluate_onnx)
+            record = network["training"]
+        else:
+            record = json.loads(args.record.read_text())["training"]
         cfg = TrainConfig(**{**record["config"], "channels": tuple(record["config"]["channels"])})
-        model = AtomDetector(classes=len(data.CLASSES), channels=tuple(cfg.channels))
-        model.load_state_dict(torch.load(args.weights, map_location="cpu"))
-        model.eval()
+        for key in evaluation:
+            if getattr(args, key) is not None:
+                setattr(cfg, key, getattr(args, key))
         history: dict[str, Any] = {}
-        _log(f"loaded {args.weights}; training record from {args.record}")
+        if args.weights is not None:
+            from .nets import AtomDetector
+
+            model = AtomDetector(classes=len(data.CLASSES), channels=tuple(cfg.channels))
+            model.load_state_dict(torch.load(args.weights, map_location="cpu"))
+            model.eval()
+            _log(f"loaded {args.weights}; training record from {args.record}")
+        else:
+            _log(f"evaluating {args.evaluate_onnx}; training record from its card")
+        _log(f"config {json.dumps(cfg.as_dict())}")
     else:
+        _log(f"config {json.dumps(cfg.as_dict())}")
         model, history = train(cfg)
     if args.save_torch:
         torch.save(model.state_dict(), args.save_torch)
@@ -1442,7 +1485,18 @@ def main(argv: list[str] | None = None) -> int:
         write_text_atomic(path, json.dumps({"training": training}, indent=1), overwrite=True)
         _log(f"wrote {args.save_torch} and {path}; evaluate and export with --weights/--record")
         return 0
-    rf = receptive_field(model, 384 if args.quick else 512)
+    if network is not None:
+        rf = network["architecture"]["receptive_field_px"]
+        architecture, pad_multiple = network["architecture"], network["pad_multiple"]
+    else:
+        rf = receptive_field(model, 384 if args.quick else 512)
+        architecture = {
+            "class": ARCHITECTURE,
+            "channels": list(cfg.channels),
+            "parameters": count_parameters(model),
+            "receptive_field_px": rf,
+        }
+        pad_multiple = model.pad_multiple
     if cfg.margin < (rf + 1) // 2:
         cfg.margin = int(math.ceil((rf + 1) / 2 / 16) * 16)
     _log(f"receptive field {rf} px, margin {cfg.margin} px")
@@ -1455,7 +1509,7 @@ def main(argv: list[str] | None = None) -> int:
         "description": _description(cfg.mix),
         "classes": list(data.CLASSES),
         "stride": 1,
-        "pad_multiple": model.pad_multiple,
+        "pad_multiple": pad_multiple,
         "margin": cfg.margin,
         "border": cfg.pad,  # padding at image borders, as the training images were padded
         "border_fill": cfg.border_fill,
@@ -1476,14 +1530,9 @@ def main(argv: list[str] | None = None) -> int:
             else {}
         ),
         "design": DESIGN,
-        "architecture": {
-            "class": ARCHITECTURE,
-            "channels": list(cfg.channels),
-            "parameters": count_parameters(model),
-            "receptive_field_px": rf,
-        },
+        "architecture": architecture,
     }
-    export_detector(model, onnx_path, card)
+    write_network(onnx_path, card)
 
     # threshold on the validation images, metrics on the test images (both held out)
     from ..models.detector import confident, detect_atoms
@@ -1504,9 +1553,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         cases, shape = cases[:2], (96, 96)
     _log("choosing the thresholds on the validation images")
-    thr, weak_thr, val_f1 = best_class_thresholds(
-        predict, cases, VAL_SEED, max(cfg.val_images, 4), shape
-    )
+    n_threshold = max(cfg.val_images, cfg.threshold_images)
+    thr, weak_thr, val_f1 = best_class_thresholds(predict, cases, VAL_SEED, n_threshold, shape)
     _log(f"thresholds: strong {thr}, weak {weak_thr} (validation mean F1 {val_f1:.4f})")
     _log("scoring the test images")
     test = evaluate_model(predict, cases, TEST_SEED, cfg.test_images, shape)
@@ -1565,8 +1613,8 @@ def main(argv: list[str] | None = None) -> int:
         speed["note"] = "onnxruntime CPU (default threads) on the 2-core training machine"
         _log(f"speed {speed}; tile {card['tile']}")
     wall = time.perf_counter() - t_start
-    if record is not None:
-        training = {**record, "evaluation_redone_seconds": round(wall, 1)}
+    if record is not None:  # the record of the run, with this evaluation's settings
+        training = {**record, "config": cfg.as_dict(), "evaluation_redone_seconds": round(wall, 1)}
     else:
         training = _training_record(cfg, history, wall)
     card.update(
@@ -1577,7 +1625,7 @@ def main(argv: list[str] | None = None) -> int:
         training=training,
         validation={
             "images": "held-out simulations (seeds never used in training): "
-            f"{max(cfg.val_images, 4)} per case (seed {VAL_SEED}+) to choose the strong and "
+            f"{n_threshold} per case (seed {VAL_SEED}+) to choose the strong and "
             "weak thresholds (grid 0.2-0.85, highest mean F1 over the cases), "
             f"{FIT_CHECK_IMAGES} per case (seed {VAL_SEED}+) to choose the fit check, "
             f"{EMPTY_SITE_IMAGES} per case (seed {VAL_SEED}+) for its empty-site test, "
@@ -1602,7 +1650,7 @@ def main(argv: list[str] | None = None) -> int:
         torch_version=torch.__version__,
         onnx_version=onnx.__version__,
     )
-    final = export_detector(model, onnx_path, card)
+    final = write_network(onnx_path, card)
     _log(
         f"wrote {onnx_path} ({onnx_path.stat().st_size / 1e6:.2f} MB), sha256 "
         f"{final['sha256'][:12]}, total {wall / 60:.1f} min"
