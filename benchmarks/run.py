@@ -31,7 +31,12 @@ RESULTS = HERE / "results"
 
 #: CPU instruction sets that change inference and training speed (same model name, other chips:
 #: bfloat16 training is about 1.9x faster with AVX512-BF16, and only there).
-SPEED_FLAGS = {"avx2": "AVX2", "avx512f": "AVX-512", "avx512_bf16": "AVX512-BF16", "amx_bf16": "AMX"}
+SPEED_FLAGS = {
+    "avx2": "AVX2",
+    "avx512f": "AVX-512",
+    "avx512_bf16": "AVX512-BF16",
+    "amx_bf16": "AMX",
+}
 
 
 def machine_description() -> str:
