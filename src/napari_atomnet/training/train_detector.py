@@ -1368,8 +1368,8 @@ def main(argv: list[str] | None = None) -> int:
     if (args.weights is None) != (args.record is None):
         parser.error("--weights and --record go together")
     if args.evaluate_onnx is not None:
-        if args.weights is not None or args.train_only:
-            parser.error("--evaluate-onnx takes neither --weights nor --train-only")
+        if args.weights is not None or args.train_only or args.save_torch is not None:
+            parser.error("--evaluate-onnx takes none of --weights, --train-only, --save-torch")
         if not args.evaluate_onnx.is_file():
             parser.error(f"--evaluate-onnx: no such file {args.evaluate_onnx}")
     if args.train_only and (args.save_torch is None or args.weights is not None):
@@ -1402,10 +1402,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.time_budget <= 0:
             parser.error("--time-budget must be positive (minutes)")
         cfg.time_budget_min = args.time_budget
-    options = ("steps", "pool", "loss", "lr", "batch", "val_every", "test_images")
+    options = ("steps", "pool", "loss", "lr", "batch", "val_every")
     evaluation = ("test_images", "threshold_images")  # also apply to a redone evaluation
     extra = ("border_fill", "hole_weight", "vacuum_weight", "precision", "workers", "device")
-    for key in (*options, "threshold_images", *extra):
+    for key in (*options, *evaluation, *extra):
         value = getattr(args, key)
         if value is not None:
             setattr(cfg, key, value)
