@@ -48,9 +48,21 @@ class LocalNormalizer:
         ph, pw = (-h) % k, (-w) % k
         padded = np.pad(img, ((0, ph), (0, pw)), mode="symmetric") if ph or pw else img
         hb, wb = padded.shape[0] // k, padded.shape[1] // k
-        blocks = padded.reshape(hb, k, wb, k).astype(np.float64)
-        mean = ndimage.gaussian_filter(blocks.mean(axis=(1, 3)), self.sigma / k, mode="reflect")
-        sq = ndimage.gaussian_filter((blocks**2).mean(axis=(1, 3)), self.sigma / k, mode="reflect")
+        # block sums in float64 (the variance below subtracts two large numbers), one image
+        # row of each block at a time: no float64 copy of the whole image
+        sums, squares = np.zeros((2, hb, padded.shape[1]))
+        row = np.empty((hb, padded.shape[1]))
+        for i in range(k):
+            row[...] = padded[i::k]
+            sums += row
+            row *= row
+            squares += row
+        mean = ndimage.gaussian_filter(
+            sums.reshape(hb, wb, k).sum(axis=2) / k**2, self.sigma / k, mode="reflect"
+        )
+        sq = ndimage.gaussian_filter(
+            squares.reshape(hb, wb, k).sum(axis=2) / k**2, self.sigma / k, mode="reflect"
+        )
         var = np.maximum(sq - mean**2, 0.0)
         if floor is None:
             floor = 1e-2 * float(var.mean())
@@ -58,18 +70,48 @@ class LocalNormalizer:
         self._mean = mean.astype(np.float32)
         self._inv_std = (1.0 / np.sqrt(np.maximum(var, self.floor))).astype(np.float32)
 
-    def apply(self, window: ArrayLike, offset: tuple[int, int] = (0, 0)) -> NDArray[np.float32]:
+    def apply(
+        self, window: ArrayLike, offset: tuple[int, int] = (0, 0), *, scale: float = 1.0
+    ) -> NDArray[np.float32]:
         """Normalise a window of the image whose first pixel is at ``offset`` (row, col).
 
         The window may extend beyond the image (reflection-padded tiles): the maps are
-        extended with their edge values there.
+        extended with their edge values there.  ``scale`` multiplies the result (−1 turns
+        dark atoms bright) at no extra pass over the window.
         """
         win = np.asarray(window, dtype=np.float32)
-        rows = self._axis(offset[0], win.shape[0], self._mean.shape[0])
-        cols = self._axis(offset[1], win.shape[1], self._mean.shape[1])
-        mean = _bilinear(self._mean, rows, cols)
-        inv_std = _bilinear(self._inv_std, rows, cols)
-        return ((win - mean) * inv_std).astype(np.float32, copy=False)
+        if win.size == 0:
+            return win.copy()
+        r0, r1, fr = self._axis(offset[0], win.shape[0], self._mean.shape[0])
+        c0, c1, fc = self._axis(offset[1], win.shape[1], self._mean.shape[1])
+        # interpolate along x on the coarse rows first (hb × W); then, per output row, blend
+        # two of those rows: the same arithmetic per pixel as blending four gathered (H, W)
+        # corner maps, at a fraction of the memory traffic
+        mean_x = np.ascontiguousarray(self._mean[:, c0] * (1 - fc) + self._mean[:, c1] * fc)
+        inv_std_x = np.ascontiguousarray(
+            self._inv_std[:, c0] * (1 - fc) + self._inv_std[:, c1] * fc
+        )  # C order: the gathers along x leave them column-major, and the rows are read below
+        if scale != 1.0:
+            inv_std_x *= np.float32(scale)  # exact for ±1: the sign does not round
+        gr, fr = (1 - fr)[:, None], fr[:, None]
+        out = np.empty(win.shape, np.float32)
+        # Output rows come in runs that blend the same two coarse rows (a block of ``k`` rows):
+        # per run, broadcast those two rows (they stay in cache) rather than gather full-size
+        # copies of them; at most _ROWS rows per step bounds the scratch memory.
+        starts = np.union1d(np.flatnonzero(np.diff(r0)) + 1, np.arange(0, len(r0), _ROWS))
+        stops = np.append(starts[1:], len(r0))
+        scratch = np.empty((2, int((stops - starts).max()), win.shape[1]), np.float32)
+        for s, e in zip(starts.tolist(), stops.tolist(), strict=True):
+            o, t, u = out[s:e], scratch[0, : e - s], scratch[1, : e - s]
+            np.multiply(mean_x[r0[s]], gr[s:e], out=o)
+            np.multiply(mean_x[r1[s]], fr[s:e], out=t)
+            o += t  # the local mean
+            np.subtract(win[s:e], o, out=o)
+            np.multiply(inv_std_x[r0[s]], gr[s:e], out=t)
+            np.multiply(inv_std_x[r1[s]], fr[s:e], out=u)
+            t += u  # 1 / the local standard deviation
+            o *= t
+        return out
 
     def _axis(self, start: int, n: int, n_coarse: int) -> tuple[np.ndarray, ...]:
         k = self.block
@@ -81,14 +123,7 @@ class LocalNormalizer:
         return i0, i1, frac
 
 
-def _bilinear(grid: np.ndarray, rows: tuple, cols: tuple) -> np.ndarray:
-    r0, r1, fr = rows
-    c0, c1, fc = cols
-    # interpolate along x on the coarse rows first (hb × W), then pick and blend two of those
-    # rows per output row: the same arithmetic per pixel as blending four gathered (H, W)
-    # corner maps, at a fraction of the memory traffic
-    along_x = grid[:, c0] * (1 - fc) + grid[:, c1] * fc
-    return along_x[r0] * (1 - fr)[:, None] + along_x[r1] * fr[:, None]
+_ROWS = 64  # most rows per step of LocalNormalizer.apply
 
 
 def local_normalize(

@@ -452,7 +452,7 @@ def detect_atoms(
     total = len(tiles) * len(contrasts)
 
     def run(contrast: str, done_before: int) -> list[pd.DataFrame]:
-        sign = np.float32(-1.0 if contrast == "dark" else 1.0)
+        sign = -1.0 if contrast == "dark" else 1.0
         parts = []
         for done, (t, window) in enumerate(
             iter_windows(img, tile, margin, multiple, border), done_before + 1
@@ -460,9 +460,7 @@ def detect_atoms(
             if cancelled is not None and cancelled():
                 raise InterruptedError("detection cancelled")
             # windows are multiples of pad_multiple already (plan_tiles puts them on the grid)
-            net_in = np.ascontiguousarray(
-                sign * normalizer.apply(window, t.offset), dtype=np.float32
-            )
+            net_in = normalizer.apply(window, t.offset, scale=sign)
             if zero_fill:  # the network sees nothing beyond the image's own edges
                 _zero_outside(net_in, t.offset, img.shape)
             outputs = dict(
