@@ -537,19 +537,22 @@ def test_time_budget_sets_the_step_count_after_the_warm_up():
 @pytest.mark.slow
 def test_train_only_then_evaluate_and_export_elsewhere(tmp_path, capsys):
     """A GPU machine trains (--train-only); this machine evaluates and exports (--weights)."""
-    from napari_atomnet.training.train_detector import main
+    from napari_atomnet.training.train_detector import main, resolve_precision
 
     weights = tmp_path / "w.pt"
     with pytest.raises(SystemExit):
         main(["--out", str(tmp_path), "--quick", "--train-only"])  # where do the weights go?
     assert "--save-torch" in capsys.readouterr().err
     args = ["--out", str(tmp_path), "--quick", "--seed", "4", "--name", "gpu-run"]
-    assert main([*args, "--train-only", "--save-torch", str(weights)]) == 0
+    train = [*args, "--train-only", "--save-torch", str(weights), "--precision", "auto"]
+    assert main(train) == 0
     record = tmp_path / "gpu-run.training.json"
     assert weights.is_file() and record.is_file()
     assert not (tmp_path / "gpu-run.onnx").exists()
     training = json.loads(record.read_text())["training"]
     assert training["seed"] == 4 and training["config"]["device"] == "cpu"
+    # "auto" is resolved once, by this CPU, and the record says what was used
+    assert training["config"]["precision"] == resolve_precision("auto")
     assert "CPU" in training["machine"]
     assert main([*args, "--weights", str(weights), "--record", str(record)]) == 0
     card = load_model(tmp_path / "gpu-run.onnx", task="detection")

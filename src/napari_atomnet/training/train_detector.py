@@ -1279,11 +1279,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--precision",
-        choices=PRECISIONS,
+        choices=PRECISION_CHOICES,
         default=None,
         help="bf16: forward passes under bfloat16 autocast, channels-last (about 1.9x faster "
-        "steps on CPUs with AVX512-BF16; weights, optimiser and export stay float32; "
-        f"default {TrainConfig().precision})",
+        "steps on CPUs with AVX512-BF16, about 10x slower on CPUs without it; weights, "
+        "optimiser and export stay float32); auto: bf16 where the CPU has native bfloat16, "
+        f"fp32 elsewhere (the card records which); default {TrainConfig().precision}",
     )
     parser.add_argument(
         "--time-limit",
@@ -1409,6 +1410,7 @@ def main(argv: list[str] | None = None) -> int:
         value = getattr(args, key)
         if value is not None:
             setattr(cfg, key, value)
+    cfg.precision = resolve_precision(cfg.precision)
     if args.channels:
         cfg.channels = tuple(int(c) for c in args.channels.split(","))
     if args.mix:
