@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -247,3 +248,17 @@ def test_runs_on_a_given_scheduler(inputs, tmp_path):
             scheduler=cluster.scheduler_address,
         )
     assert res.n_computed == 5 and (res.summary["n_atoms"] == N_ATOMS).all()
+
+
+def test_local_cluster_workers_get_the_thread_and_malloc_settings():
+    # distributed's own MALLOC_TRIM_THRESHOLD_=65536 made every large numpy temporary an
+    # mmap/munmap pair: the workers must see ours, and one thread per library
+    from distributed import Client
+
+    from napari_atomnet.batch import SINGLE_THREAD_ENV, WORKER_MALLOC_ENV, local_cluster
+
+    wanted = {**SINGLE_THREAD_ENV, **WORKER_MALLOC_ENV}
+    with local_cluster(1) as cluster, Client(cluster) as client:
+        seen = client.run(lambda: {k: os.environ.get(k) for k in wanted})
+    assert list(seen.values()) == [wanted]
+    assert int(WORKER_MALLOC_ENV["MALLOC_TRIM_THRESHOLD_"]) > 65536

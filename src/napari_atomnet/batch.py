@@ -70,6 +70,16 @@ SINGLE_THREAD_ENV = {
     "NAPARI_ATOMNET_THREADS": "1",
 }
 
+#: glibc settings of the worker processes.  distributed sets MALLOC_TRIM_THRESHOLD_=65536 to
+#: hand freed memory back to the OS at once; a fixed trim threshold also stops glibc from raising
+#: its mmap threshold, so every numpy temporary over 128 KiB was mapped and unmapped again, and
+#: the Gaussian fits of a 512² frame took 0.20 s instead of 0.13 s.  Temporaries up to 16 MiB
+#: now come from the heap, and at most 64 MiB of free heap is kept.
+WORKER_MALLOC_ENV = {
+    "MALLOC_TRIM_THRESHOLD_": str(64 * 2**20),
+    "MALLOC_MMAP_THRESHOLD_": str(16 * 2**20),
+}
+
 ProgressCallback = Callable[[int, int], None]
 
 
@@ -781,31 +791,11 @@ def _execute(
         for job in jobs:
             yield run_job(job, task, params, overwrite)
         return
-    from distributed import Client, LocalCluster, as_completed
+    from distributed import Client, as_completed
 
     cluster = None
     if scheduler is None:
-        import dask
-
-        # keep distributed's defaults (MALLOC_TRIM_THRESHOLD_ returns freed memory to the OS)
-        environ = {
-            **dask.config.get("distributed.nanny.pre-spawn-environ", {}),
-            **SINGLE_THREAD_ENV,
-        }
-        config = {
-            "distributed.nanny.pre-spawn-environ": environ,
-            # the workers' statistical profiler keeps an hour of stack samples: memory that
-            # grows with the length of the run
-            "distributed.worker.profile.enabled": False,
-        }
-        with dask.config.set(config):
-            cluster = LocalCluster(
-                n_workers=n_workers,
-                threads_per_worker=1,
-                processes=True,
-                dashboard_address=None,
-                silence_logs=40,
-            )
+        cluster = local_cluster(n_workers)
         client = Client(cluster)
     else:
         client = Client(scheduler)
@@ -828,6 +818,46 @@ def _execute(
         client.close()
         if cluster is not None:
             cluster.close()
+
+
+def local_cluster(n_workers: int) -> Any:
+    """Start the local dask cluster of a batch run: worker processes of one thread each.
+
+    The workers get :data:`SINGLE_THREAD_ENV` (N workers use N cores) and
+    :data:`WORKER_MALLOC_ENV`, and no statistical profiler.
+
+    Parameters
+    ----------
+    n_workers : int
+        Worker processes.
+
+    Returns
+    -------
+    distributed.LocalCluster
+        Close it (or use it as a context manager) when done.
+    """
+    import dask
+    from distributed import LocalCluster
+
+    environ = {
+        **dask.config.get("distributed.nanny.pre-spawn-environ", {}),
+        **SINGLE_THREAD_ENV,
+        **WORKER_MALLOC_ENV,
+    }
+    config = {
+        "distributed.nanny.pre-spawn-environ": environ,
+        # the workers' statistical profiler keeps an hour of stack samples: memory that
+        # grows with the length of the run
+        "distributed.worker.profile.enabled": False,
+    }
+    with dask.config.set(config):
+        return LocalCluster(
+            n_workers=n_workers,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            silence_logs=40,
+        )
 
 
 def _take(it: Iterator[Job], n: int) -> list[Job]:
