@@ -57,11 +57,11 @@ class LocalNormalizer:
             sums += row
             row *= row
             squares += row
-        mean = ndimage.gaussian_filter(
-            sums.reshape(hb, wb, k).sum(axis=2) / k**2, self.sigma / k, mode="reflect"
-        )
-        sq = ndimage.gaussian_filter(
-            squares.reshape(hb, wb, k).sum(axis=2) / k**2, self.sigma / k, mode="reflect"
+        mean, sq = (
+            ndimage.gaussian_filter(
+                a.reshape(hb, wb, k).sum(axis=2) / k**2, self.sigma / k, mode="reflect"
+            )
+            for a in (sums, squares)
         )
         var = np.maximum(sq - mean**2, 0.0)
         if floor is None:
@@ -87,10 +87,11 @@ class LocalNormalizer:
         # interpolate along x on the coarse rows first (hb × W); then, per output row, blend
         # two of those rows: the same arithmetic per pixel as blending four gathered (H, W)
         # corner maps, at a fraction of the memory traffic
-        mean_x = np.ascontiguousarray(self._mean[:, c0] * (1 - fc) + self._mean[:, c1] * fc)
-        inv_std_x = np.ascontiguousarray(
-            self._inv_std[:, c0] * (1 - fc) + self._inv_std[:, c1] * fc
-        )  # C order: the gathers along x leave them column-major, and the rows are read below
+        # (C order: the gathers along x leave them column-major, and their rows are read below)
+        mean_x, inv_std_x = (
+            np.ascontiguousarray(grid[:, c0] * (1 - fc) + grid[:, c1] * fc)
+            for grid in (self._mean, self._inv_std)
+        )
         if scale != 1.0:
             inv_std_x *= np.float32(scale)  # exact for ±1: the sign does not round
         gr, fr = (1 - fr)[:, None], fr[:, None]

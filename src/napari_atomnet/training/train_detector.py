@@ -129,7 +129,9 @@ class TrainConfig:
         self.mix: dict[str, float] = dict(data.DEFAULT_MIX)  # share of each simulator
         self.init: str = ""  # start from these weights (a .pt state dict) instead of at random
         # "bf16": forward pass under bfloat16 autocast, channels-last (weights and optimiser stay
-        # float32); about 1.9x faster steps on CPUs with AVX512-BF16, the export is float32
+        # float32); about 1.9x faster steps on CPUs with AVX512-BF16, the export is float32;
+        # "auto": bf16 where the CPU has it natively (train() settles it, as it does a budget's
+        # step count)
         self.precision: str = "fp32"
         # where the network trains: "cpu" (the recipes) or "cuda" (a GPU: the pool is held and
         # cropped there, data.DevicePool); simulation and evaluation stay on the CPU
@@ -814,6 +816,7 @@ def train(cfg: TrainConfig, pool: list[data.Example] | None = None) -> tuple[Any
 
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
+    cfg.precision = resolve_precision(cfg.precision)  # the record says what was used
     device = training_device(cfg.device)  # before the pool: a missing GPU fails at once
     if cfg.time_budget_min and cfg.warmup < BUDGET_PROBE[1]:
         raise ValueError(f"a time budget needs a warm-up of at least {BUDGET_PROBE[1]} steps")
@@ -1410,7 +1413,6 @@ def main(argv: list[str] | None = None) -> int:
         value = getattr(args, key)
         if value is not None:
             setattr(cfg, key, value)
-    cfg.precision = resolve_precision(cfg.precision)
     if args.channels:
         cfg.channels = tuple(int(c) for c in args.channels.split(","))
     if args.mix:
